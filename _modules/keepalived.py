@@ -1,0 +1,702 @@
+"""
+keepalived on an edge node: render, validate, status, reload.
+
+The configuration is rendered from the ``edge_ha`` pillar model (see
+``_modules/edge_ha.py``) with the Jinja template ``KEEPALIVED_TEMPLATE`` below
+(override with ``template=salt://...``). Validation is the model's own checks
+plus ``keepalived -t`` on a temporary file; any non-zero exit is a failure.
+
+Transitions are made observable on the node through keepalived's
+``notify_fifo``: keepalived writes ``INSTANCE "VI_1" MASTER 150`` lines to a
+FIFO, and the ``notify_fifo_script`` this module ships (``NOTIFY_SCRIPT``,
+installed by ``keepalived.managed``) keeps one JSON file per instance in the
+state directory (``<state_dir>/<instance>.json``: state, priority, time) and
+appends to ``<state_dir>/transitions.log``. notify_fifo delivers transitions in
+order, which separate notify scripts do not.
+
+Node-local settings come from ``config.get('keepalived')`` (minion config,
+grains or pillar), all optional:
+
+.. code-block:: yaml
+
+    keepalived:
+      config_file: /etc/keepalived/keepalived.conf
+      state_dir: /run/edge-ha                   # instance state files, FIFO
+      notify_script: /usr/local/sbin/edge-ha-notify
+      service_mode: service                     # or "process": no init system
+      service_name: keepalived
+      pid_dir: /run/edge-ha                     # process mode pid files
+      binary: keepalived
+      settle_time: 1.5                          # seconds to wait after (re)load
+
+``service_mode: process`` runs keepalived directly (``keepalived -n -l -D``
+with explicit pid files, output in ``<state_dir>/keepalived.log``); the lab and
+the functional tests use it, since they have no init system.
+"""
+
+import difflib
+import ipaddress
+import json
+import logging
+import os
+import signal
+import subprocess
+import tempfile
+import time
+
+from salt.exceptions import CommandExecutionError
+from salt.exceptions import SaltInvocationError
+
+try:
+    import jinja2
+
+    HAS_JINJA = True
+except ImportError:  # pragma: no cover
+    HAS_JINJA = False
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "keepalived"
+
+__load__ = [
+    "render", "validate", "plan", "write_config", "install_notify_script",
+    "status", "reload", "version", "running", "start", "stop", "settings", "log_tail",
+]
+
+DEFAULTS = {
+    "config_file": "/etc/keepalived/keepalived.conf",
+    "state_dir": "/run/edge-ha",
+    "notify_script": "/usr/local/sbin/edge-ha-notify",
+    "service_mode": "service",
+    "service_name": "keepalived",
+    "pid_dir": "/run/edge-ha",
+    "binary": "keepalived",
+    "settle_time": 1.5,
+}
+
+KEEPALIVED_TEMPLATE = """\
+# Managed by salt-edge-ha (keepalived.managed) for node {{ view.node }}.
+# Edit the edge_ha pillar instead: local changes are overwritten.
+
+global_defs {
+    router_id {{ view.global_defs.router_id }}
+{%- for key in ("vrrp_garp_master_delay", "vrrp_garp_master_repeat", "vrrp_garp_master_refresh", "vrrp_garp_interval", "vrrp_gna_interval") %}
+{%- if view.global_defs[key] is defined %}
+    {{ key }} {{ view.global_defs[key] }}
+{%- endif %}
+{%- endfor %}
+{%- if view.global_defs.get("enable_script_security", true) %}
+    enable_script_security
+{%- endif %}
+    script_user {{ view.global_defs.get("script_user", "root") }}
+    notify_fifo {{ paths.state_dir }}/notify.fifo
+    notify_fifo_script "{{ paths.notify_script }} {{ paths.state_dir }}"
+}
+{% for name, s in view.vrrp_scripts | dictsort %}
+vrrp_script {{ name }} {
+    script "{{ s.script }}"
+{%- for key in ("interval", "timeout", "weight", "rise", "fall", "user") %}
+{%- if s[key] is defined %}
+    {{ key }} {{ s[key] }}
+{%- endif %}
+{%- endfor %}
+{%- if s.get("init_fail") %}
+    init_fail
+{%- endif %}
+}
+{% endfor %}
+{%- for name, f in view.vrrp_track_files | dictsort %}
+vrrp_track_file {{ name }} {
+    file {{ f.file }}
+{%- if f.weight is defined %}
+    weight {{ f.weight }}
+{%- endif %}
+{%- if f.get("init_file") %}
+    init_file
+{%- endif %}
+}
+{% endfor %}
+{%- for i in view.vrrp_instances %}
+vrrp_instance {{ i.name }} {
+    state {{ i.state }}
+    interface {{ i.interface }}
+    virtual_router_id {{ i.virtual_router_id }}
+    priority {{ i.priority }}
+    advert_int {{ i.advert_int }}
+    version {{ i.vrrp_version }}
+{%- if i.nopreempt %}
+    nopreempt
+{%- endif %}
+{%- if i.preempt_delay is not none %}
+    preempt_delay {{ i.preempt_delay }}
+{%- endif %}
+{%- if i.garp_master_delay is not none %}
+    garp_master_delay {{ i.garp_master_delay }}
+{%- endif %}
+{%- if i.authentication %}
+    authentication {
+        auth_type {{ i.authentication.auth_type }}
+        auth_pass {{ i.authentication.auth_pass }}
+    }
+{%- endif %}
+{%- if i.unicast %}
+    unicast_src_ip {{ i.unicast_src_ip }}
+    unicast_peer {
+{%- for peer in i.unicast_peer %}
+        {{ peer }}
+{%- endfor %}
+    }
+{%- endif %}
+    virtual_ipaddress {
+{%- for vip in i.virtual_ipaddress %}
+        {{ vip }} dev {{ i.interface }}
+{%- endfor %}
+    }
+{%- for key in ("track_script", "track_file", "track_interface") %}
+{%- if i[key] %}
+    {{ key }} {
+{%- for item in i[key] %}
+        {{ item }}
+{%- endfor %}
+    }
+{%- endif %}
+{%- endfor %}
+}
+{% endfor %}
+{%- macro check(c, port) %}
+{%- if c %}
+        {{ c.type }} {
+{%- if c.type in ("HTTP_GET", "SSL_GET") %}
+            url {
+                path {{ c.path }}
+                status_code {{ c.get("status_code", 200) }}
+            }
+{%- endif %}
+            connect_port {{ c.get("connect_port", port) }}
+{%- for key in ("connect_timeout", "retry", "delay_before_retry") %}
+{%- if c[key] is defined %}
+            {{ key }} {{ c[key] }}
+{%- endif %}
+{%- endfor %}
+        }
+{%- endif %}
+{%- endmacro %}
+{%- for vs in view.virtual_servers %}
+virtual_server {{ vs.address }} {{ vs.port }} {
+    delay_loop {{ vs.delay_loop }}
+    lb_algo {{ vs.lb_algo }}
+    lb_kind {{ vs.lb_kind }}
+{%- if vs.persistence_timeout %}
+    persistence_timeout {{ vs.persistence_timeout }}
+{%- endif %}
+    protocol {{ vs.protocol }}
+{%- for rs in vs.real_servers %}
+    real_server {{ rs.address }} {{ rs.port }} {
+        weight {{ rs.weight }}
+{{- check(rs.health_check, rs.port) }}
+    }
+{%- endfor %}
+}
+{% endfor %}
+"""
+
+NOTIFY_SCRIPT = r"""#!/bin/sh
+# salt-edge-ha notify_fifo_script, installed by keepalived.managed: do not edit.
+# keepalived runs it as "<script> <state_dir> <fifo>" and writes one line per
+# transition to the FIFO:  INSTANCE "VI_1" MASTER 150
+# Each instance's current state goes to <state_dir>/<instance>.json (replaced
+# atomically); every transition is appended to <state_dir>/transitions.log.
+dir="$1"
+fifo="$2"
+mkdir -p "$dir"
+while read -r kind name state prio rest; do
+    [ "$kind" = INSTANCE ] || continue
+    name=${name#\"}
+    name=${name%\"}
+    now=$(date +%s.%N)
+    tmp="$dir/.$name.json.$$"
+    printf '{"instance": "%s", "state": "%s", "priority": %s, "time": %s}\n' \
+        "$name" "$state" "${prio:-0}" "$now" > "$tmp" && mv -f "$tmp" "$dir/$name.json"
+    printf '%s %s %s %s\n' "$now" "$name" "$state" "${prio:-0}" >> "$dir/transitions.log"
+    if [ "$(wc -l < "$dir/transitions.log")" -gt 2000 ]; then
+        tail -n 1000 "$dir/transitions.log" > "$dir/.transitions.$$" && mv -f "$dir/.transitions.$$" "$dir/transitions.log"
+    fi
+done < "$fifo"
+"""
+
+
+def __virtual__():
+    if not HAS_JINJA:
+        return (False, "keepalived module: the jinja2 Python package is missing")
+    return __virtualname__
+
+
+# ---------------------------------------------------------------- pure logic
+
+
+def render_config(view, paths, template=None):
+    """Render keepalived.conf text for one node view (from ``edge_ha.view_for_node``)."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    text = env.from_string(template or KEEPALIVED_TEMPLATE).render(view=view, paths=paths)
+    lines = [line.rstrip() for line in text.splitlines()]
+    out = []
+    for line in lines:  # collapse runs of blank lines left by the template
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip() + "\n"
+
+
+def unified_diff(old, new, path):
+    """A unified diff of two config texts ('' when equal)."""
+    return "".join(
+        difflib.unified_diff(
+            old.splitlines(keepends=True),
+            new.splitlines(keepends=True),
+            fromfile=f"{path} (current)",
+            tofile=f"{path} (new)",
+        )
+    )
+
+
+def check_config(text, binary="keepalived"):
+    """
+    Run ``keepalived -t`` on ``text`` in a temporary file.
+    Returns (ok, output). Any non-zero exit is a failure.
+    """
+    fd, path = tempfile.mkstemp(prefix="keepalived-check-", suffix=".conf")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        try:
+            proc = subprocess.run(
+                [binary, "-t", "-f", path],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise CommandExecutionError(f"keepalived binary {binary!r} not found: install keepalived") from exc
+        output = (proc.stdout + proc.stderr).replace(path, "<new config>").strip()
+        return proc.returncode == 0, f"keepalived -t exit {proc.returncode}" + (f":\n{output}" if output else "")
+    finally:
+        os.unlink(path)
+
+
+def write_atomic(path, text, mode=0o644, backup=None):
+    """
+    Write ``text`` to ``path`` through a temporary file in the same directory
+    and a rename. With ``backup``, the previous file is first copied there.
+    """
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    if backup and os.path.exists(path):
+        with open(path, "rb") as src:
+            data = src.read()
+        _write_bytes(backup, data, mode)
+    _write_bytes(path, text.encode(), mode)
+
+
+def _write_bytes(path, data, mode):
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_text(path):
+    """File content, or '' if it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return ""
+
+
+def read_instance_states(state_dir):
+    """The per-instance state files written by the notify script."""
+    states = {}
+    try:
+        names = sorted(os.listdir(state_dir))
+    except FileNotFoundError:
+        return states
+    for fname in names:
+        if not fname.endswith(".json") or fname.startswith("."):
+            continue
+        try:
+            with open(os.path.join(state_dir, fname), encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        states[data.get("instance", fname[:-5])] = data
+    return states
+
+
+def interface_addresses(interface):
+    """Addresses (without prefix) present on ``interface`` now, from ``ip -j addr``."""
+    proc = subprocess.run(
+        ["ip", "-j", "addr", "show", "dev", interface],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        return []
+    out = []
+    for link in json.loads(proc.stdout or "[]"):
+        for addr in link.get("addr_info", []):
+            out.append(str(ipaddress.ip_address(addr["local"])))
+    return out
+
+
+def pid_alive(pid):
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    # field 3 is the state; Z = zombie (dead, not yet reaped)
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def read_pid(path):
+    try:
+        with open(path, encoding="ascii") as fh:
+            return int(fh.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+# ---------------------------------------------------------------- Salt layer
+
+
+def settings():
+    """
+    The node-local settings (paths, service mode), with defaults filled in.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.settings
+    """
+    conf = dict(DEFAULTS)
+    conf.update(__salt__["config.get"]("keepalived", {}) or {})  # pylint: disable=undefined-variable
+    return conf
+
+
+def _pid_files(conf):
+    return {
+        "main": os.path.join(conf["pid_dir"], "keepalived.pid"),
+        "vrrp": os.path.join(conf["pid_dir"], "keepalived_vrrp.pid"),
+        "checkers": os.path.join(conf["pid_dir"], "keepalived_checkers.pid"),
+    }
+
+
+def _paths(conf):
+    return {"state_dir": conf["state_dir"], "notify_script": conf["notify_script"]}
+
+
+def render(node=None, template=None):
+    """
+    Render keepalived.conf for this minion (or ``node``) from the edge_ha
+    pillar. The pillar is validated first; an invalid one raises an error
+    listing every problem.
+
+    template
+        Optional ``salt://`` path (or local path) of a Jinja template to use
+        instead of the built-in one; it gets ``view`` and ``paths``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.render
+        salt-call keepalived.render node=edge2
+    """
+    view = __salt__["edge_ha.node_view"](node=node)  # pylint: disable=undefined-variable
+    text = None
+    if template:
+        cached = __salt__["cp.cache_file"](template)  # pylint: disable=undefined-variable
+        if not cached:
+            raise SaltInvocationError(f"template {template!r} not found")
+        text = read_text(cached)
+    return render_config(view, _paths(settings()), text)
+
+
+def log_tail(lines=15):
+    """
+    Last lines of the process-mode keepalived log ('' when there is none).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.log_tail lines=40
+    """
+    path = os.path.join(settings()["state_dir"], "keepalived.log")
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            tail = fh.read().splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "last lines of {}:\n  {}".format(path, "\n  ".join(tail)) if tail else ""
+
+
+def validate(node=None, template=None):
+    """
+    Validate the pillar model and the rendered config with ``keepalived -t``.
+    Returns ``{"valid": bool, "errors": [...], "output": "<keepalived -t output>"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.validate
+    """
+    result = plan(node=node, template=template)
+    return {"valid": result["valid"], "errors": result["errors"], "output": result["check_output"]}
+
+
+def plan(node=None, template=None):
+    """
+    What applying the pillar would change, without changing anything:
+    ``{valid, errors, config_file, old, new, diff, notify_script_current,
+    running}``. ``valid`` covers the pillar model and ``keepalived -t``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.plan
+    """
+    conf = settings()
+    path = conf["config_file"]
+    out = {
+        "config_file": path, "valid": False, "errors": [], "check_output": "",
+        "old": read_text(path), "new": "", "diff": "",
+    }
+    errors = __salt__["edge_ha.validate"]()  # pylint: disable=undefined-variable
+    if errors:
+        out["errors"] = ["edge_ha pillar is invalid:"] + errors
+        return out
+    out["new"] = render(node=node, template=template)
+    ok, out["check_output"] = check_config(out["new"], conf["binary"])
+    if not ok:
+        out["errors"] = ["rendered keepalived.conf fails validation: " + out["check_output"]]
+        return out
+    out["valid"] = True
+    out["diff"] = unified_diff(out["old"], out["new"], path)
+    out["notify_script_current"] = read_text(conf["notify_script"]) == NOTIFY_SCRIPT
+    out["running"] = running()
+    return out
+
+
+def write_config(text, backup=True):
+    """
+    Write ``text`` as keepalived.conf atomically; with ``backup`` the previous
+    file is kept as ``<config_file>.bak``. Does not reload.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.write_config "$(cat keepalived.conf)"
+    """
+    path = settings()["config_file"]
+    write_atomic(path, text, backup=(path + ".bak") if backup else None)
+    return path
+
+
+def install_notify_script():
+    """
+    Install the notify_fifo_script that records transitions in the state
+    directory. Returns True if it was written, False if already current.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.install_notify_script
+    """
+    path = settings()["notify_script"]
+    if read_text(path) == NOTIFY_SCRIPT:
+        return False
+    write_atomic(path, NOTIFY_SCRIPT, mode=0o755)
+    return True
+
+
+def running():
+    """
+    True if keepalived is running (process mode: the pid in its pid file is
+    alive; service mode: the service is running).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.running
+    """
+    conf = settings()
+    if conf["service_mode"] == "process":
+        pids = _pid_files(conf)
+        return pid_alive(read_pid(pids["main"])) and pid_alive(read_pid(pids["vrrp"]))
+    return bool(__salt__["service.status"](conf["service_name"]))  # pylint: disable=undefined-variable
+
+
+def start():
+    """
+    Start keepalived (process mode: ``keepalived -n -l -D`` detached, output
+    in ``<state_dir>/keepalived.log``). Returns True when it runs after the
+    settle time.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.start
+    """
+    conf = settings()
+    if conf["service_mode"] != "process":
+        __salt__["service.start"](conf["service_name"])  # pylint: disable=undefined-variable
+        return _settled(conf)
+    if running():
+        return True
+    pids = _pid_files(conf)
+    os.makedirs(conf["pid_dir"], exist_ok=True)
+    os.makedirs(conf["state_dir"], exist_ok=True)
+    for path in pids.values():
+        if os.path.exists(path):
+            os.unlink(path)
+    cmd = [
+        conf["binary"], "-n", "-l", "-D",
+        "-f", conf["config_file"],
+        "-p", pids["main"], "-r", pids["vrrp"], "-c", pids["checkers"],
+    ]
+    with open(os.path.join(conf["state_dir"], "keepalived.log"), "ab") as logf:
+        subprocess.Popen(  # pylint: disable=consider-using-with
+            cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+    return _settled(conf)
+
+
+def _settled(conf):
+    """Wait the settle time, then report whether keepalived runs."""
+    deadline = time.monotonic() + float(conf["settle_time"])
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+    return running()
+
+
+def stop():
+    """
+    Stop keepalived (process mode: SIGTERM to the pid from its pid file, wait
+    up to 10 s). Returns True when it is not running.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.stop
+    """
+    conf = settings()
+    if conf["service_mode"] != "process":
+        __salt__["service.stop"](conf["service_name"])  # pylint: disable=undefined-variable
+        return not running()
+    pid = read_pid(_pid_files(conf)["main"])
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return not running()
+
+
+def reload():
+    """
+    Reload keepalived's configuration (SIGHUP; VRRP state is kept for
+    instances whose VRID and interface are unchanged). Returns True when
+    keepalived still runs after the settle time.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.reload
+    """
+    conf = settings()
+    if conf["service_mode"] != "process":
+        __salt__["service.reload"](conf["service_name"])  # pylint: disable=undefined-variable
+        return _settled(conf)
+    pid = read_pid(_pid_files(conf)["main"])
+    if not pid_alive(pid):
+        raise CommandExecutionError("keepalived is not running: nothing to reload")
+    os.kill(pid, signal.SIGHUP)
+    return _settled(conf)
+
+
+def version():
+    """
+    The keepalived version string.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.version
+    """
+    binary = settings()["binary"]
+    try:
+        proc = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise CommandExecutionError(f"keepalived binary {binary!r} not found: install keepalived") from exc
+    first = (proc.stdout + proc.stderr).strip().splitlines()
+    return first[0] if first else ""
+
+
+def status(node=None):
+    """
+    Per VRRP instance of this node: state and priority as keepalived last
+    reported them (notify FIFO), the instance's VIPs actually present on the
+    interface now, and whether the daemon runs.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.status
+    """
+    view = __salt__["edge_ha.node_view"](node=node)  # pylint: disable=undefined-variable
+    conf = settings()
+    alive = running()
+    reported = read_instance_states(conf["state_dir"])
+    present_by_if = {}
+    instances = {}
+    for inst in view["vrrp_instances"]:
+        iface = inst["interface"]
+        if iface not in present_by_if:
+            present_by_if[iface] = interface_addresses(iface)
+        seen = reported.get(inst["name"], {})
+        instances[inst["name"]] = {
+            "state": seen.get("state", "UNKNOWN"),
+            "priority": seen.get("priority", inst["priority"]),
+            "configured_priority": inst["priority"],
+            "since": seen.get("time"),
+            "interface": iface,
+            "virtual_router_id": inst["virtual_router_id"],
+            "vips": inst["vips"],
+            "vips_present": [v for v in inst["vips"] if v in present_by_if[iface]],
+        }
+    return {"node": view["node"], "running": alive, "instances": instances}

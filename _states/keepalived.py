@@ -1,0 +1,113 @@
+"""
+Manage keepalived on an edge node from the ``edge_ha`` pillar.
+
+.. code-block:: yaml
+
+    keepalived-config:
+      keepalived.managed: []
+
+``keepalived.managed`` renders this node's keepalived.conf, validates it (the
+pillar model, then ``keepalived -t``), installs the notify script that records
+VRRP transitions, writes the config atomically (temp file + rename, the
+previous file kept as ``<config_file>.bak``), reloads keepalived only when the
+content changed, and makes sure keepalived runs. If keepalived is not running
+after the reload (or start), the previous file is restored and loaded again,
+and the state fails saying so.
+
+With ``test=True`` it returns ``result: None`` and the unified diff; nothing is
+written. An invalid pillar gives ``result: False`` with every error in the
+comment; the config file and the running daemon are not touched.
+"""
+
+from salt.exceptions import CommandExecutionError
+from salt.exceptions import SaltInvocationError
+
+__virtualname__ = "keepalived"
+
+
+def __virtual__():
+    if "keepalived.plan" in __salt__:  # pylint: disable=undefined-variable
+        return __virtualname__
+    return (False, "keepalived state: the keepalived execution module is not available")
+
+
+def managed(name="keepalived", node=None, template=None):
+    """
+    Render, validate, write and (re)load keepalived for this edge node.
+
+    name
+        An ID for the state; the config path comes from the node settings
+        (``keepalived:config_file``, see the execution module).
+
+    node
+        The node of ``edge_ha:nodes`` to render for (default: the minion id).
+
+    template
+        Optional ``salt://`` Jinja template replacing the built-in one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call state.single keepalived.managed name=keepalived test=True
+    """
+    ret = {"name": name, "result": False, "changes": {}, "comment": ""}
+    mod = __salt__  # pylint: disable=undefined-variable
+    try:
+        plan = mod["keepalived.plan"](node=node, template=template)
+    except (CommandExecutionError, SaltInvocationError) as exc:
+        ret["comment"] = f"{exc}\nnothing changed"
+        return ret
+    if not plan["valid"]:
+        ret["comment"] = "\n  ".join(plan["errors"]) + "\nnothing changed"
+        return ret
+
+    path = plan["config_file"]
+    changes = {}
+    if plan["diff"]:
+        changes["config"] = plan["diff"]
+    if not plan["notify_script_current"]:
+        changes["notify_script"] = "installed"
+    if not plan["running"]:
+        changes["service"] = "started"
+    elif plan["diff"]:
+        changes["service"] = "reloaded"
+
+    if not changes:
+        ret.update(result=True, comment=f"{path} is up to date and keepalived is running")
+        return ret
+    if __opts__["test"]:  # pylint: disable=undefined-variable
+        ret.update(
+            result=None,
+            changes=changes,
+            comment="keepalived would be updated: " + ", ".join(sorted(changes)),
+        )
+        return ret
+
+    try:
+        mod["keepalived.install_notify_script"]()
+        if plan["diff"]:
+            mod["keepalived.write_config"](plan["new"], backup=bool(plan["old"]))
+        if plan["running"]:
+            alive = mod["keepalived.reload"]() if plan["diff"] else True
+        else:
+            alive = mod["keepalived.start"]()
+        if not alive:
+            msg = f"keepalived is not running after loading the new {path}"
+            if plan["old"] and plan["diff"]:
+                mod["keepalived.write_config"](plan["old"], backup=False)
+                if mod["keepalived.running"]():
+                    back = mod["keepalived.reload"]()
+                else:
+                    back = mod["keepalived.start"]()
+                msg += "; the previous config was restored and " + (
+                    "keepalived runs with it again" if back else "keepalived does not run with it either"
+                )
+            tail = mod["keepalived.log_tail"]()
+            ret["comment"] = msg + ("\n" + tail if tail else "")
+            return ret
+    except (CommandExecutionError, SaltInvocationError, OSError) as exc:
+        ret["comment"] = f"failed to apply the keepalived config: {exc}"
+        return ret
+    ret.update(result=True, changes=changes, comment="keepalived updated: " + ", ".join(sorted(changes)))
+    return ret

@@ -1,0 +1,6 @@
+edge-packages:
+  pkg.installed:
+    - pkgs:
+      - keepalived
+      - ipvsadm
+      - iproute2

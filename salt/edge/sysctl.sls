@@ -1,0 +1,19 @@
+# Services on the edge nodes may bind the VIP before this node holds it.
+{%- set sysctl_file = salt['config.get']('edge_ha_sysctl_file', '/etc/sysctl.d/60-edge-ha.conf') %}
+edge-sysctl-nonlocal-bind:
+  sysctl.present:
+    - name: net.ipv4.ip_nonlocal_bind
+    - value: 1
+    - config: {{ sysctl_file }}
+
+{#- Direct routing: real servers hold the VIP without answering ARP for it. #}
+{%- set servers = salt['pillar.get']('edge_ha:virtual_servers', {}) %}
+{%- if servers.values() | selectattr('lb_kind', 'defined') | selectattr('lb_kind', 'equalto', 'DR') | list %}
+{%- for key, value in [('net.ipv4.conf.all.arp_ignore', 1), ('net.ipv4.conf.all.arp_announce', 2)] %}
+edge-sysctl-{{ key }}:
+  sysctl.present:
+    - name: {{ key }}
+    - value: {{ value }}
+    - config: {{ sysctl_file }}
+{%- endfor %}
+{%- endif %}

@@ -1,0 +1,643 @@
+#!/usr/bin/env python3
+"""Boot a real Debian kernel in qemu and run a command (by default the IPVS
+tests of ``tests/vm/inside``) inside it.
+
+The host kernel of the development/CI machines has no IPVS, so the IPVS
+execution and state modules are proven on Debian's own kernel in a small VM:
+
+1. ``apt-get download`` the current ``linux-image-<abi>-amd64-unsigned``
+   package (the one the ``linux-image-amd64`` meta package points at), cache
+   the ``.deb`` and its extracted tree under ``<repo>/.cache/vm/``.
+2. Resolve the kernel modules that are needed (virtio, 9p, IPVS and all its
+   schedulers, nf_conntrack ...) *and their dependencies* from the modules'
+   own ``depends=``/``softdep=`` data (read from the ``.modinfo`` ELF section
+   of every ``.ko``; no kmod/modinfo binary is needed on the host).
+3. Build a tiny initramfs (newc cpio, written here) with busybox-static, the
+   ``.ko`` files in load order and an ``/init`` script.
+4. Boot ``qemu-system-x86_64`` (KVM when it works, TCG otherwise) with the
+   host root shared read-only over virtio-9p and a per-run results directory
+   shared read-write. ``/init`` loads the modules, mounts the host root on
+   ``/newroot`` with proc/sys/dev and tmpfs on ``/tmp`` and ``/run``, and runs
+   the job script in a ``chroot`` as root. The job's output, exit status and
+   junit XML land in the results directory; ``/init`` then powers off.
+
+Usage::
+
+    .venv/bin/python tests/vm/run.py                 # pytest tests/vm/inside -q
+    .venv/bin/python tests/vm/run.py -- python bench/ipvs_sync.py --inside
+    .venv/bin/python tests/vm/run.py --stream -- python -m pytest tests/vm/inside -x
+
+Environment knobs: ``EDGE_HA_VM_ACCEL`` (``kvm``/``tcg``),
+``EDGE_HA_VM_KERNEL_PKG`` (a package name), ``EDGE_HA_VM_TIMEOUT`` (s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import re
+import shlex
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache" / "vm"
+GUEST_RESULTS = "/tmp/vmresults"
+EXIT_MARKER = "EDGE_HA_VM_EXIT="
+DEFAULT_TIMEOUT = 600
+KEEP_RUNS = 5
+
+#: Modules loaded in the guest (their dependencies are added automatically).
+GUEST_MODULES = [
+    # transport for the 9p root and the results share
+    "virtio_pci",
+    "9pnet_virtio",
+    "9p",
+    "virtio_rng",
+    # IPVS, its connection tracking glue and every scheduler keepalived knows
+    "nf_conntrack",
+    "ip_vs",
+    "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_lblc",
+    "ip_vs_lblcr", "ip_vs_dh", "ip_vs_sh", "ip_vs_sed", "ip_vs_nq",
+    "ip_vs_fo", "ip_vs_ovf", "ip_vs_mh",
+    # an interface to put virtual addresses on
+    "dummy",
+]
+
+
+class VMError(RuntimeError):
+    """The VM stage failed (download, image build, boot, or no result)."""
+
+
+class QemuUnavailable(VMError):
+    """qemu cannot start at all on this machine (the only reason to skip)."""
+
+
+@dataclasses.dataclass
+class Kernel:
+    package: str
+    version: str          # uname -r of the guest, e.g. 6.1.0-56-amd64
+    vmlinuz: Path
+    moddir: Path          # .../lib/modules/<version>
+
+
+@dataclasses.dataclass
+class VMResult:
+    exit_code: int
+    output: str           # stdout+stderr of the job inside the VM
+    console: str          # serial console log (kernel + /init)
+    accel: str
+    kernel: str
+    results_dir: Path
+    timings: dict         # seconds: prepare, boot_to_exit, total
+
+    @property
+    def junit(self) -> Path:
+        return self.results_dir / "junit.xml"
+
+
+def log(msg: str) -> None:
+    print(f"[vm] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# kernel package
+# --------------------------------------------------------------------------
+
+def _version_key(name: str):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def kernel_package_name() -> str:
+    """Name of the current Debian ``linux-image-*-amd64-unsigned`` package."""
+    env = os.environ.get("EDGE_HA_VM_KERNEL_PKG")
+    if env:
+        return env
+    try:
+        dep = subprocess.run(["apt-cache", "depends", "linux-image-amd64"],
+                             capture_output=True, text=True, timeout=60)
+        m = re.search(r"Depends:\s+linux-image-(\S+)-amd64\s*$", dep.stdout, re.M)
+        if m:
+            name = f"linux-image-{m.group(1)}-amd64-unsigned"
+            show = subprocess.run(["apt-cache", "show", "--no-all-versions", name],
+                                  capture_output=True, text=True, timeout=60)
+            if show.returncode == 0 and show.stdout.strip():
+                return name
+        found = subprocess.run(
+            ["apt-cache", "search", "--names-only", r"^linux-image-[0-9].*-amd64-unsigned$"],
+            capture_output=True, text=True, timeout=60).stdout
+        names = [line.split()[0] for line in found.splitlines() if line.strip()]
+        names = [n for n in names if not re.search(r"-(cloud|rt)-amd64", n)]
+        if names:
+            return max(names, key=_version_key)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log(f"apt-cache failed: {exc}")
+    cached = sorted((CACHE / "kernels").glob("linux-image-*"), key=lambda p: _version_key(p.name))
+    cached = [p for p in cached if (p / ".complete").exists()]
+    if cached:
+        log(f"apt-cache gave no kernel package; using cached {cached[-1].name}")
+        return cached[-1].name
+    raise VMError("cannot find a linux-image-*-amd64-unsigned package "
+                  "(run 'apt-get update' first)")
+
+
+def ensure_kernel(package: str | None = None) -> Kernel:
+    """Download (once) and extract (once) the kernel package; return paths."""
+    package = package or kernel_package_name()
+    tree = CACHE / "kernels" / package
+    if not (tree / ".complete").exists():
+        debs = CACHE / "debs"
+        debs.mkdir(parents=True, exist_ok=True)
+        deb = sorted(debs.glob(f"{package}_*.deb"))
+        if not deb:
+            log(f"apt-get download {package}")
+            proc = subprocess.run(
+                ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root", package],
+                cwd=debs, capture_output=True, text=True, timeout=900)
+            if proc.returncode != 0:
+                raise VMError(f"apt-get download {package} failed:\n{proc.stdout}{proc.stderr}")
+            deb = sorted(debs.glob(f"{package}_*.deb"))
+            if not deb:
+                raise VMError(f"apt-get download {package} produced no .deb in {debs}")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{package}.", dir=_mkdir(tree.parent)))
+        log(f"extracting {deb[-1].name}")
+        proc = subprocess.run(["dpkg-deb", "-x", str(deb[-1]), str(tmp)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise VMError(f"dpkg-deb -x failed: {proc.stderr}")
+        (tmp / ".complete").write_text(deb[-1].name + "\n")
+        if tree.exists():
+            shutil.rmtree(tree)
+        tmp.rename(tree)
+    vmlinuz = sorted((tree / "boot").glob("vmlinuz-*"))
+    if not vmlinuz:
+        raise VMError(f"no boot/vmlinuz-* in {tree}")
+    version = vmlinuz[-1].name[len("vmlinuz-"):]
+    moddir = tree / "lib" / "modules" / version
+    if not moddir.is_dir():
+        raise VMError(f"no {moddir}")
+    return Kernel(package=package, version=version, vmlinuz=vmlinuz[-1], moddir=moddir)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------
+# module dependency resolution from the .ko files' own .modinfo section
+# --------------------------------------------------------------------------
+
+def _norm(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def read_ko(path: Path) -> bytes:
+    """Return the raw ELF bytes of a (possibly compressed) kernel module."""
+    name = path.name
+    if name.endswith(".ko.xz"):
+        return lzma.decompress(path.read_bytes())
+    if name.endswith(".ko.gz"):
+        return gzip.decompress(path.read_bytes())
+    if name.endswith(".ko.zst"):
+        return subprocess.run(["zstd", "-dc", str(path)], check=True,
+                              capture_output=True).stdout
+    return path.read_bytes()
+
+
+def read_modinfo(path: Path) -> dict[str, list[str]]:
+    """Parse the ``.modinfo`` section of a kernel module (ELF64)."""
+    data = read_ko(path)
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        raise VMError(f"{path}: not an ELF64 kernel module")
+    end = "<" if data[5] == 1 else ">"
+    (shoff,) = struct.unpack_from(end + "Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from(end + "HHH", data, 0x3A)
+    sections = []
+    for i in range(shnum):
+        name, _type, _flags, _addr, off, size = struct.unpack_from(
+            end + "IIQQQQ", data, shoff + i * shentsize)
+        sections.append((name, off, size))
+    str_off = sections[shstrndx][1]
+    info: dict[str, list[str]] = {}
+    for name, off, size in sections:
+        sname = data[str_off + name:data.index(b"\0", str_off + name)]
+        if sname != b".modinfo":
+            continue
+        for item in data[off:off + size].split(b"\0"):
+            if b"=" in item:
+                key, _, value = item.decode("utf-8", "replace").partition("=")
+                info.setdefault(key, []).append(value)
+    return info
+
+
+def module_index(moddir: Path) -> dict[str, Path]:
+    index = {}
+    for path in (moddir / "kernel").rglob("*.ko*"):
+        stem = path.name.split(".ko")[0]
+        index[_norm(stem)] = path
+    return index
+
+
+def builtin_modules(moddir: Path) -> set[str]:
+    path = moddir / "modules.builtin"
+    if not path.exists():
+        return set()
+    return {_norm(Path(line.strip()).name.split(".ko")[0])
+            for line in path.read_text().splitlines() if line.strip()}
+
+
+def resolve_modules(moddir: Path, wanted: list[str]) -> list[Path]:
+    """Return ``wanted`` plus all their dependencies in a loadable order.
+
+    ``depends=`` entries are hard requirements; ``softdep=pre:`` entries are
+    loaded first when they can be found (by module name or, failing that, by
+    an ``alias=`` of a module whose name starts with the softdep name, e.g.
+    ``crc32c`` -> ``crc32c_generic``)."""
+    index = module_index(moddir)
+    builtin = builtin_modules(moddir)
+    infos: dict[str, dict] = {}
+    order: list[Path] = []
+    state: dict[str, str] = {}
+
+    def info(name):
+        if name not in infos:
+            infos[name] = read_modinfo(index[name])
+        return infos[name]
+
+    def by_alias(alias):
+        alias_n = _norm(alias)
+        candidates = sorted((n for n in index if n.startswith(alias_n)),
+                            key=lambda n: (not n.endswith("_generic"), n))
+        for cand in candidates:
+            if alias in info(cand).get("alias", []):
+                return cand
+        return None
+
+    def visit(name, required, chain):
+        name = _norm(name)
+        if name in builtin or state.get(name) == "done":
+            return
+        if name not in index:
+            alt = None if required else by_alias(name)
+            if alt is None:
+                if required:
+                    raise VMError(f"module {name} (needed by {' <- '.join(chain) or 'the VM'}) "
+                                  f"is neither built in nor in {moddir}")
+                log(f"softdep {name} not found; skipped")
+                return
+            name = alt
+            if state.get(name) == "done":
+                return
+        if state.get(name) == "visiting":
+            raise VMError(f"module dependency cycle at {name}")
+        state[name] = "visiting"
+        mi = info(name)
+        for soft in mi.get("softdep", []):
+            pre = re.search(r"pre:\s*(.*?)(?:\s+post:|$)", soft)
+            for dep in (pre.group(1).split() if pre else []):
+                visit(dep, False, chain + [name])
+        for deps in mi.get("depends", []):
+            for dep in filter(None, deps.split(",")):
+                visit(dep, True, chain + [name])
+        state[name] = "done"
+        order.append(index[name])
+
+    for want in wanted:
+        visit(want, True, [])
+    return order
+
+
+# --------------------------------------------------------------------------
+# initramfs
+# --------------------------------------------------------------------------
+
+def _cpio_newc(entries) -> bytes:
+    """entries: (name, mode, data-bytes-or-None-for-dirs)."""
+    out = io.BytesIO()
+    ino = 1
+    for name, mode, data in list(entries) + [("TRAILER!!!", 0, b"")]:
+        data = data or b""
+        nameb = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08X}" for v in (
+            ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(nameb), 0))
+        out.write(hdr.encode() + nameb)
+        out.write(b"\0" * ((4 - (110 + len(nameb)) % 4) % 4))
+        out.write(data)
+        out.write(b"\0" * ((4 - len(data) % 4) % 4))
+        ino += 1
+    return out.getvalue()
+
+
+def _is_static_elf(path: Path) -> bool:
+    data = path.read_bytes()[:4096]
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        return False
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    for i in range(phnum):
+        (ptype,) = struct.unpack_from("<I", data, phoff + i * phentsize)
+        if ptype == 3:  # PT_INTERP
+            return False
+    return True
+
+
+def find_busybox() -> Path:
+    for cand in (shutil.which("busybox"), "/bin/busybox", "/usr/bin/busybox"):
+        if cand and Path(cand).exists() and _is_static_elf(Path(cand)):
+            return Path(cand)
+    raise VMError("a static busybox is needed (apt-get install busybox-static)")
+
+
+INIT_SCRIPT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "EDGE_HA_VM: initramfs up, loading modules"
+while read m; do
+  insmod "/modules/$m" || echo "EDGE_HA_VM: insmod $m failed"
+done < /modules.list
+fail() { echo "EDGE_HA_VM: $*"; echo "EDGE_HA_VM_EXIT=125"; poweroff -f; sleep 5; }
+mkdir -p /newroot
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /newroot \
+  || fail "cannot mount the host root over 9p"
+mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp || fail "tmpfs /tmp"
+mount -t tmpfs -o mode=755 tmpfs /newroot/run || fail "tmpfs /run"
+mount -t proc proc /newroot/proc
+mount -t sysfs sysfs /newroot/sys
+mount -t devtmpfs devtmpfs /newroot/dev
+mkdir -p /newroot/dev/pts /newroot/dev/shm
+mount -t devpts devpts /newroot/dev/pts
+mount -t tmpfs tmpfs /newroot/dev/shm
+mkdir -p /newroot/tmp/vmresults
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /newroot/tmp/vmresults \
+  || fail "cannot mount the results share"
+ip link set lo up
+hostname edge-ha-vm
+echo "EDGE_HA_VM: running job"
+chroot /newroot /bin/sh /tmp/vmresults/job.sh </dev/null >/newroot/tmp/vmresults/output.log 2>&1
+rc=$?
+echo "$rc" > /newroot/tmp/vmresults/exitcode
+sync
+umount /newroot/tmp/vmresults
+echo "EDGE_HA_VM_EXIT=$rc"
+poweroff -f
+sleep 5
+"""
+
+
+def build_initramfs(kernel: Kernel, modules: list[str] | None = None) -> tuple[Path, list[str]]:
+    busybox = find_busybox()
+    paths = resolve_modules(kernel.moddir, modules or GUEST_MODULES)
+    names = [p.name.split(".ko")[0] + ".ko" for p in paths]
+    key = hashlib.sha256()
+    for part in (kernel.version, INIT_SCRIPT, busybox.read_bytes(), *map(str, paths)):
+        key.update(part.encode() if isinstance(part, str) else part)
+    target = CACHE / f"initramfs-{kernel.version}-{key.hexdigest()[:16]}.cpio.gz"
+    if target.exists():
+        return target, names
+    entries = [(d, 0o040755, None) for d in
+               ("bin", "dev", "proc", "sys", "tmp", "newroot", "modules")]
+    entries.append(("bin/busybox", 0o100755, busybox.read_bytes()))
+    entries.append(("init", 0o100755, INIT_SCRIPT.encode()))
+    for path, name in zip(paths, names):
+        entries.append((f"modules/{name}", 0o100644, read_ko(path)))
+    entries.append(("modules.list", 0o100644, ("\n".join(names) + "\n").encode()))
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(gzip.compress(_cpio_newc(entries), compresslevel=3))
+    tmp.rename(target)
+    for old in CACHE.glob(f"initramfs-*.cpio.gz"):
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target, names
+
+
+# --------------------------------------------------------------------------
+# qemu
+# --------------------------------------------------------------------------
+
+QEMU = "qemu-system-x86_64"
+
+
+def _probe(accel: str) -> tuple[bool, str]:
+    try:
+        proc = subprocess.run(
+            [QEMU, "-machine", "none", "-accel", accel, "-nodefaults",
+             "-no-user-config", "-display", "none", "-monitor", "stdio"],
+            input="quit\n", capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, str(exc)
+    return proc.returncode == 0, proc.stderr.strip()
+
+
+def pick_accel() -> str:
+    """``kvm`` if it works, else ``tcg``; QemuUnavailable if neither starts."""
+    if shutil.which(QEMU) is None:
+        raise QemuUnavailable(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+    wanted = os.environ.get("EDGE_HA_VM_ACCEL")
+    candidates = [wanted] if wanted else ["kvm", "tcg"]
+    errors = []
+    for accel in candidates:
+        if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            errors.append("kvm: /dev/kvm is not accessible")
+            continue
+        ok, err = _probe(accel)
+        if ok:
+            return accel
+        errors.append(f"{accel}: {err}")
+    raise QemuUnavailable(f"{QEMU} cannot start: " + "; ".join(errors))
+
+
+def _new_results_dir() -> Path:
+    runs = _mkdir(CACHE / "runs")
+    old = sorted(runs.iterdir(), key=lambda p: p.stat().st_mtime)
+    for stale in old[:max(0, len(old) - (KEEP_RUNS - 1))]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
+
+
+def _job_script(command: list[str], env: dict[str, str]) -> str:
+    lines = ["#!/bin/sh", f"cd {shlex.quote(str(REPO))} || exit 97"]
+    for key, value in env.items():
+        lines.append(f"export {key}={shlex.quote(value)}")
+    lines.append("exec " + " ".join(shlex.quote(c) for c in command))
+    return "\n".join(lines) + "\n"
+
+
+def run_in_vm(command: list[str], *, timeout: float | None = None, memory: str = "2048",
+              cpus: int = 2, extra_env: dict[str, str] | None = None,
+              stream: bool = False) -> VMResult:
+    """Boot the VM, run ``command`` (argv, run in the repo root as root) and
+    return its exit status and output. qemu is always stopped by its pid."""
+    timeout = timeout or float(os.environ.get("EDGE_HA_VM_TIMEOUT", DEFAULT_TIMEOUT))
+    t0 = time.monotonic()
+    accel = pick_accel()
+    kernel = ensure_kernel()
+    initrd, modules = build_initramfs(kernel)
+    results = _new_results_dir()
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/tmp", "TMPDIR": "/tmp", "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+        "EDGE_HA_IN_VM": "1", "EDGE_HA_VM_RESULTS": GUEST_RESULTS,
+        "EDGE_HA_VM_ACCEL": accel, "EDGE_HA_VM_KERNEL": kernel.version,
+    }
+    env.update(extra_env or {})
+    (results / "job.sh").write_text(_job_script(command, env))
+    (results / "job.json").write_text(json.dumps(
+        {"command": command, "kernel": kernel.package, "accel": accel,
+         "modules": modules}, indent=1))
+    console = results / "console.log"
+    cpu = "host" if accel == "kvm" else "max"
+    argv = [
+        QEMU, "-nodefaults", "-no-user-config", "-nographic", "-monitor", "none",
+        "-serial", f"file:{console}", "-no-reboot",
+        "-machine", "q35", "-accel", accel, "-cpu", cpu,
+        "-m", memory, "-smp", str(cpus),
+        "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
+        "-append", "console=ttyS0 panic=-1 loglevel=4 rdinit=/init",
+        "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+        "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+        "-fsdev", f"local,id=results,path={results},security_model=none",
+        "-device", "virtio-9p-pci,fsdev=results,mount_tag=results",
+        "-device", "virtio-rng-pci",
+    ]
+    (results / "qemu.argv").write_text(shlex.join(argv) + "\n")
+    t_prep = time.monotonic()
+    log(f"booting {kernel.version} ({accel}, {cpus} vCPU, {memory}M); results in {results}")
+    qemu_err = results / "qemu.stderr"
+    with open(qemu_err, "wb") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                start_new_session=True)
+    (results / "qemu.pid").write_text(f"{proc.pid}\n")
+    timed_out = False
+    try:
+        deadline = t_prep + timeout
+        offset = 0
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                timed_out = True
+                break
+            if stream:
+                offset = _stream(results / "output.log", offset)
+            time.sleep(0.2)
+        if stream:
+            _stream(results / "output.log", offset)
+    finally:
+        _stop(proc)
+    t_end = time.monotonic()
+    console_text = console.read_text(errors="replace") if console.exists() else ""
+    output = (results / "output.log").read_text(errors="replace") \
+        if (results / "output.log").exists() else ""
+    timings = {"prepare": round(t_prep - t0, 2), "vm": round(t_end - t_prep, 2),
+               "total": round(t_end - t0, 2)}
+    (results / "timings.json").write_text(json.dumps(timings) + "\n")
+    if timed_out:
+        raise VMError(f"VM did not finish within {timeout:.0f}s; console:\n"
+                      f"{console_text[-4000:]}\noutput:\n{output[-4000:]}")
+    code = None
+    if (results / "exitcode").exists():
+        code = int((results / "exitcode").read_text().strip() or 126)
+    else:
+        m = re.findall(re.escape(EXIT_MARKER) + r"(\d+)", console_text)
+        code = int(m[-1]) if m else None
+    if code is None:
+        stderr = qemu_err.read_text(errors="replace")
+        if proc.returncode not in (0, None) and not console_text.strip():
+            # qemu died before the guest printed anything
+            raise QemuUnavailable(f"{QEMU} exited {proc.returncode} without booting: {stderr}")
+        raise VMError(f"the VM gave no exit status (qemu rc={proc.returncode}); "
+                      f"qemu stderr:\n{stderr}\nconsole:\n{console_text[-6000:]}")
+    return VMResult(exit_code=code, output=output, console=console_text, accel=accel,
+                    kernel=kernel.version, results_dir=results, timings=timings)
+
+
+def _stream(path: Path, offset: int) -> int:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+    except FileNotFoundError:
+        return offset
+    if chunk:
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
+    return offset + len(chunk)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop qemu by its pid: SIGTERM, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def run_pytest_in_vm(pytest_args: list[str] | None = None, **kwargs) -> VMResult:
+    """Run pytest inside the VM with the host's interpreter (the venv's)."""
+    args = pytest_args if pytest_args is not None else ["tests/vm/inside", "-q"]
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+               "--confcutdir", str(REPO / "tests" / "vm"),
+               "--junitxml", f"{GUEST_RESULTS}/junit.xml", *args]
+    return run_in_vm(command, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--timeout", type=float, default=None)
+    parser.add_argument("--memory", default="2048")
+    parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--stream", action="store_true", help="print the job output live")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="download/extract the kernel and build the initramfs, no boot")
+    parser.add_argument("command", nargs="*",
+                        help="command to run in the VM (default: pytest tests/vm/inside); "
+                             "'python' means this interpreter")
+    opts = parser.parse_args(argv)
+    if opts.prepare_only:
+        kernel = ensure_kernel()
+        initrd, modules = build_initramfs(kernel)
+        print(f"kernel {kernel.version}: {kernel.vmlinuz}\ninitramfs {initrd}\n"
+              f"modules ({len(modules)}): {' '.join(modules)}")
+        return 0
+    kwargs = dict(timeout=opts.timeout, memory=opts.memory, cpus=opts.cpus, stream=opts.stream)
+    try:
+        if opts.command:
+            cmd = [sys.executable if c == "python" and i == 0 else c
+                   for i, c in enumerate(opts.command)]
+            result = run_in_vm(cmd, **kwargs)
+        else:
+            result = run_pytest_in_vm(**kwargs)
+    except QemuUnavailable as exc:
+        print(f"qemu unavailable: {exc}", file=sys.stderr)
+        return 77
+    if not opts.stream:
+        sys.stdout.write(result.output)
+    log(f"exit {result.exit_code}; kernel {result.kernel}, accel {result.accel}; "
+        f"timings {result.timings}; results {result.results_dir}")
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
