@@ -148,10 +148,18 @@ vrrp_instance {{ i.name }} {
     }
 {%- endif %}
     virtual_ipaddress {
-{%- for vip in i.virtual_ipaddress %}
+        {{ i.virtual_ipaddress[0] }} dev {{ i.interface }}
+    }
+{%- if i.virtual_ipaddress[1:] %}
+    # Further VIPs stay out of the adverts: peers drop adverts whose address
+    # list differs from theirs, so listing them there would make adding one
+    # (rolled out node by node) trigger an election.
+    virtual_ipaddress_excluded {
+{%- for vip in i.virtual_ipaddress[1:] %}
         {{ vip }} dev {{ i.interface }}
 {%- endfor %}
     }
+{%- endif %}
 {%- for key in ("track_script", "track_file", "track_interface") %}
 {%- if i[key] %}
     {{ key }} {

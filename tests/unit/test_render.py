@@ -82,3 +82,19 @@ def test_unified_diff_and_atomic_write(tmp_path):
     diff = keepalived.unified_diff("a\nb\n", "a\nc\n", str(path))
     assert "-b\n+c\n" in diff
     assert keepalived.unified_diff("x\n", "x\n", str(path)) == ""
+
+
+def test_added_vip_leaves_advertised_addresses_unchanged():
+    """Peers drop adverts whose address list differs: only the first VIP is advertised."""
+    data = _example()
+    one = _render(data, "edge1")
+    data["vrrp_instances"]["VI_INGRESS"]["virtual_ipaddress"].append("198.18.0.101/24")
+    two = _render(data, "edge1")
+
+    def block(text, name):
+        start = text.index(f"    {name} {{")
+        return text[start:text.index("}", start)]
+
+    assert block(one, "virtual_ipaddress") == block(two, "virtual_ipaddress")
+    assert "198.18.0.101/24 dev eth0" in block(two, "virtual_ipaddress_excluded")
+    assert "virtual_ipaddress_excluded" not in one
