@@ -1200,11 +1200,11 @@ class KubeAPIEmulator:
 
         def emit(event_type, obj):
             nonlocal sent
+            handler.write_chunk(json.dumps({"type": event_type, "object": obj}).encode() + b"\n")
+            sent += 1
             if drop is not None and sent >= drop.after_events:
                 handler.abort()
                 raise _Dropped()
-            handler.write_chunk(json.dumps({"type": event_type, "object": obj}).encode() + b"\n")
-            sent += 1
 
         if drop is not None and drop.after_events == 0:
             handler.abort()
