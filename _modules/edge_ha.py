@@ -219,7 +219,16 @@ CHECK_KEYS = (
     "status_code",
 )
 KUBE_KEYS = tuple(DEFAULT_KUBERNETES)
+DEFAULT_INGRESS = {
+    "health_url": "http://127.0.0.1:10254/healthz",
+    "timeout": 1,
+    "fall": 3,
+    "rise": 2,
+    "interval": 1,
+}
+INGRESS_KEYS = tuple(DEFAULT_INGRESS)
 TOP_KEYS = (
+    "ingress",
     "nodes",
     "global_defs",
     "vrrp_scripts",
@@ -320,6 +329,8 @@ def _validate_track_files(errors, files):
         return
     _check_names(errors, path, files)
     for name, entry in files.items():
+        if str(name).startswith("edge_ha_"):
+            errors.add(_path(path, name), "names starting with edge_ha_ are reserved for the plugin")
         fpath = _path(path, name)
         if not _check_keys(errors, fpath, entry, TRACK_FILE_KEYS, required=("file",)):
             continue
@@ -598,6 +609,22 @@ def _validate_kubernetes(errors, kube):
         _check_int(errors, _path(path, "conflict_retries"), kube["conflict_retries"], 0, 50)
 
 
+def _validate_ingress(errors, ingress):
+    path = _path(ROOT, "ingress")
+    if not _check_keys(errors, path, ingress, INGRESS_KEYS):
+        return
+    url = ingress.get("health_url")
+    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+        errors.add(_path(path, "health_url"), f"must be an http:// or https:// URL, got {url!r}")
+    for key, low, high in (("fall", 1, 100), ("rise", 1, 100)):
+        if key in ingress:
+            _check_int(errors, _path(path, key), ingress[key], low, high)
+    for key in ("timeout", "interval"):
+        value = ingress.get(key)
+        if key in ingress and (not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value <= 60):
+            errors.add(_path(path, key), f"must be a number of seconds above 0 and up to 60, got {value!r}")
+
+
 def validate_model(data):
     """
     Validate the ``edge_ha`` pillar value. Returns a list of error strings,
@@ -622,6 +649,8 @@ def validate_model(data):
         _validate_virtual_servers(errors, data["virtual_servers"], vips)
     if "kubernetes" in data:
         _validate_kubernetes(errors, data["kubernetes"])
+    if "ingress" in data:
+        _validate_ingress(errors, data["ingress"])
     return errors.items
 
 
@@ -755,6 +784,7 @@ def normalize(data):
         "vrrp_instances": instances,
         "virtual_servers": servers,
         "kubernetes": _merge(DEFAULT_KUBERNETES, data.get("kubernetes")),
+        "ingress": _merge(DEFAULT_INGRESS, data.get("ingress")),
     }
 
 

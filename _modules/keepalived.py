@@ -61,6 +61,7 @@ __virtualname__ = "keepalived"
 __load__ = [
     "render", "validate", "plan", "write_config", "install_notify_script",
     "status", "reload", "version", "running", "start", "stop", "settings", "log_tail",
+    "out_of_service", "out_of_service_state", "release_stale_vips",
 ]
 
 DEFAULTS = {
@@ -105,7 +106,14 @@ vrrp_script {{ name }} {
 {%- endif %}
 }
 {% endfor %}
-{%- for name, f in view.vrrp_track_files | dictsort %}
+{#- Set to 1 by the reconciler (keepalived.out_of_service) to take this node
+    out of VIP ownership: weight 0 puts every instance in FAULT. #}
+vrrp_track_file edge_ha_out_of_service {
+    file {{ paths.state_dir }}/out_of_service
+    weight 0
+    init_file 0
+}
+{% for name, f in view.vrrp_track_files | dictsort %}
 vrrp_track_file {{ name }} {
     file {{ f.file }}
 {%- if f.weight is defined %}
@@ -160,7 +168,13 @@ vrrp_instance {{ i.name }} {
 {%- endfor %}
     }
 {%- endif %}
-{%- for key in ("track_script", "track_file", "track_interface") %}
+    track_file {
+        edge_ha_out_of_service
+{%- for item in i.track_file %}
+        {{ item }}
+{%- endfor %}
+    }
+{%- for key in ("track_script", "track_interface") %}
 {%- if i[key] %}
     {{ key }} {
 {%- for item in i[key] %}
@@ -543,6 +557,81 @@ def install_notify_script():
         return False
     write_atomic(path, NOTIFY_SCRIPT, mode=0o755)
     return True
+
+
+def out_of_service(enabled=True, reason=""):
+    """
+    Take this node out of VIP ownership (``enabled=True``: every VRRP instance
+    goes to FAULT and releases its VIPs at once) or put it back
+    (``enabled=False``), through the track file
+    ``<state_dir>/out_of_service`` that keepalived watches. The reason is kept
+    beside it. Returns ``{changed, out_of_service, reason}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.out_of_service reason="ingress unhealthy"
+        salt-call keepalived.out_of_service enabled=False
+    """
+    conf = settings()
+    path = os.path.join(conf["state_dir"], "out_of_service")
+    want = "1\n" if enabled else "0\n"
+    current = read_text(path)
+    changed = current.strip() != want.strip()
+    if changed:
+        write_atomic(path, want)
+        write_atomic(path + ".reason", json.dumps({"reason": reason if enabled else "", "time": time.time()}) + "\n")
+    return {"changed": changed, "out_of_service": bool(enabled), "reason": reason if enabled else ""}
+
+
+def release_stale_vips(node=None):
+    """
+    Remove this node's VIPs from its interfaces when keepalived is NOT
+    running (a killed keepalived leaves them behind, and two nodes then answer
+    for the VIP). Does nothing while keepalived runs. Returns the addresses
+    removed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.release_stale_vips
+    """
+    if running():
+        return []
+    view = __salt__["edge_ha.node_view"](node=node)  # pylint: disable=undefined-variable
+    removed = []
+    for inst in view["vrrp_instances"]:
+        present = interface_addresses(inst["interface"])
+        for vip in inst["virtual_ipaddress"]:
+            if vip.split("/")[0] in present:
+                proc = subprocess.run(["ip", "addr", "del", vip, "dev", inst["interface"]],
+                                      capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    raise CommandExecutionError(f"could not remove {vip} from {inst['interface']}: {proc.stderr.strip()}")
+                removed.append(vip.split("/")[0])
+    return removed
+
+
+def out_of_service_state():
+    """
+    Whether this node is out of VIP ownership, and why.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.out_of_service_state
+    """
+    conf = settings()
+    path = os.path.join(conf["state_dir"], "out_of_service")
+    try:
+        info = json.loads(read_text(path + ".reason") or "{}")
+    except ValueError:
+        info = {}
+    return {"out_of_service": read_text(path).strip() not in ("", "0"), "reason": info.get("reason", ""),
+            "since": info.get("time")}
 
 
 def running():

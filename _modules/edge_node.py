@@ -1,0 +1,128 @@
+"""
+What an edge node knows about itself, for the reconciler and the report.
+
+``edge_node.report`` is what the master's ``edge.reconcile`` and
+``edge.vip_report`` read from every edge minion. It comes back as a job
+return, which Salt authenticates; beacon events only tell the master *when*
+to look, never *what* is true.
+
+The ingress health verdict is kept by the ``ingress_health`` beacon (it
+debounces the probes) in ``<state_dir>/ingress_health.json``; ``report``
+adds a live probe beside it.
+"""
+
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+
+__virtualname__ = "edge_node"
+
+__load__ = ["probe_ingress", "ingress_health", "record_ingress_health", "report"]
+
+HEALTH_FILE = "ingress_health.json"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def probe_url(url, timeout):
+    """One HTTP GET: (healthy, detail). 2xx/3xx is healthy; anything else, or no answer, is not."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # nosec - operator-configured local URL
+            return 200 <= resp.status < 400, f"HTTP {resp.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return False, str(getattr(exc, "reason", exc))
+
+
+def _ingress_conf(url=None, timeout=None):
+    conf = __salt__["edge_ha.model"]()["ingress"]  # pylint: disable=undefined-variable
+    return url or conf["health_url"], float(timeout or conf["timeout"])
+
+
+def _health_path():
+    return os.path.join(__salt__["keepalived.settings"]()["state_dir"], HEALTH_FILE)  # pylint: disable=undefined-variable
+
+
+def probe_ingress(url=None, timeout=None):
+    """
+    Probe the local ingress controller's health URL once (default:
+    ``edge_ha:ingress:health_url``). Returns ``{healthy, detail, url}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_node.probe_ingress
+        salt-call edge_node.probe_ingress url=http://127.0.0.1:10254/healthz
+    """
+    url, timeout = _ingress_conf(url, timeout)
+    healthy, detail = probe_url(url, timeout)
+    return {"healthy": healthy, "detail": detail, "url": url}
+
+
+def record_ingress_health(healthy, detail=""):
+    """
+    Record the debounced ingress verdict (the ``ingress_health`` beacon calls
+    this on every change).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_node.record_ingress_health healthy=False detail="HTTP 500"
+    """
+    path = _health_path()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"healthy": bool(healthy), "detail": detail, "since": time.time()}, fh)
+    os.replace(tmp, path)
+    return True
+
+
+def ingress_health():
+    """
+    The debounced verdict recorded by the beacon (``None`` when there is none
+    yet) and a live probe.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_node.ingress_health
+    """
+    try:
+        with open(_health_path(), encoding="utf-8") as fh:
+            recorded = json.load(fh)
+    except (OSError, ValueError):
+        recorded = None
+    live = probe_ingress()
+    healthy = recorded["healthy"] if recorded else live["healthy"]
+    return {"healthy": healthy, "recorded": recorded, "live": live}
+
+
+def report():
+    """
+    Everything the master needs about this edge node: keepalived status (VIPs
+    really on the interface), whether the node is out of VIP ownership, and
+    ingress health.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' edge_node.report
+    """
+    mod = __salt__  # pylint: disable=undefined-variable
+    return {
+        "node": __opts__["id"],  # pylint: disable=undefined-variable
+        "time": time.time(),
+        "keepalived": mod["keepalived.status"](),
+        "out_of_service": mod["keepalived.out_of_service_state"](),
+        "ingress": ingress_health(),
+    }

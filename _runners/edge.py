@@ -1,0 +1,406 @@
+"""
+The master side of salt-edge-ha: reconcile the edge, report who owns each VIP.
+
+``edge.reconcile`` is level-triggered: it never trusts an event's payload. It
+reads the real state of every edge node as Salt job returns (authenticated by
+Salt; ``edge_node.report`` on each minion), computes the desired world and
+changes only what differs:
+
+- a node whose ingress is unhealthy is taken out of VIP ownership
+  (``keepalived.out_of_service``: its instances go to FAULT, the VIP moves at
+  once) and put back when healthy again. The last node in service is never
+  taken out: with every ingress down, the VIP stays where it is;
+- the Service's ``externalIPs`` become the VIPs plus the nodes that can
+  really serve (minion answered, ingress healthy, node in service, ingress pod
+  ready), through the ``edge_k8s`` module;
+- keepalived is re-applied (``state.apply edge``) only on the minions whose
+  rendered config differs from the one they run.
+
+``edge.trigger`` is what the reactor calls on a beacon event. It ignores
+events that claim to come from a minion that is not an edge node, and
+coalesces bursts: while a reconcile runs, any number of triggers collapse into
+one follow-up run.
+
+``edge.vip_report`` shows, per VIP, the node that *really* has the address on
+its interface, the backups, ingress health, whether the Service matches, and
+the last transition.
+
+Master settings (master config, all optional):
+
+.. code-block:: yaml
+
+    edge_ha_pillar_id: edge1        # compile the edge_ha pillar as this minion (default: the master's own id)
+    edge_ha_timeout: 10             # seconds to wait for edge minions' returns
+"""
+
+import fcntl
+import json
+import logging
+import os
+import time
+
+import salt.client
+import salt.loader
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "edge"
+
+FENCE_REASON = "ingress unhealthy"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+# ---------------------------------------------------------------- pure logic
+
+
+def node_healthy(report):
+    """Ingress verdict of one node report (None: the minion did not answer)."""
+    if not report:
+        return None
+    return bool(report["ingress"]["healthy"])
+
+
+def plan(model, reports, pods_ready=None):
+    """
+    The desired changes, from the model and the nodes' reports.
+
+    reports
+        ``{node: edge_node.report() or None}``
+    pods_ready
+        ``{node: bool}`` ingress pod readiness from Kubernetes, or None if unknown
+
+    Returns ``{fence, unfence, release, service_nodes, notes}``; ``release``
+    lists nodes whose keepalived is not running but whose interface still
+    holds VIPs (stale VIPs, e.g. after a SIGKILL).
+    """
+    notes = []
+    reachable = sorted(n for n in model["nodes"] if reports.get(n))
+    for node in sorted(set(model["nodes"]) - set(reachable)):
+        notes.append(f"{node}: no answer from the minion; left as it is")
+    stopped = {n for n in reachable if not reports[n]["keepalived"]["running"]}
+    release = sorted(
+        n for n in stopped
+        if any(i["vips_present"] for i in reports[n]["keepalived"]["instances"].values())
+    )
+    for node in sorted(stopped):
+        notes.append(f"{node}: keepalived is not running (not restarted by reconcile; state.apply starts it)")
+    healthy = {n for n in reachable if node_healthy(reports[n])}
+    out_now = {n for n in reachable if reports[n]["out_of_service"]["out_of_service"]}
+    ours = {n for n in out_now if reports[n]["out_of_service"]["reason"] == FENCE_REASON}
+    fence = sorted(set(reachable) - healthy - out_now)
+    unfence = sorted(ours & healthy)
+    in_service = (set(reachable) - out_now - set(fence)) | set(unfence)
+    if fence and not in_service:
+        notes.append(
+            "every reachable node's ingress is unhealthy: not taking the last ones ("
+            + ", ".join(fence) + ") out of VIP ownership"
+        )
+        in_service |= set(fence)
+        fence = []
+    service_nodes = sorted(
+        n for n in in_service - stopped
+        if n in healthy and (pods_ready is None or pods_ready.get(n, False))
+    )
+    return {"fence": fence, "unfence": unfence, "release": release, "service_nodes": service_nodes, "notes": notes}
+
+
+def build_report(model, reports, service=None):
+    """
+    One row per VIP: the observed owner(s) (address really on the interface),
+    backups with state and priority, ingress health per node, Service match,
+    last transition. ``flags`` lists ``no_owner`` / ``split_brain``.
+    """
+    rows = []
+    for inst in model["vrrp_instances"].values():
+        for vip in inst["vips"]:
+            holders, others, last = [], [], None
+            for node in inst["nodes"]:
+                report = reports.get(node)
+                if not report:
+                    others.append({"node": node, "state": "NO ANSWER", "priority": None})
+                    continue
+                status = report["keepalived"]["instances"].get(inst["name"], {})
+                since = status.get("since")
+                if since and (last is None or since > last):
+                    last = since
+                entry = {
+                    "node": node,
+                    "state": status.get("state", "UNKNOWN") if report["keepalived"]["running"] else "STOPPED",
+                    "priority": status.get("priority"),
+                }
+                if vip in status.get("vips_present", []):
+                    holders.append(entry)
+                else:
+                    others.append(entry)
+            flags = []
+            if not holders:
+                flags.append("no_owner")
+            if len(holders) > 1:
+                flags.append("split_brain")
+            rows.append({
+                "vip": vip,
+                "instance": inst["name"],
+                "vrid": inst["virtual_router_id"],
+                "owner": [h["node"] for h in holders],
+                "owner_detail": holders,
+                "backups": others,
+                "ingress": {n: node_healthy(reports.get(n)) for n in inst["nodes"]},
+                "service_match": None if service is None else service.get("match"),
+                "last_transition": last,
+                "flags": flags,
+            })
+    return rows
+
+
+def format_table(rows):
+    """The report as a text table."""
+    def when(stamp):
+        return time.strftime("%H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+    def health(value):
+        return {True: "ok", False: "DOWN", None: "?"}[value]
+
+    header = ("VIP", "VRID", "OWNER", "BACKUPS (prio)", "INGRESS", "SERVICE", "LAST CHANGE", "FLAGS")
+    lines = []
+    for row in rows:
+        lines.append((
+            row["vip"],
+            str(row["vrid"]),
+            ",".join(row["owner"]) or "NONE",
+            " ".join(
+                f"{b['node']}({b['priority'] if b['priority'] is not None else '-'}{'' if b['state'] == 'BACKUP' else ' ' + b['state']})"
+                for b in row["backups"]
+            ) or "-",
+            " ".join(f"{n}:{health(h)}" for n, h in row["ingress"].items()),
+            {True: "match", False: "DIFFERS", None: "?"}[row["service_match"]],
+            when(row["last_transition"]),
+            ",".join(row["flags"]) or "-",
+        ))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    return "\n".join(fmt.format(*line).rstrip() for line in [header] + lines)
+
+
+# ---------------------------------------------------------------- Salt layer
+
+
+def _state_dir():
+    path = os.path.join(__opts__["cachedir"], "edge_ha")  # pylint: disable=undefined-variable
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _mods():
+    """Execution modules on the master (edge_ha model, edge_k8s), loaded once per process."""
+    ctx = __context__  # pylint: disable=undefined-variable
+    if "edge_ha_mods" not in ctx:
+        opts = dict(__opts__)  # pylint: disable=undefined-variable
+        opts["enable_fqdns_grains"] = False  # no reverse DNS lookups on the master
+        opts["grains"] = salt.loader.grains(opts)
+        opts["pillar"] = {}
+        ctx["edge_ha_mods"] = salt.loader.minion_mods(opts, utils=salt.loader.utils(opts))
+    return ctx["edge_ha_mods"]
+
+
+def _model():
+    opts = __opts__  # pylint: disable=undefined-variable
+    pillar = __salt__["pillar.show_pillar"](opts.get("edge_ha_pillar_id") or None)  # pylint: disable=undefined-variable
+    return _mods()["edge_ha.model"](pillar=pillar.get("edge_ha"))
+
+
+def _client():
+    return salt.client.get_local_client(__opts__["conf_file"])  # pylint: disable=undefined-variable
+
+
+def _gather(model):
+    """edge_node.report from every edge minion, as authenticated job returns."""
+    timeout = __opts__.get("edge_ha_timeout", 10)  # pylint: disable=undefined-variable
+    nodes = sorted(model["nodes"])
+    returns = _client().cmd(nodes, "edge_node.report", tgt_type="list", timeout=timeout)
+    reports = {}
+    for node in nodes:
+        value = returns.get(node)
+        if isinstance(value, dict) and "keepalived" in value:
+            reports[node] = value
+        else:
+            if value is not None:
+                log.warning("edge: %s returned an error for edge_node.report: %s", node, value)
+            reports[node] = None
+    return reports
+
+
+def _kube_nodes(model):
+    return {n: {"address": v["address"], "kubernetes_node": v["kubernetes_node"]} for n, v in model["nodes"].items()}
+
+
+def _pods_ready(model):
+    try:
+        pods = _mods()["edge_k8s.ingress_pods"](kubernetes=model["kubernetes"])
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("edge: cannot read ingress pods: %s", exc)
+        return None
+    return {n: bool(pods.get(v["kubernetes_node"], {}).get("ready")) for n, v in model["nodes"].items()}
+
+
+def _vips(model):
+    return [v for inst in model["vrrp_instances"].values() for v in inst["vips"]]
+
+
+def _record(kind, **data):
+    """Append one JSON line to the master's reconcile log (read by tests and edge.history)."""
+    entry = dict(data, kind=kind, time=time.time())
+    with open(os.path.join(_state_dir(), "reconcile.log"), "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry, default=str) + "\n")
+
+
+def reconcile(reason="manual", test=False):
+    """
+    Bring the edge in line with the pillar and the nodes' real state (see the
+    module docstring). Returns what it found and what it changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run edge.reconcile
+        salt-run edge.reconcile test=True
+    """
+    started = time.time()
+    model = _model()
+    reports = _gather(model)
+    pods = _pods_ready(model)
+    wanted = plan(model, reports, pods)
+    client = _client()
+    actions = []
+    if not test:
+        for node in wanted["fence"]:
+            client.cmd(node, "keepalived.out_of_service", [True, FENCE_REASON], timeout=10)
+            actions.append(f"{node}: out of VIP ownership ({FENCE_REASON})")
+        for node in wanted["unfence"]:
+            client.cmd(node, "keepalived.out_of_service", [False], timeout=10)
+            actions.append(f"{node}: back in VIP ownership (ingress healthy)")
+        for node in wanted["release"]:
+            released = client.cmd(node, "keepalived.release_stale_vips", timeout=10).get(node)
+            actions.append(f"{node}: stale VIPs removed (keepalived not running): {released}")
+    # keepalived re-rendered only where the config differs
+    running = [n for n in sorted(model["nodes"]) if reports.get(n) and reports[n]["keepalived"]["running"]]
+    plans = client.cmd(running, "keepalived.plan", tgt_type="list", timeout=30) if running else {}
+    stale = sorted(n for n, p in plans.items() if isinstance(p, dict) and p.get("diff"))
+    invalid = sorted(n for n, p in plans.items() if isinstance(p, dict) and not p.get("valid", True))
+    if stale and not test:
+        applied = client.cmd(stale, "state.apply", ["edge"], tgt_type="list", timeout=120)
+        for node in stale:
+            result = applied.get(node)
+            ok = isinstance(result, dict) and all(v.get("result") for v in result.values())
+            actions.append(f"{node}: keepalived re-applied ({'ok' if ok else 'FAILED'})")
+    service = {}
+    try:
+        service = _mods()["edge_k8s.set_external_ips"](
+            vips=_vips(model),
+            nodes=_kube_nodes(model),
+            healthy=wanted["service_nodes"],
+            reason=f"salt-edge-ha reconcile ({reason})",
+            address_source="pillar",
+            kubernetes=model["kubernetes"],
+            test=test,
+        )
+        if service.get("changed") and not test:
+            actions.append(f"service externalIPs: {service['old']} -> {service['new']}")
+    except Exception as exc:  # pylint: disable=broad-except
+        service = {"error": str(exc)}
+        actions.append(f"service externalIPs NOT updated: {exc}")
+    result = {
+        "reason": reason,
+        "test": bool(test),
+        "plan": wanted,
+        "stale_config": stale,
+        "invalid_config": invalid,
+        "actions": actions,
+        "service": service,
+        "seconds": round(time.time() - started, 3),
+    }
+    if not test:
+        _record("reconcile", reason=reason, actions=actions, notes=wanted["notes"], seconds=result["seconds"],
+                error=service.get("error"))
+    return result
+
+
+def trigger(source="", claimed_id=""):
+    """
+    Called by the reactor on a beacon event: drop events claiming to come from
+    a minion that is not an edge node, then reconcile, coalescing bursts (one
+    reconcile at a time; triggers that arrive meanwhile collapse into a single
+    follow-up run).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run edge.trigger source=manual claimed_id=edge1
+    """
+    model = _model()
+    tag_id = source.split("/")[2] if source.startswith("salt/beacon/") and source.count("/") >= 3 else claimed_id
+    if claimed_id not in model["nodes"] or tag_id != claimed_id:
+        log.warning("edge: ignoring event %r claiming minion %r: not an edge node of edge_ha:nodes", source, claimed_id)
+        _record("ignored", source=source, claimed_id=claimed_id)
+        return {"ignored": True, "source": source, "claimed_id": claimed_id}
+    state = _state_dir()
+    pending = os.path.join(state, "reconcile.pending")
+    with open(pending, "w", encoding="utf-8") as fh:
+        fh.write(source)
+    runs = 0
+    while os.path.exists(pending):
+        with open(os.path.join(state, "reconcile.lock"), "w", encoding="utf-8") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                # a reconcile is running; it will see the pending mark when it ends
+                return {"queued": True, "source": source, "runs": runs}
+            try:
+                os.unlink(pending)
+            except FileNotFoundError:
+                continue
+            reconcile(reason=source or "trigger")
+            runs += 1
+    return {"queued": False, "source": source, "runs": runs}
+
+
+def vip_report(test=False):
+    """
+    Who really owns each VIP, the backups and their priorities, ingress health
+    per node, whether the Service's externalIPs match, the last transition.
+    A table by default; ``--out=json`` or ``--out=yaml`` give the rows.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run edge.vip_report
+        salt-run edge.vip_report --out=json
+    """
+    model = _model()
+    reports = _gather(model)
+    pods = _pods_ready(model)
+    wanted = plan(model, reports, pods)
+    try:
+        desired = _mods()["edge_k8s.set_external_ips"](
+            vips=_vips(model), nodes=_kube_nodes(model), healthy=wanted["service_nodes"],
+            address_source="pillar", kubernetes=model["kubernetes"], test=True,
+        )
+        service = {"match": not desired["changed"], "current": desired["old"], "desired": desired["new"]}
+    except Exception as exc:  # pylint: disable=broad-except
+        service = {"match": None, "error": str(exc)}
+    rows = build_report(model, reports, service)
+    if __opts__.get("output"):  # pylint: disable=undefined-variable
+        return {"vips": rows, "service": service, "notes": wanted["notes"]}
+    text = format_table(rows)
+    if service.get("error"):
+        text += f"\nservice: {service['error']}"
+    elif service.get("match") is False:
+        text += f"\nservice externalIPs: {service['current']}, should be {service['desired']}"
+    for note in wanted["notes"]:
+        text += f"\nnote: {note}"
+    return text

@@ -1,0 +1,404 @@
+"""
+The local lab: a switch, a salt-master, three edge nodes and a client, each in
+its own network namespace, on 198.18.0.0/24 (nothing routed from the root
+namespace).
+
+- master (198.18.0.2): a real salt-master with the repo's reactor config, and
+  the Kubernetes API emulator (nodes, one ingress pod per node, the ingress
+  Service) on 127.0.0.1:6443 inside the namespace;
+- edge1..edge3 (198.18.0.11-13): a real salt-minion each, keepalived from
+  highstate (process mode), an ingress stand-in (HTTP 80/443 answering the
+  node name, /healthz on 10254 that the lab can flip);
+- client (198.18.0.50).
+
+    python lab/lab.py up       # from nothing (idempotent: tears down a previous lab first)
+    python lab/lab.py status   # the VIP report
+    python lab/lab.py down     # stops everything by pid, deletes the namespaces (safe after a crash)
+
+Everything lives under LAB_DIR (default /run/salt-edge-ha-lab).
+"""
+
+import argparse
+import http.client
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.support.netns import Topology, delete_namespace, kill_pids, list_namespaces  # noqa: E402  pylint: disable=wrong-import-position
+
+BIN = pathlib.Path(sys.executable).parent
+VIP = "198.18.0.100"
+NODES = {"edge1": 11, "edge2": 12, "edge3": 13}
+MASTER_IP = "198.18.0.2"
+USER_IP = "198.18.0.200"  # put on the Service "by hand": must survive every update
+KUBE_NS = "ingress-nginx"
+SERVICE = "ingress-nginx-controller"
+DEFAULT_DIR = "/run/salt-edge-ha-lab"
+
+
+def lab_pillar(kubeconfig):
+    return {
+        "nodes": {n: {"address": f"198.18.0.{o}", "interface": "eth0"} for n, o in NODES.items()},
+        "vrrp_instances": {
+            "VI_INGRESS": {
+                "virtual_router_id": 51,
+                "vrrp_version": 3,
+                "advert_int": 1,
+                "unicast": True,
+                "virtual_ipaddress": [f"{VIP}/24"],
+            }
+        },
+        "ingress": {"health_url": "http://127.0.0.1:10254/healthz", "timeout": 1, "fall": 2, "rise": 2},
+        "kubernetes": {
+            "kubeconfig": str(kubeconfig),
+            "service": {"namespace": KUBE_NS, "name": SERVICE},
+            "ingress_pods": {"namespace": KUBE_NS, "label_selector": "app.kubernetes.io/component=controller"},
+            "external_ips": "vips_and_healthy_nodes",
+            "request_timeout": 5,
+        },
+    }
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=10):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+class Lab:
+    def __init__(self, directory=None, prefix="ehlab"):
+        self.dir = pathlib.Path(directory or os.environ.get("LAB_DIR", DEFAULT_DIR))
+        self.prefix = prefix
+        self.topo = None
+        self.master_proc = None
+
+    # ------------------------------------------------------------ paths
+
+    def ns(self, host):
+        return f"{self.prefix}-{host}"
+
+    @property
+    def etc(self):
+        return self.dir / "master" / "etc"
+
+    def node_dir(self, node):
+        return self.dir / node
+
+    def state_dir(self, node):
+        return self.node_dir(node) / "state"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def up(self, log=print):
+        self.down(quiet=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.topo = Topology(self.prefix)
+        try:
+            self._up(log)
+        except BaseException:
+            self.down(quiet=True)
+            raise
+        return self
+
+    def _up(self, log):
+        topo = self.topo
+        topo.add_host("master", 2)
+        for node, octet in NODES.items():
+            topo.add_host(node, octet)
+        topo.add_host("client", 50)
+        log(f"namespaces: {', '.join(sorted(list_namespaces()))}")
+        self._write_configs()
+        for node in NODES:
+            self._spawn(node, "ingress", sys.executable, str(REPO / "lab" / "ingress_standin.py"), node,
+                        str(self.node_dir(node) / "ingress-unhealthy"))
+        self._spawn("master", "kube", sys.executable, str(REPO / "lab" / "kube_emulator.py"),
+                    "--seed", str(self.dir / "kube-seed.json"), "--kubeconfig", str(self.dir / "kubeconfig"),
+                    "--socket", str(self.dir / "kube.sock"))
+        self._wait(lambda: (self.dir / "kube.sock").exists(), 20, "Kubernetes API emulator")
+        self.start_master()
+        for node in NODES:
+            self.start_minion(node)
+        self._wait(lambda: self._pinged(), 90, "minions to answer test.ping")
+        log("salt-master and 3 salt-minions up; syncing modules and applying highstate")
+        self.salt("*", "saltutil.sync_all", timeout=120)
+        results = self.salt("*", "state.apply", timeout=300)
+        for node, states in results.items():
+            bad = [k for k, v in (states or {}).items() if not isinstance(v, dict) or not v.get("result")]
+            if not isinstance(states, dict) or bad:
+                raise RuntimeError(f"highstate failed on {node}: {json.dumps(states, indent=1)[:3000]}")
+        self._wait(lambda: len(self.holders()) == 1, 30, "one VIP owner")
+        return self
+
+    def down(self, quiet=False):
+        """Stop everything by pid and delete the namespaces; fine after a crash."""
+        for pidfile in sorted(self.dir.glob("**/*.pid")) if self.dir.exists() else []:
+            try:
+                kill_pids([int(pidfile.read_text().strip())])
+            except (ValueError, OSError):
+                pass
+        for ns in list_namespaces():
+            if ns.startswith(self.prefix + "-"):
+                delete_namespace(ns)
+        if self.topo:
+            self.topo.close()
+            self.topo = None
+        if self.dir.exists():
+            shutil.rmtree(self.dir, ignore_errors=True)
+        if not quiet:
+            print("lab is down")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.down(quiet=True)
+
+    # ------------------------------------------------------------ processes
+
+    def _spawn(self, host, name, *cmd):
+        """Start a daemon inside ``host``'s namespace; its pid goes to <dir>/pids/<host>-<name>.pid."""
+        log = self.dir / "logs" / f"{host}-{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(  # pylint: disable=consider-using-with
+                ["ip", "netns", "exec", self.ns(host), *cmd],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        pidfile = self.dir / "pids" / f"{host}-{name}.pid"
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        pidfile.write_text(str(proc.pid))
+        return proc
+
+    def _stop(self, host, name):
+        pidfile = self.dir / "pids" / f"{host}-{name}.pid"
+        if pidfile.exists():
+            kill_pids([int(pidfile.read_text())], timeout=15)
+            pidfile.unlink()
+
+    def start_master(self):
+        self.master_proc = self._spawn("master", "salt-master", str(BIN / "salt-master"), "-c", str(self.etc),
+                                       "-l", "warning")
+        self._wait(lambda: (self.dir / "master" / "run" / "master" / "master_event_pub.ipc").exists()
+                   or any((self.dir / "master").glob("**/master_event_pub.ipc")), 60, "salt-master")
+
+    def stop_master(self):
+        self._stop("master", "salt-master")
+
+    def start_minion(self, node):
+        self._spawn(node, "salt-minion", str(BIN / "salt-minion"), "-c", str(self.node_dir(node) / "etc"),
+                    "-l", "warning")
+
+    def _wait(self, predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return
+            except Exception:  # pylint: disable=broad-except
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"timed out after {timeout}s waiting for {what}; logs in {self.dir / 'logs'}")
+
+    def _pinged(self):
+        return set(self.salt("*", "test.ping", timeout=10)) == set(NODES)
+
+    # ------------------------------------------------------------ config
+
+    def _write_configs(self):
+        kubeconfig = self.dir / "kubeconfig"
+        pillar_dir = self.dir / "pillar"
+        pillar_dir.mkdir(parents=True, exist_ok=True)
+        (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - edge_ha\n")
+        self.set_pillar(lab_pillar(kubeconfig))
+        reactor = yaml.safe_load((REPO / "reactor" / "edge-ha.master.conf").read_text().replace(
+            "/srv/salt-edge-ha", str(REPO)))
+        master = {
+            "root_dir": str(self.dir / "master"),
+            "interface": MASTER_IP,
+            "auto_accept": True,
+            "file_roots": reactor["file_roots"],
+            "pillar_roots": {"base": [str(pillar_dir)]},
+            "module_dirs": reactor["module_dirs"],
+            "reactor": reactor["reactor"],
+            "edge_ha_pillar_id": "edge1",
+            "log_level_logfile": "info",  # <dir>/master/var/log/salt/master
+            "worker_threads": 4,
+        }
+        self.etc.mkdir(parents=True, exist_ok=True)
+        (self.etc / "master").write_text(yaml.safe_dump(master))
+        for node in NODES:
+            ndir = self.node_dir(node)
+            (ndir / "etc").mkdir(parents=True, exist_ok=True)
+            minion = {
+                "id": node,
+                "master": MASTER_IP,
+                "root_dir": str(ndir / "root"),
+                "log_level_logfile": "warning",  # <dir>/<node>/root/var/log/salt/minion
+                "keepalived": {
+                    "config_file": str(ndir / "keepalived.conf"),
+                    "state_dir": str(self.state_dir(node)),
+                    "notify_script": str(ndir / "bin" / "edge-ha-notify"),
+                    "pid_dir": str(ndir / "run"),
+                    "service_mode": "process",
+                },
+                "edge_ha_sysctl_file": str(ndir / "sysctl.conf"),
+                "beacons": {
+                    "vrrp": [{"interval": 1}],
+                    "ingress_health": [{"interval": 1}],
+                },
+            }
+            (ndir / "etc" / "minion").write_text(yaml.safe_dump(minion))
+        seed = {
+            "namespaces": [KUBE_NS],
+            "nodes": [{"name": n, "address": f"198.18.0.{o}"} for n, o in NODES.items()],
+            "pods": [
+                {"namespace": KUBE_NS, "name": f"{SERVICE}-{n}", "node": n,
+                 "labels": {"app.kubernetes.io/component": "controller"}}
+                for n in NODES
+            ],
+            "service": {"namespace": KUBE_NS, "name": SERVICE, "external_ips": [USER_IP]},
+        }
+        (self.dir / "kube-seed.json").write_text(json.dumps(seed))
+
+    def set_pillar(self, data):
+        (self.dir / "pillar" / "edge_ha.sls").write_text(yaml.safe_dump({"edge_ha": data}, sort_keys=False))
+
+    # ------------------------------------------------------------ salt
+
+    def _salt_cli(self, tool, *args, timeout=60):
+        cmd = ["ip", "netns", "exec", self.ns("master"), str(BIN / tool), "-c", str(self.etc), "--out=json"]
+        if tool == "salt":
+            cmd += ["--static", "--timeout", str(timeout)]
+        cmd += list(args)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60, check=False, cwd=self.dir)
+        out = proc.stdout.strip()
+        if not out:
+            raise RuntimeError(f"{tool} {' '.join(args)}: no output ({proc.returncode}): {proc.stderr[-2000:]}")
+        return json.loads(out)
+
+    def salt(self, target, *args, timeout=60):
+        return self._salt_cli("salt", target, *args, timeout=timeout)
+
+    def run(self, fun, *args, timeout=120):
+        return self._salt_cli("salt-run", fun, *args, timeout=timeout)
+
+    def report(self):
+        return self.run("edge.vip_report")
+
+    def report_table(self):
+        """The report as an operator sees it (salt-run edge.vip_report, default output)."""
+        proc = subprocess.run(["ip", "netns", "exec", self.ns("master"), str(BIN / "salt-run"), "-c", str(self.etc),
+                               "edge.vip_report"], capture_output=True, text=True, timeout=120, check=False)
+        return proc.stdout.rstrip() or proc.stderr
+
+    # ------------------------------------------------------------ observation and faults
+
+    def addresses(self, node):
+        out = subprocess.run(["ip", "-n", self.ns(node), "-j", "addr", "show", "dev", "eth0"],
+                             capture_output=True, text=True, check=True).stdout
+        return [a["local"] for link in json.loads(out or "[]") for a in link.get("addr_info", [])]
+
+    def holders(self, vip=VIP):
+        return sorted(n for n in NODES if vip in self.addresses(n))
+
+    def keepalived_pid(self, node):
+        try:
+            return int((self.node_dir(node) / "run" / "keepalived.pid").read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
+    def kill_keepalived(self, node, sig=signal.SIGKILL):
+        pid = self.keepalived_pid(node)
+        vrrp = 0
+        try:
+            vrrp = int((self.node_dir(node) / "run" / "keepalived_vrrp.pid").read_text().strip())
+        except (OSError, ValueError):
+            pass
+        for p in (pid, vrrp) if sig == signal.SIGKILL else (pid,):
+            if p:
+                try:
+                    os.kill(p, sig)
+                except ProcessLookupError:
+                    pass
+
+    def set_ingress_healthy(self, node, healthy):
+        """Flip the node's ingress health endpoint and its pod's readiness (what the kubelet would do)."""
+        flag = self.node_dir(node) / "ingress-unhealthy"
+        if healthy:
+            flag.unlink(missing_ok=True)
+        else:
+            flag.write_text("unhealthy\n")
+        status = "True" if healthy else "False"
+        pod = f"{SERVICE}-{node}"
+        body = {"status": {"conditions": [{"type": "Ready", "status": status},
+                                          {"type": "ContainersReady", "status": status}]}}
+        self.kube("PATCH", f"/api/v1/namespaces/{KUBE_NS}/pods/{pod}", body,
+                  "application/strategic-merge-patch+json")
+
+    def kube(self, method, path, body=None, content_type="application/json"):
+        """A request to the lab's Kubernetes API (over its Unix socket)."""
+        conn = _UnixHTTPConnection(str(self.dir / "kube.sock"))
+        headers = {"Authorization": "Bearer emulator-token", "Content-Type": content_type}
+        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        resp = conn.getresponse()
+        data = json.loads(resp.read() or b"{}")
+        conn.close()
+        if resp.status >= 400:
+            raise RuntimeError(f"{method} {path}: {resp.status} {data.get('message')}")
+        return data
+
+    def service(self):
+        return self.kube("GET", f"/api/v1/namespaces/{KUBE_NS}/services/{SERVICE}")
+
+    def external_ips(self):
+        return sorted((self.service().get("spec") or {}).get("externalIPs") or [])
+
+    def reconcile_log(self):
+        path = self.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.log"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def fire_event(self, node, tag, data):
+        """Fire an event from a minion (what a beacon, or a forger, does)."""
+        return self.salt(node, "event.send", tag, f"data={json.dumps(data)}", timeout=30)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="The salt-edge-ha lab")
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--dir", default=None, help=f"lab directory (default $LAB_DIR or {DEFAULT_DIR})")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the lab needs root (network namespaces)", file=sys.stderr)
+        return 1
+    lab = Lab(args.dir)
+    if args.command == "up":
+        lab.up()
+        print(f"lab is up in {lab.dir}; VIP {VIP} on {', '.join(lab.holders())}")
+        print(lab.report_table())
+    elif args.command == "down":
+        lab.down()
+    else:
+        print(lab.report_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
