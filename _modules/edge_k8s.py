@@ -674,27 +674,38 @@ def _read_service(session):
 
 
 def _health(session, nodes, address_source, with_pods=True):
-    """Per edge node: kubernetes_node, address, address_from, pod, ready (+ warnings)."""
+    """Per edge node: kubernetes_node, address, address_from, pod, ready (+ warnings).
+
+    address_source "pillar": the node map's ``address``, the Kubernetes
+    node's InternalIP only when the map has none; "kubernetes": the other
+    way round. Nodes are listed only when an InternalIP is needed.
+    """
     pods = summarize_ingress_pods(_list_ingress_pods(session).get("items") or []) if with_pods else {}
-    internal = _list_nodes(session) if address_source == "kubernetes" else {}
+    need_nodes = address_source == "kubernetes" or any(not n["address"] for n in nodes.values())
+    internal = _list_nodes(session) if need_nodes else {}
     result, warnings = {}, []
     for name, node in sorted(nodes.items()):
         k8s_node = node["kubernetes_node"]
-        address, source = None, None
-        if address_source == "kubernetes" and internal.get(k8s_node):
-            address, source = normalize_address(internal[k8s_node]), "kubernetes"
-        elif node["address"]:
-            address, source = node["address"], "pillar"
-            if address_source == "kubernetes":
+        k8s_address = normalize_address(internal[k8s_node]) if internal.get(k8s_node) else None
+        first, second = ("pillar", "kubernetes") if address_source == "pillar" else ("kubernetes", "pillar")
+        candidates = {"pillar": node["address"], "kubernetes": k8s_address}
+        address, source = candidates[first], first
+        if not address and candidates[second]:
+            address, source = candidates[second], second
+            if second == "pillar":
                 missing = "not found" if k8s_node not in internal else "has no InternalIP"
                 warnings.append(
                     f"Kubernetes node {k8s_node} (edge node {name}) {missing}; using the pillar address {address}"
+                )
+            else:
+                warnings.append(
+                    f"edge node {name} has no address in the node map; using the InternalIP {address} of {k8s_node}"
                 )
         pod = pods.get(k8s_node, {})
         result[name] = {
             "kubernetes_node": k8s_node,
             "address": address,
-            "address_from": source,
+            "address_from": source if address else None,
             "pod": pod.get("pod"),
             "ready": bool(pod.get("ready")),
         }
@@ -761,7 +772,7 @@ def node_addresses(names=None, kubernetes=None):
         return {n: found[n] for n in _as_list(names) if n in found}
 
 
-def node_health(nodes=None, address_source="kubernetes", kubernetes=None):
+def node_health(nodes=None, address_source="pillar", kubernetes=None):
     """
     Per edge node: its Kubernetes node, address and ingress pod readiness.
 
@@ -769,8 +780,9 @@ def node_health(nodes=None, address_source="kubernetes", kubernetes=None):
         the edge node map (``edge_ha:nodes``: ``{edge: {address, kubernetes_node}}``)
         or a list of names; default: from the pillar
     address_source
-        ``kubernetes`` (the node's InternalIP, falling back to the pillar
-        address) or ``pillar`` (the node map's ``address``)
+        ``pillar`` (the node map's ``address``, i.e. ``edge_ha:nodes:<n>:address``;
+        the Kubernetes node's InternalIP if it has none) or ``kubernetes``
+        (the InternalIP, falling back to the node map's address)
     kubernetes
         the ``edge_ha:kubernetes`` section (default: from the pillar)
 
@@ -840,7 +852,7 @@ def set_external_ips(
     healthy=None,
     reason="",
     policy=None,
-    address_source="kubernetes",
+    address_source="pillar",
     kubernetes=None,
     test=False,
 ):
@@ -870,7 +882,8 @@ def set_external_ips(
     policy
         ``vips_and_healthy_nodes`` or ``vips_only`` (default: ``edge_ha:kubernetes:external_ips``)
     address_source
-        ``kubernetes`` (node InternalIP, pillar address as fallback) or ``pillar``
+        ``pillar`` (the node map's ``address``; InternalIP as fallback) or
+        ``kubernetes`` (the node's InternalIP; the node map's address as fallback)
     kubernetes
         the ``edge_ha:kubernetes`` section (default: from the pillar)
     test

@@ -43,7 +43,7 @@ def service_external_ips(
     healthy=None,
     policy=None,
     reason=None,
-    address_source="kubernetes",
+    address_source="pillar",
     kubernetes=None,
 ):
     """
@@ -66,7 +66,7 @@ def service_external_ips(
     reason
         text for the Kubernetes Event (default: ``salt state <name>``)
     address_source
-        ``kubernetes`` (node InternalIP) or ``pillar`` (edge node address)
+        ``pillar`` (``edge_ha:nodes:<n>:address``) or ``kubernetes`` (node InternalIP)
     kubernetes
         the ``edge_ha:kubernetes`` section (default: from the pillar)
 

@@ -5,6 +5,7 @@ The module is loaded as a plain Python module here; test_k8s_salt.py goes
 through the Salt loader and salt-call.
 """
 
+import copy
 import json
 import threading
 import time
@@ -47,10 +48,30 @@ def test_ingress_pods_node_addresses_and_health(edge_k8s, make_edge):
     assert health["nodes"]["edge3"] == {
         "kubernetes_node": k8s["edge3"],
         "address": edge.addresses["edge3"],
-        "address_from": "kubernetes",
+        "address_from": "pillar",
         "pod": edge.pods["edge3"],
         "ready": False,
     }
+
+
+def test_node_address_source(edge_k8s, make_edge, cluster):
+    """Default: the pillar's node address; the InternalIP only as fallback (or on request)."""
+    edge = make_edge(ready=(True, True, False))
+    nodes = copy.deepcopy(edge.nodes)
+    nodes["edge1"]["address"] = "192.0.2.11"  # differs from the node's InternalIP
+    del nodes["edge2"]["address"]  # none in the map: the InternalIP is used, with a warning
+    call = dict(vips=[VIP], nodes=nodes, kubernetes=edge.settings, test=True)
+
+    result = edge_k8s.set_external_ips(**call)
+    assert result["new"] == [VIP, "192.0.2.11", edge.addresses["edge2"]]
+    assert any("edge2" in w and "InternalIP" in w for w in result["warnings"])
+
+    result = edge_k8s.set_external_ips(address_source="kubernetes", **call)
+    assert result["new"] == [VIP, edge.addresses["edge1"], edge.addresses["edge2"]]
+
+    health = edge_k8s.node_health(nodes=nodes, kubernetes=edge.settings)["nodes"]
+    assert (health["edge1"]["address"], health["edge1"]["address_from"]) == ("192.0.2.11", "pillar")
+    assert (health["edge2"]["address"], health["edge2"]["address_from"]) == (edge.addresses["edge2"], "kubernetes")
 
 
 def test_two_of_three_ready_gives_vip_and_two_node_addresses(edge_k8s, make_edge, cluster):
@@ -235,8 +256,8 @@ def test_forbidden_names_the_missing_verb_and_resource(edge_k8s, make_edge, clus
     edge = make_edge()
     before = cluster.read_service()
     emulator.forbid(verb, resource)
-    with pytest.raises(CommandExecutionError) as info:
-        edge_k8s.set_external_ips(vips=[VIP], nodes=edge.nodes, kubernetes=edge.settings)
+    with pytest.raises(CommandExecutionError) as info:  # "kubernetes": it lists the nodes too
+        edge_k8s.set_external_ips(vips=[VIP], nodes=edge.nodes, address_source="kubernetes", kubernetes=edge.settings)
     assert expected in str(info.value)
     assert "deploy/rbac.yaml" in str(info.value)
     assert cluster.read_service() == before
