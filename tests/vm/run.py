@@ -434,7 +434,8 @@ def build_initramfs(kernel: Kernel, modules: list[str] | None = None) -> tuple[P
 QEMU = "qemu-system-x86_64"
 
 
-def _probe(accel: str) -> tuple[bool, str]:
+def _probe_start(accel: str) -> tuple[bool, str]:
+    """Can qemu initialise this accelerator at all?"""
     try:
         proc = subprocess.run(
             [QEMU, "-machine", "none", "-accel", accel, "-nodefaults",
@@ -445,21 +446,79 @@ def _probe(accel: str) -> tuple[bool, str]:
     return proc.returncode == 0, proc.stderr.strip()
 
 
-def pick_accel() -> str:
-    """``kvm`` if it works, else ``tcg``; QemuUnavailable if neither starts."""
+def _probe_boot(accel: str, kernel: Kernel, seconds: float = 12.0) -> tuple[bool, str]:
+    """Does the kernel really run under this accelerator?  (Nested KVM can
+    open /dev/kvm fine and then hang in real mode or abort on an MSR.)"""
+    with tempfile.TemporaryDirectory(prefix="probe.", dir=_mkdir(CACHE)) as tmp:
+        console = Path(tmp) / "console.log"
+        argv = [QEMU, "-nodefaults", "-no-user-config", "-display", "none",
+                "-monitor", "none", "-serial", f"file:{console}", "-no-reboot",
+                "-machine", "q35", "-accel", accel, "-cpu", _cpu_for(accel), "-m", "256",
+                "-kernel", str(kernel.vmlinuz), "-append", "console=ttyS0 panic=-1 edd=off"]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        ok = False
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if console.exists() and b"Linux version" in console.read_bytes():
+                    ok = True
+                    break
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        finally:
+            _stop(proc)
+        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
+        return ok, err or f"no kernel output within {seconds:.0f}s"
+
+
+def _cpu_for(accel: str) -> str:
+    # "host" passes IA32_ARCH_CAPABILITIES through, which some nested KVM
+    # setups refuse ("failed to set MSR 0x10a"); the guest does not need it.
+    return "host,-arch-capabilities" if accel == "kvm" else "max"
+
+
+def pick_accel(kernel: Kernel) -> str:
+    """``kvm`` if a kernel really boots with it, else ``tcg``.
+
+    Raises QemuUnavailable when qemu cannot start with either. The result of
+    the (slow, up to 12 s) KVM boot probe is cached per host kernel, qemu
+    version and guest kernel in ``.cache/vm/accel.json``."""
     if shutil.which(QEMU) is None:
         raise QemuUnavailable(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
     wanted = os.environ.get("EDGE_HA_VM_ACCEL")
     candidates = [wanted] if wanted else ["kvm", "tcg"]
+    cache_file = CACHE / "accel.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    qemu_version = subprocess.run([QEMU, "--version"], capture_output=True,
+                                  text=True).stdout.split("\n")[0]
     errors = []
     for accel in candidates:
         if accel == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
             errors.append("kvm: /dev/kvm is not accessible")
             continue
-        ok, err = _probe(accel)
-        if ok:
+        ok, err = _probe_start(accel)
+        if not ok:
+            errors.append(f"{accel}: {err}")
+            continue
+        if accel == "tcg" or wanted:
             return accel
-        errors.append(f"{accel}: {err}")
+        key = f"{os.uname().release}|{qemu_version}|{kernel.version}|{accel}"
+        if key not in cache:
+            ok, err = _probe_boot(accel, kernel)
+            cache[key] = {"ok": ok, "error": err}
+            cache_file.write_text(json.dumps(cache, indent=1) + "\n")
+        if cache[key]["ok"]:
+            return accel
+        errors.append(f"{accel}: {cache[key]['error']}")
+        log(f"{accel} does not boot the guest here ({cache[key]['error'].splitlines()[0]}); "
+            "falling back")
     raise QemuUnavailable(f"{QEMU} cannot start: " + "; ".join(errors))
 
 
@@ -486,8 +545,8 @@ def run_in_vm(command: list[str], *, timeout: float | None = None, memory: str =
     return its exit status and output. qemu is always stopped by its pid."""
     timeout = timeout or float(os.environ.get("EDGE_HA_VM_TIMEOUT", DEFAULT_TIMEOUT))
     t0 = time.monotonic()
-    accel = pick_accel()
     kernel = ensure_kernel()
+    accel = pick_accel(kernel)
     initrd, modules = build_initramfs(kernel)
     results = _new_results_dir()
     env = {
@@ -503,7 +562,7 @@ def run_in_vm(command: list[str], *, timeout: float | None = None, memory: str =
         {"command": command, "kernel": kernel.package, "accel": accel,
          "modules": modules}, indent=1))
     console = results / "console.log"
-    cpu = "host" if accel == "kvm" else "max"
+    cpu = _cpu_for(accel)
     argv = [
         QEMU, "-nodefaults", "-no-user-config", "-nographic", "-monitor", "none",
         "-serial", f"file:{console}", "-no-reboot",
