@@ -521,14 +521,16 @@ def _load_configuration(k8s):
             )
         else:
             source = "in-cluster service account"
-            attempts = ["edge_ha:kubernetes:kubeconfig (unset)", "KUBECONFIG (unset)", "~/.kube/config (missing)"]
+            attempts = ["edge_ha:kubernetes:kubeconfig is unset", "KUBECONFIG is unset", "~/.kube/config is missing"]
             k8s_config.load_incluster_config(client_configuration=configuration)
     except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
-        tried = f" (tried {', '.join(attempts)}, then the in-cluster service account)" if attempts else ""
+        if attempts:
+            raise CommandExecutionError(
+                f"cannot load Kubernetes configuration: {', '.join(attempts)}, and the in-cluster "
+                f"service account failed: {exc}"
+            ) from None
         context_text = f", context {context}" if context else ""
-        raise CommandExecutionError(
-            f"cannot load Kubernetes configuration from {source}{context_text}{tried}: {exc}"
-        ) from None
+        raise CommandExecutionError(f"cannot load Kubernetes configuration from {source}{context_text}: {exc}") from None
     if context:
         source += f" (context {context})"
     return configuration, source
@@ -637,8 +639,10 @@ class _Session:
             try:
                 return func()
             except KubernetesAPIError as err:
-                if not err.transient or attempt > self.k8s["conflict_retries"]:
+                if not err.transient:
                     raise
+                if attempt > self.k8s["conflict_retries"]:
+                    raise KubernetesAPIError(f"{err} (gave up after {attempt} attempts)", status=err.status) from None
                 time.sleep(backoff_delay(attempt, err.retry_after))
 
 
@@ -969,6 +973,10 @@ def set_external_ips(
                     log.info("edge_k8s: %s; retrying (attempt %d of %d)", err, attempts + 1, max_attempts)
                     time.sleep(backoff_delay(attempts, err.retry_after))
                     continue
+                if err.transient:
+                    raise KubernetesAPIError(
+                        f"{err} (gave up after {attempts} attempts; nothing was written)", status=err.status
+                    ) from None
                 if err.conflict:
                     raise KubernetesAPIError(
                         f"conflict: service {svc['namespace']}/{svc['name']} kept changing; gave up after "
