@@ -377,3 +377,15 @@ def test_client_methods_exist_and_match_their_verbs(mod):
         params = inspect.signature(getattr(CoreV1Api, method)).parameters
         assert "_preload_content" in params and "_request_timeout" in params
     assert "_content_type" in inspect.signature(CoreV1Api.patch_namespaced_service).parameters
+
+
+def test_virtual_refuses_without_the_kubernetes_client(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "kubernetes", None)  # makes "import kubernetes" fail
+    spec = importlib.util.spec_from_file_location("edge_k8s_without_client", MODULE_PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.HAS_KUBERNETES is False
+    ok, reason = module.__virtual__()
+    assert ok is False and "kubernetes Python client is not importable" in reason
+    # the pure logic still works
+    assert module.desired_external_ips([], [], [VIP], {}, []) == ([VIP], [VIP])
