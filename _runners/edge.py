@@ -19,7 +19,8 @@ changes only what differs:
 ``edge.trigger`` is what the reactor calls on a beacon event. It ignores
 events that claim to come from a minion that is not an edge node, and
 coalesces bursts: while a reconcile runs, any number of triggers collapse into
-one follow-up run.
+one follow-up run, which starts once triggers have been quiet for 0.5 s (at
+most 5 s later), so the tail of a burst lands in it too.
 
 ``edge.vip_report`` shows, per VIP, the node that *really* has the address on
 its interface, the backups, ingress health, whether the Service matches, and
@@ -205,10 +206,30 @@ def _mods():
     return ctx["edge_ha_mods"]
 
 
+NODES_CACHE_TTL = 60
+
+
 def _model():
     opts = __opts__  # pylint: disable=undefined-variable
     pillar = __salt__["pillar.show_pillar"](opts.get("edge_ha_pillar_id") or None)  # pylint: disable=undefined-variable
-    return _mods()["edge_ha.model"](pillar=pillar.get("edge_ha"))
+    model = _mods()["edge_ha.model"](pillar=pillar.get("edge_ha"))
+    path = os.path.join(_state_dir(), "nodes.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(sorted(model["nodes"]), fh)
+    os.replace(path + ".tmp", path)
+    return model
+
+
+def _edge_node_names():
+    """The edge node names, from the last model load if recent (a trigger must be cheap), else from the pillar."""
+    path = os.path.join(_state_dir(), "nodes.json")
+    try:
+        if time.time() - os.path.getmtime(path) < NODES_CACHE_TTL:
+            with open(path, encoding="utf-8") as fh:
+                return set(json.load(fh))
+    except (OSError, ValueError):
+        pass
+    return set(_model()["nodes"])
 
 
 def _client():
@@ -328,6 +349,23 @@ def reconcile(reason="manual", test=False):
     return result
 
 
+FOLLOW_UP_QUIET = 0.5
+FOLLOW_UP_MAX_WAIT = 5.0
+
+
+def _settle(pending):
+    """Before a follow-up run, let the tail of a burst arrive: wait until no trigger for FOLLOW_UP_QUIET s."""
+    deadline = time.monotonic() + FOLLOW_UP_MAX_WAIT
+    while time.monotonic() < deadline:
+        try:
+            idle = time.time() - os.path.getmtime(pending)
+        except OSError:
+            return
+        if idle >= FOLLOW_UP_QUIET:
+            return
+        time.sleep(FOLLOW_UP_QUIET - idle)
+
+
 def trigger(source="", claimed_id=""):
     """
     Called by the reactor on a beacon event: drop events claiming to come from
@@ -341,9 +379,9 @@ def trigger(source="", claimed_id=""):
 
         salt-run edge.trigger source=manual claimed_id=edge1
     """
-    model = _model()
+    nodes = _edge_node_names()
     tag_id = source.split("/")[2] if source.startswith("salt/beacon/") and source.count("/") >= 3 else claimed_id
-    if claimed_id not in model["nodes"] or tag_id != claimed_id:
+    if claimed_id not in nodes or tag_id != claimed_id:
         log.warning("edge: ignoring event %r claiming minion %r: not an edge node of edge_ha:nodes", source, claimed_id)
         _record("ignored", source=source, claimed_id=claimed_id)
         return {"ignored": True, "source": source, "claimed_id": claimed_id}
@@ -359,6 +397,8 @@ def trigger(source="", claimed_id=""):
             except BlockingIOError:
                 # a reconcile is running; it will see the pending mark when it ends
                 return {"queued": True, "source": source, "runs": runs}
+            if runs:
+                _settle(pending)
             try:
                 os.unlink(pending)
             except FileNotFoundError:

@@ -40,6 +40,7 @@ from tests.support.netns import Topology, delete_namespace, kill_pids, list_name
 BIN = pathlib.Path(sys.executable).parent
 VIP = "198.18.0.100"
 NODES = {"edge1": 11, "edge2": 12, "edge3": 13}
+MINIONS = list(NODES) + ["client"]  # the client minion is not an edge node
 MASTER_IP = "198.18.0.2"
 USER_IP = "198.18.0.200"  # put on the Service "by hand": must survive every update
 KUBE_NS = "ingress-nginx"
@@ -132,12 +133,12 @@ class Lab:
                     "--socket", str(self.dir / "kube.sock"))
         self._wait(lambda: (self.dir / "kube.sock").exists(), 20, "Kubernetes API emulator")
         self.start_master()
-        for node in NODES:
+        for node in MINIONS:
             self.start_minion(node)
         self._wait(lambda: self._pinged(), 90, "minions to answer test.ping")
-        log("salt-master and 3 salt-minions up; syncing modules and applying highstate")
+        log("salt-master and 4 salt-minions (3 edge nodes, 1 client) up; syncing modules, applying highstate")
         self.salt("*", "saltutil.sync_all", timeout=120)
-        results = self.salt("*", "state.apply", timeout=300)
+        results = self.salt(",".join(NODES), "state.apply", "--list", timeout=300)
         for node, states in results.items():
             bad = [k for k, v in (states or {}).items() if not isinstance(v, dict) or not v.get("result")]
             if not isinstance(states, dict) or bad:
@@ -216,7 +217,7 @@ class Lab:
         raise RuntimeError(f"timed out after {timeout}s waiting for {what}; logs in {self.dir / 'logs'}")
 
     def _pinged(self):
-        return set(self.salt("*", "test.ping", timeout=10)) == set(NODES)
+        return set(self.salt("*", "test.ping", timeout=10)) == set(MINIONS)
 
     # ------------------------------------------------------------ config
 
@@ -242,9 +243,14 @@ class Lab:
         }
         self.etc.mkdir(parents=True, exist_ok=True)
         (self.etc / "master").write_text(yaml.safe_dump(master))
-        for node in NODES:
+        for node in MINIONS:
             ndir = self.node_dir(node)
             (ndir / "etc").mkdir(parents=True, exist_ok=True)
+            if node not in NODES:
+                minion = {"id": node, "master": MASTER_IP, "root_dir": str(ndir / "root"),
+                          "log_level_logfile": "warning"}
+                (ndir / "etc" / "minion").write_text(yaml.safe_dump(minion))
+                continue
             minion = {
                 "id": node,
                 "master": MASTER_IP,
@@ -293,7 +299,10 @@ class Lab:
         return json.loads(out)
 
     def salt(self, target, *args, timeout=60):
-        return self._salt_cli("salt", target, *args, timeout=timeout)
+        """salt TARGET FUN ARGS (put options such as --list after the function)."""
+        opts = [a for a in args if a.startswith("--")]
+        rest = [a for a in args if not a.startswith("--")]
+        return self._salt_cli("salt", *opts, target, *rest, timeout=timeout)
 
     def run(self, fun, *args, timeout=120):
         return self._salt_cli("salt-run", fun, *args, timeout=timeout)
@@ -375,9 +384,45 @@ class Lab:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+    def wait_reconcile_idle(self, timeout=120):
+        """Wait until no edge.reconcile holds the master's reconcile lock."""
+        import fcntl  # pylint: disable=import-outside-toplevel
+
+        lock = self.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.lock"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not lock.exists():
+                return
+            with open(lock, "a", encoding="utf-8") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+                    return
+                except BlockingIOError:
+                    pass
+            time.sleep(0.5)
+        raise RuntimeError("a reconcile is still running")
+
     def fire_event(self, node, tag, data):
         """Fire an event from a minion (what a beacon, or a forger, does)."""
         return self.salt(node, "event.send", tag, f"data={json.dumps(data)}", timeout=30)
+
+    def fire_master_events(self, tag, data, count):
+        """Fire ``count`` events straight onto the master's event bus, as fast as possible.
+        Returns how long the firing took (without the interpreter's start-up)."""
+        script = (
+            "import json, sys, time, salt.config, salt.utils.event\n"
+            f"opts = salt.config.master_config({str(self.etc / 'master')!r})\n"
+            "bus = salt.utils.event.get_master_event(opts, opts['sock_dir'], listen=False)\n"
+            "start = time.monotonic()\n"
+            f"for i in range({int(count)}):\n"
+            f"    bus.fire_event(dict(json.loads({json.dumps(json.dumps(data))}), n=i), {tag!r})\n"
+            "print(time.monotonic() - start)\n"
+            "bus.destroy()\n"
+        )
+        proc = subprocess.run(["ip", "netns", "exec", self.ns("master"), sys.executable, "-c", script],
+                              check=True, capture_output=True, text=True, timeout=60)
+        return float(proc.stdout.strip().splitlines()[-1])  # seconds the firing took
 
 
 def main(argv=None):

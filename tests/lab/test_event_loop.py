@@ -1,0 +1,179 @@
+"""
+End to end on the lab: a real salt-master (reactor, runners), three edge
+minions running keepalived from highstate, beacons, the Kubernetes API
+emulator. Durations are printed (pytest -s shows them).
+"""
+
+import json
+import os
+import shutil
+import signal
+import time
+
+import pytest
+
+from lab.lab import NODES, USER_IP, VIP, Lab
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
+    pytest.mark.skipif(not shutil.which("keepalived"), reason="keepalived is not installed (make bootstrap)"),
+]
+
+ADDR = {n: f"198.18.0.{o}" for n, o in NODES.items()}
+ALL_IPS = sorted([VIP, USER_IP] + list(ADDR.values()))
+
+
+def wait_for(predicate, timeout, interval=0.1):
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        value = predicate()
+        if value:
+            return time.monotonic() - start
+        time.sleep(interval)
+    return None
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    bed = Lab(tmp_path_factory.mktemp("lab"), prefix=f"ehl{os.getpid() % 10000}")
+    try:
+        start = time.monotonic()
+        bed.up(log=lambda msg: None)
+        print(f"\nlab up in {time.monotonic() - start:.1f}s")
+        yield bed
+    finally:
+        bed.down(quiet=True)
+
+
+@pytest.fixture
+def baseline(lab):
+    """Every keepalived running, every ingress healthy, edge1 owning the VIP, Service right."""
+    for node in NODES:
+        lab.set_ingress_healthy(node, True)
+    stopped = [n for n in NODES if not os.path.exists(f"/proc/{lab.keepalived_pid(n)}") or not lab.keepalived_pid(n)]
+    if stopped:
+        lab.salt(",".join(stopped), "state.apply", "--list", timeout=120)
+    lab.run("edge.reconcile")
+    assert wait_for(lambda: lab.holders() == ["edge1"], 20), lab.holders()
+    assert wait_for(lambda: lab.external_ips() == ALL_IPS, 20), lab.external_ips()
+    return lab
+
+
+def owner_row(lab):
+    return lab.report()["vips"][0]
+
+
+def test_hard_failover_of_the_owner(baseline):
+    lab = baseline
+    start = time.monotonic()
+    lab.kill_keepalived("edge1", signal.SIGKILL)
+    moved = wait_for(lambda: "edge2" in lab.holders(), 15, 0.02)
+    assert moved is not None, lab.holders()
+    service_ok = wait_for(lambda: ADDR["edge1"] not in lab.external_ips(), 30)
+    assert service_ok is not None, lab.external_ips()
+    report_ok = wait_for(lambda: owner_row(lab)["owner"] == ["edge2"], 30, 0.5)
+    assert report_ok is not None, owner_row(lab)
+    total = time.monotonic() - start
+    print(f"\nSIGKILL of edge1's keepalived: VIP on edge2 after {moved:.2f}s, Service without edge1 after "
+          f"{service_ok + moved:.2f}s, report right after {total:.2f}s")
+    assert lab.holders() == ["edge2"], "the stale VIP on edge1 is removed"
+    assert sorted(lab.external_ips()) == sorted([VIP, USER_IP, ADDR["edge2"], ADDR["edge3"]])
+    row = owner_row(lab)
+    assert row["flags"] == []
+    assert {b["node"]: b["state"] for b in row["backups"]}["edge1"] == "STOPPED"
+
+
+def test_unhealthy_ingress_moves_vip_and_back(baseline):
+    lab = baseline
+    start = time.monotonic()
+    lab.set_ingress_healthy("edge1", False)
+    moved = wait_for(lambda: lab.holders() == ["edge2"], 30)
+    assert moved is not None, lab.holders()
+    dropped = wait_for(lambda: ADDR["edge1"] not in lab.external_ips(), 30)
+    assert dropped is not None, lab.external_ips()
+    print(f"\nedge1 ingress unhealthy: VIP moved after {moved:.2f}s, Service dropped edge1 after "
+          f"{time.monotonic() - start:.2f}s")
+    row = owner_row(lab)
+    assert row["owner"] == ["edge2"] and row["ingress"]["edge1"] is False
+    assert {b["node"]: b["state"] for b in row["backups"]}["edge1"] == "FAULT"
+    assert lab.external_ips() == sorted([VIP, USER_IP, ADDR["edge2"], ADDR["edge3"]])
+
+    start = time.monotonic()
+    lab.set_ingress_healthy("edge1", True)
+    # preemption is on in the lab pillar (keepalived's default): the VIP returns to the highest priority
+    back = wait_for(lambda: lab.holders() == ["edge1"], 30)
+    assert back is not None, lab.holders()
+    restored = wait_for(lambda: lab.external_ips() == ALL_IPS, 30)
+    assert restored is not None, lab.external_ips()
+    print(f"edge1 healthy again: VIP back after {back:.2f}s, Service restored after {time.monotonic() - start:.2f}s")
+
+
+def test_failover_without_master_then_one_reconcile(baseline):
+    lab = baseline
+    lab.stop_master()
+    try:
+        start = time.monotonic()
+        lab.kill_keepalived("edge1", signal.SIGKILL)
+        moved = wait_for(lambda: "edge2" in lab.holders(), 15, 0.02)
+        assert moved is not None, "VRRP fails over without the master"
+        print(f"\nmaster down: VIP on edge2 {moved:.2f}s after SIGKILL of edge1's keepalived")
+        time.sleep(2)
+        assert ADDR["edge1"] in lab.external_ips(), "nobody updated the Service while the master was down"
+    finally:
+        restarted = time.time()
+        lab.start_master()
+    assert wait_for(lambda: lab._pinged(), 90, 1), "minions reconnect"
+    # events queued on the minions while the master was down may start a reconcile now (possibly
+    # before every minion is back); let it finish, then one reconcile must set everything right
+    lab.wait_reconcile_idle()
+    result = lab.run("edge.reconcile")
+    print(f"reconcile after the master came back: {result['actions']} ({result['seconds']}s)")
+    assert lab.holders() == ["edge2"]
+    assert lab.external_ips() == sorted([VIP, USER_IP, ADDR["edge2"], ADDR["edge3"]])
+    row = owner_row(lab)
+    assert row["owner"] == ["edge2"] and row["service_match"] is True and row["flags"] == []
+
+
+def test_forged_events_change_nothing(baseline):
+    lab = baseline
+    rv = lab.service()["metadata"]["resourceVersion"]
+    pids = {n: lab.keepalived_pid(n) for n in NODES}
+    mark = time.time()
+    # from the client minion (not an edge node), with an edge node's tag: Salt stamps the sender's id
+    lab.salt("client", "event.fire_master", json.dumps({"id": "edge1", "healthy": False}),
+             "salt/beacon/edge1/ingress_health/unhealthy")
+    # a fully forged beacon event: flat payload claiming to be edge1, claiming its ingress is down
+    lab.fire_master_events("salt/beacon/edge1/ingress_health/unhealthy",
+                           {"id": "edge1", "healthy": False, "detail": "forged"}, 1)
+    assert wait_for(lambda: any(r["time"] > mark and r["kind"] == "reconcile" for r in lab.reconcile_log()), 30)
+    time.sleep(3)
+    records = [r for r in lab.reconcile_log() if r["time"] > mark]
+    ignored = [r for r in records if r["kind"] == "ignored"]
+    assert any(r["claimed_id"] == "client" for r in ignored), records
+    runs = [r for r in records if r["kind"] == "reconcile"]
+    assert runs and all(r["actions"] == [] for r in runs), runs
+    assert lab.holders() == ["edge1"]
+    assert lab.service()["metadata"]["resourceVersion"] == rv, "the Service was not written"
+    assert {n: lab.keepalived_pid(n) for n in NODES} == pids
+    assert owner_row(lab)["ingress"]["edge1"] is True
+
+
+def test_burst_of_100_triggers_coalesces(baseline):
+    lab = baseline
+    mark = time.time()
+    fired = lab.fire_master_events("salt/beacon/edge1/vrrp/transition", {"id": "edge1", "instance": "VI_INGRESS"}, 100)
+    assert fired < 1.0, f"firing took {fired:.2f}s"
+
+    def quiet():
+        runs = [r for r in lab.reconcile_log() if r["time"] > mark and r["kind"] == "reconcile"]
+        return runs and time.time() - runs[-1]["time"] > 8 and runs
+
+    runs = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not runs:
+        runs = quiet()
+        time.sleep(1)
+    assert runs, "no reconcile after the burst"
+    print(f"\n100 triggers in {fired:.2f}s -> {len(runs)} reconcile runs")
+    assert 1 <= len(runs) <= 3
