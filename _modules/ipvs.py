@@ -595,6 +595,8 @@ def render_save(services):
                 dline += f" -x {dest['u_thresh']}"
             if dest["l_thresh"]:
                 dline += f" -y {dest['l_thresh']}"
+            if dest["forward"] == "TUN":
+                dline += " --tun-type ipip"  # as ipvsadm >= 1.30 prints it
             lines.append(dline)
     return "".join(line + "\n" for line in lines)
 
@@ -615,10 +617,13 @@ def parse_save(text):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        try:
-            tokens = shlex.split(line, comments=True)
-        except ValueError as exc:
-            raise _invalid(f"line {lineno}: {exc}") from None
+        if any(c in line for c in "'\"\\#"):
+            try:
+                tokens = shlex.split(line, comments=True)
+            except ValueError as exc:
+                raise _invalid(f"line {lineno}: {exc}") from None
+        else:  # the common case; shlex is ~20x slower
+            tokens = line.split()
         if not tokens:
             continue
         try:
@@ -732,6 +737,10 @@ def _parse_rule(tokens):
             opts["u_thresh"] = value(tok)
         elif tok in ("-y", "--l-threshold"):
             opts["l_thresh"] = value(tok)
+        elif tok in ("-T", "--tun-type"):
+            tun = value(tok)
+            if tun != "ipip":
+                raise _invalid(f"unsupported tunnel type {tun!r} (only ipip is managed)")
         else:
             raise _invalid(f"unsupported option {tok!r}")
         i += 1

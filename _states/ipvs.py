@@ -121,7 +121,8 @@ def virtual_servers_from_pillar(edge_ha):
             "protocol": vs.get("protocol", "TCP"),
             "address": vs["address"],
             "port": vs["port"],
-            "scheduler": vs.get("lb_algo", vs.get("scheduler", "wlc")),
+            # defaults as in edge_ha.normalize(): rr / NAT
+            "scheduler": vs.get("lb_algo", vs.get("scheduler", "rr")),
             "forward": vs.get("lb_kind", vs.get("forward", "NAT")),
             "persistence_timeout": vs.get("persistence_timeout", 0) or 0,
             "destinations": [

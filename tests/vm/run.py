@@ -389,12 +389,13 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /newroot/tmp/v
   || fail "cannot mount the results share"
 ip link set lo up
 hostname edge-ha-vm
-echo "EDGE_HA_VM: running job"
+echo "EDGE_HA_VM: running job at uptime $(cut -d' ' -f1 /proc/uptime)s"
 chroot /newroot /bin/sh /tmp/vmresults/job.sh </dev/null >/newroot/tmp/vmresults/output.log 2>&1
 rc=$?
 echo "$rc" > /newroot/tmp/vmresults/exitcode
 sync
 umount /newroot/tmp/vmresults
+echo "EDGE_HA_VM: job done at uptime $(cut -d' ' -f1 /proc/uptime)s"
 echo "EDGE_HA_VM_EXIT=$rc"
 poweroff -f
 sleep 5
@@ -656,10 +657,14 @@ def _stop(proc: subprocess.Popen) -> None:
 def run_pytest_in_vm(pytest_args: list[str] | None = None, **kwargs) -> VMResult:
     """Run pytest inside the VM with the host's interpreter (the venv's)."""
     args = pytest_args if pytest_args is not None else ["tests/vm/inside", "-q"]
-    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+    # only the plugins the VM tests use: autoloading every installed plugin
+    # (salt-factories...) costs seconds under TCG
+    extra = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    extra.update(kwargs.pop("extra_env", None) or {})
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "pytest_timeout",
                "--confcutdir", str(REPO / "tests" / "vm"),
                "--junitxml", f"{GUEST_RESULTS}/junit.xml", *args]
-    return run_in_vm(command, **kwargs)
+    return run_in_vm(command, extra_env=extra, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

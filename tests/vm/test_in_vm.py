@@ -1,0 +1,47 @@
+"""Host side of the VM stage: boot Debian's kernel in qemu (tests/vm/run.py)
+and run tests/vm/inside there, for real. Skipped only when qemu cannot start
+at all on this machine."""
+
+import importlib.util
+import os
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vm
+
+IN_VM = os.environ.get("EDGE_HA_IN_VM") == "1"
+_spec = importlib.util.spec_from_file_location("edge_ha_vm_run", Path(__file__).with_name("run.py"))
+vmrun = importlib.util.module_from_spec(_spec)
+sys.modules[_spec.name] = vmrun  # dataclasses look their module up there
+_spec.loader.exec_module(vmrun)
+
+
+@pytest.mark.skipif(IN_VM, reason="already inside the VM")
+@pytest.mark.timeout(900)
+def test_ipvs_tests_pass_inside_the_vm(capsys):
+    t0 = time.monotonic()
+    try:
+        result = vmrun.run_pytest_in_vm(["tests/vm/inside", "-q", "-rfEs", "--durations=8"])
+    except vmrun.QemuUnavailable as exc:
+        pytest.skip(f"qemu cannot start on this machine: {exc}")
+    elapsed = time.monotonic() - t0
+    summary = (f"VM stage: {elapsed:.1f}s (prepare {result.timings['prepare']}s, "
+               f"boot+tests+poweroff {result.timings['vm']}s), kernel {result.kernel}, "
+               f"accel {result.accel}, results {result.results_dir}")
+    with capsys.disabled():
+        print(f"\n----- pytest inside the VM -----\n{result.output.rstrip()}\n"
+              f"----- {summary} -----")
+    assert result.exit_code == 0, (
+        f"pytest inside the VM exited {result.exit_code}\n{result.output}\n"
+        f"--- console (tail) ---\n{result.console[-3000:]}")
+    suite = ET.parse(result.junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    assert counts["tests"] >= 10, counts
+    assert counts["failures"] == counts["errors"] == 0, counts
+    assert counts["skipped"] == 0, f"nothing may skip inside the VM: {counts}\n{result.output}"
+    assert os.environ.get("EDGE_HA_IN_VM") != "1"
