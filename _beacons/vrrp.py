@@ -7,7 +7,9 @@ Reads what keepalived's notify FIFO script records in the state directory
 - ``salt/beacon/<id>/vrrp/snapshot`` once when the minion starts: every
   instance's state, priority and the VIPs really on the interface;
 - ``salt/beacon/<id>/vrrp/transition`` for every transition, in order:
-  instance, old and new state, priority, VIPs on the interface, time.
+  instance, old and new state, priority, VIPs on the interface, time;
+- ``salt/beacon/<id>/vrrp/stale_vip`` when VIPs are on the interface while
+  keepalived is not running (once per occurrence): ``vips``, ``time``.
 
 The events are hints: the master re-reads the node before acting.
 
@@ -20,6 +22,7 @@ The events are hints: the master re-reads the node before acting.
 """
 
 import os
+import time
 
 import salt.utils.beacons
 
@@ -79,6 +82,13 @@ def transition_events(transitions, states, vips_present):
     return events
 
 
+def stale_vips(status):
+    """VIPs on this node's interfaces while its keepalived is not running (a SIGKILL leaves them)."""
+    if status["running"]:
+        return []
+    return sorted({v for inst in status["instances"].values() for v in inst["vips_present"]})
+
+
 def _read(path):
     try:
         with open(path, encoding="utf-8") as fh:
@@ -102,9 +112,15 @@ def beacon(config):
         ctx["states"] = {name: inst["state"] for name, inst in status["instances"].items()}
         return [{"tag": "snapshot", "running": status["running"], "instances": status["instances"]}]
     new = parse_transitions(log_text, ctx["last"])
-    if not new:
-        return []
-    ctx["last"] = new[-1]["time"]
     status = mod["keepalived.status"]()
-    present = {name: inst["vips_present"] for name, inst in status["instances"].items()}
-    return transition_events(new, ctx["states"], present)
+    events = []
+    if new:
+        ctx["last"] = new[-1]["time"]
+        present = {name: inst["vips_present"] for name, inst in status["instances"].items()}
+        events = transition_events(new, ctx["states"], present)
+    stale = stale_vips(status)
+    if stale != ctx.get("stale", []):
+        ctx["stale"] = stale
+        if stale:
+            events.append({"tag": "stale_vip", "vips": stale, "running": status["running"], "time": time.time()})
+    return events

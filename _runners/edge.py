@@ -112,7 +112,9 @@ def build_report(model, reports, service=None):
     """
     One row per VIP: the observed owner(s) (address really on the interface),
     backups with state and priority, ingress health per node, Service match,
-    last transition. ``flags`` lists ``no_owner`` / ``split_brain``.
+    last transition. ``flags``: ``no_owner`` (no running keepalived holds it),
+``split_brain`` (two running keepalived hold it), ``stale_vip`` (a node whose
+keepalived is not running still has it).
     """
     rows = []
     for inst in model["vrrp_instances"].values():
@@ -137,10 +139,13 @@ def build_report(model, reports, service=None):
                 else:
                     others.append(entry)
             flags = []
-            if not holders:
+            live = [h for h in holders if h["state"] != "STOPPED"]
+            if not live:
                 flags.append("no_owner")
-            if len(holders) > 1:
+            if len(live) > 1:
                 flags.append("split_brain")
+            if len(live) < len(holders):
+                flags.append("stale_vip")
             rows.append({
                 "vip": vip,
                 "instance": inst["name"],
@@ -183,6 +188,111 @@ def format_table(rows):
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
     fmt = "  ".join("{:<%d}" % w for w in widths)
     return "\n".join(fmt.format(*line).rstrip() for line in [header] + lines)
+
+
+def history_rows(entries, limit=50, kinds=None):
+    """History entries newest first as ``{time, kind, who, what, why}`` rows."""
+    rows = []
+    for entry in reversed(entries):
+        kind = entry.get("kind")
+        if kinds and kind not in kinds:
+            continue
+        if kind == "reconcile":
+            what = "; ".join(entry.get("actions") or []) or "nothing to change"
+            if entry.get("error"):
+                what += f"; ERROR {entry['error']}"
+            row = {"who": "edge.reconcile", "what": what, "why": entry.get("reason", "")}
+        elif kind == "fence":
+            row = {"who": "edge.trigger", "what": f"{entry.get('node')}: {entry.get('action')}", "why": entry.get("why", "")}
+        elif kind == "transition":
+            row = {"who": f"{entry.get('node')} (reported)",
+                   "what": f"{entry.get('instance')}: {entry.get('old')} -> {entry.get('new')}",
+                   "why": "vrrp beacon"}
+        elif kind == "ignored":
+            row = {"who": "edge.trigger", "what": f"ignored event claiming {entry.get('claimed_id')!r}",
+                   "why": entry.get("source", "")}
+        else:
+            row = {"who": "", "what": json.dumps(entry, default=str), "why": ""}
+        row["time"] = entry.get("time")
+        row["kind"] = kind
+        rows.append(row)
+        if len(rows) >= limit:
+            break
+    return rows
+
+
+STATES = ("MASTER", "BACKUP", "FAULT", "STOP", "UNKNOWN")
+
+
+def _label(value):
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def metrics_text(model, reports, rows, entries):
+    """Prometheus text exposition of the edge's state (for node_exporter's textfile collector)."""
+    out = []
+
+    def family(name, kind, help_text, samples):
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            text = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
+            out.append(f"{name}{{{text}}} {value}" if text else f"{name} {value}")
+
+    states, prios, up = [], [], []
+    for node in sorted(model["nodes"]):
+        report = reports.get(node)
+        up.append(({"node": node}, 1 if report else 0))
+        if not report:
+            continue
+        for inst, status in sorted(report["keepalived"]["instances"].items()):
+            current = status.get("state", "UNKNOWN") if report["keepalived"]["running"] else "STOP"
+            for state in STATES:
+                states.append(({"node": node, "instance": inst, "state": state}, 1 if current == state else 0))
+            if status.get("priority") is not None:
+                prios.append(({"node": node, "instance": inst}, status["priority"]))
+    family("edge_ha_node_up", "gauge", "1 if the edge minion answered the last reconcile or report", up)
+    family("edge_ha_vrrp_state", "gauge", "VRRP state per node and instance (1 = current state)", states)
+    family("edge_ha_vrrp_priority", "gauge", "Effective VRRP priority per node and instance", prios)
+    flags = []
+    for row in rows:
+        for flag in ("no_owner", "split_brain", "stale_vip"):
+            flags.append(({"vip": row["vip"], "flag": flag}, 1 if flag in row["flags"] else 0))
+    family("edge_ha_vip_flag", "gauge", "1 while a VIP has no owner, two owners, or a stale copy", flags)
+    transitions = {}
+    for entry in entries:
+        if entry.get("kind") == "transition":
+            key = (entry.get("node"), entry.get("instance"))
+            transitions[key] = transitions.get(key, 0) + 1
+    family("edge_ha_vrrp_transitions_total", "counter", "VRRP transitions reported by the vrrp beacon",
+           [({"node": n, "instance": i}, c) for (n, i), c in sorted(transitions.items())])
+    runs = [e for e in entries if e.get("kind") == "reconcile"]
+    family("edge_ha_reconcile_runs_total", "counter", "edge.reconcile runs", [({}, len(runs))])
+    family("edge_ha_reconcile_errors_total", "counter", "edge.reconcile runs that hit an error",
+           [({}, sum(1 for e in runs if e.get("error")))])
+    family("edge_ha_fencing_actions_total", "counter", "Stale VIPs removed and nodes taken out of VIP ownership",
+           [({}, sum(1 for e in entries if e.get("kind") == "fence")
+             + sum(1 for e in runs for a in e.get("actions") or [] if "out of VIP ownership" in a or "stale VIPs" in a))])
+    failover = last_failover_seconds(entries)
+    if failover is not None:
+        family("edge_ha_last_failover_seconds", "gauge",
+               "Time from an owner leaving MASTER to another node entering MASTER, last failover", [({}, failover)])
+    return "\n".join(out) + "\n"
+
+
+def last_failover_seconds(entries):
+    """From reported transitions: the last X -> MASTER preceded by another node's MASTER -> X."""
+    last_left = {}
+    result = None
+    for entry in entries:
+        if entry.get("kind") != "transition":
+            continue
+        inst, node = entry.get("instance"), entry.get("node")
+        if entry.get("old") == "MASTER" and entry.get("new") != "MASTER":
+            last_left[inst] = (node, entry.get("seen") or entry["time"])
+        elif entry.get("new") == "MASTER" and inst in last_left and last_left[inst][0] != node:
+            result = round((entry.get("seen") or entry["time"]) - last_left[inst][1], 3)
+    return result
 
 
 # ---------------------------------------------------------------- Salt layer
@@ -270,11 +380,43 @@ def _vips(model):
     return [v for inst in model["vrrp_instances"].values() for v in inst["vips"]]
 
 
+HISTORY_KEEP = 5000
+
+
 def _record(kind, **data):
-    """Append one JSON line to the master's reconcile log (read by tests and edge.history)."""
+    """
+    Append one JSON line to the master's history (``<cachedir>/edge_ha/reconcile.log``),
+    kept to the last HISTORY_KEEP entries; it survives master restarts.
+    """
     entry = dict(data, kind=kind, time=time.time())
-    with open(os.path.join(_state_dir(), "reconcile.log"), "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, default=str) + "\n")
+    path = os.path.join(_state_dir(), "reconcile.log")
+    with open(path + ".lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, default=str) + "\n")
+        if os.path.getsize(path) > HISTORY_KEEP * 400:
+            with open(path, encoding="utf-8") as fh:
+                lines = fh.readlines()
+            if len(lines) > HISTORY_KEEP:
+                with open(path + ".tmp", "w", encoding="utf-8") as fh:
+                    fh.writelines(lines[-HISTORY_KEEP:])
+                os.replace(path + ".tmp", path)
+
+
+def _history_entries():
+    path = os.path.join(_state_dir(), "reconcile.log")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.readlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
 
 
 def reconcile(reason="manual", test=False):
@@ -346,7 +488,70 @@ def reconcile(reason="manual", test=False):
     if not test:
         _record("reconcile", reason=reason, actions=actions, notes=wanted["notes"], seconds=result["seconds"],
                 error=service.get("error"))
+        _write_metrics(model, reports, {"match": not service.get("changed") if "error" not in service else None})
     return result
+
+
+def _metrics_path():
+    opts = __opts__  # pylint: disable=undefined-variable
+    return opts.get("edge_ha_metrics_file") or os.path.join(_state_dir(), "edge_ha.prom")
+
+
+def _write_metrics(model, reports, service):
+    path = _metrics_path()
+    text = metrics_text(model, reports, build_report(model, reports, service), _history_entries())
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def metrics():
+    """
+    Gather the edge's state now and write the Prometheus textfile
+    (``edge_ha_metrics_file`` in the master config, default
+    ``<cachedir>/edge_ha/edge_ha.prom``; every reconcile rewrites it too).
+    Returns the path and the text.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run edge.metrics
+    """
+    model = _model()
+    reports = _gather(model)
+    path = _write_metrics(model, reports, None)
+    with open(path, encoding="utf-8") as fh:
+        return {"path": path, "text": fh.read()}
+
+
+def history(limit=50, kind=None):
+    """
+    Recorded transitions (as the minions reported them), fencing, reconcile
+    actions and ignored events, newest first, with who/what/why. Kept on the
+    master (last 5000 entries) across restarts.
+
+    kind
+        only these kinds: reconcile, fence, transition, ignored (comma-separated)
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run edge.history
+        salt-run edge.history limit=200 kind=fence,transition --out=json
+    """
+    kinds = set(kind.split(",")) if isinstance(kind, str) else (set(kind) if kind else None)
+    rows = history_rows(_history_entries(), int(limit), kinds)
+    if __opts__.get("output"):  # pylint: disable=undefined-variable
+        return rows
+    lines = []
+    for row in rows:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time"])) if row["time"] else "-"
+        lines.append(f"{stamp}  {row['kind']:<10} {row['who']:<18} {row['what']}  [{row['why']}]")
+    return "\n".join(lines) or "no history yet"
 
 
 FOLLOW_UP_QUIET = 0.5
@@ -366,7 +571,7 @@ def _settle(pending):
         time.sleep(FOLLOW_UP_QUIET - idle)
 
 
-def trigger(source="", claimed_id=""):
+def trigger(source="", claimed_id="", event_time=0, transition=None):
     """
     Called by the reactor on a beacon event: drop events claiming to come from
     a minion that is not an edge node, then reconcile, coalescing bursts (one
@@ -378,6 +583,8 @@ def trigger(source="", claimed_id=""):
     .. code-block:: bash
 
         salt-run edge.trigger source=manual claimed_id=edge1
+
+    ``event_time`` is the beacon's own timestamp, kept only for the record.
     """
     nodes = _edge_node_names()
     tag_id = source.split("/")[2] if source.startswith("salt/beacon/") and source.count("/") >= 3 else claimed_id
@@ -385,6 +592,17 @@ def trigger(source="", claimed_id=""):
         log.warning("edge: ignoring event %r claiming minion %r: not an edge node of edge_ha:nodes", source, claimed_id)
         _record("ignored", source=source, claimed_id=claimed_id)
         return {"ignored": True, "source": source, "claimed_id": claimed_id}
+    if transition and isinstance(transition, dict):
+        # history only: what the minion says happened (the reconcile below checks for itself)
+        _record("transition", node=claimed_id, instance=transition.get("instance"), old=transition.get("old"),
+                new=transition.get("new"), seen=event_time)
+    if source.endswith("/vrrp/stale_vip"):
+        # fast path: fence at once. The node itself refuses while its keepalived runs,
+        # so a forged event cannot take a live VIP away.
+        released = _client().cmd(claimed_id, "keepalived.release_stale_vips", timeout=10).get(claimed_id)
+        if released:
+            _record("fence", node=claimed_id, action=f"stale VIPs removed: {released}", why=source,
+                    seen=event_time)  # when the beacon saw it (as the minion says)
     state = _state_dir()
     pending = os.path.join(state, "reconcile.pending")
     with open(pending, "w", encoding="utf-8") as fh:

@@ -7,3 +7,7 @@ edge_ha_reconcile:
     - args:
       - source: {{ tag | json }}
       - claimed_id: {{ data.get('id', '') | string | json }}
+      - event_time: {{ data.get('time', 0) | float }}
+{%- if tag.endswith('/vrrp/transition') %}
+      - transition: {{ {'instance': data.get('instance'), 'old': data.get('old'), 'new': data.get('new')} | json }}
+{%- endif %}

@@ -113,13 +113,70 @@ def test_report_shows_observed_owner_and_flags():
     rows = runner.build_report(model, reports, {"match": False})
     row = rows[0]
     assert row["vip"] == "198.18.0.100" and row["vrid"] == 51
-    assert row["owner"] == ["edge1", "edge2"] and row["flags"] == ["split_brain"]
+    assert row["owner"] == ["edge1", "edge2"] and row["flags"] == ["stale_vip"]
     assert row["backups"] == [{"node": "edge3", "state": "NO ANSWER", "priority": None}]
     assert row["last_transition"] == 1150.0
     table = runner.format_table(rows)
     assert table.splitlines()[0].split() [:3] == ["VIP", "VRID", "OWNER"]
-    assert "edge1,edge2" in table and "DIFFERS" in table and "split_brain" in table
+    assert "edge1,edge2" in table and "DIFFERS" in table and "stale_vip" in table
+
+    reports["edge1"] = report("edge1", "MASTER", 150, ["198.18.0.100"])
+    assert runner.build_report(model, reports)[0]["flags"] == ["split_brain"]
 
     reports["edge1"] = report("edge1", "FAULT", 0, [])
     reports["edge2"] = report("edge2", "BACKUP", 140, [])
     assert runner.build_report(model, reports)[0]["flags"] == ["no_owner"]
+
+
+def test_stale_vips_only_while_keepalived_is_down():
+    status = {"running": False, "instances": {"A": {"vips_present": ["198.18.0.100"]}, "B": {"vips_present": []}}}
+    assert vrrp.stale_vips(status) == ["198.18.0.100"]
+    status["running"] = True
+    assert vrrp.stale_vips(status) == []
+
+
+def test_history_rows_newest_first_with_who_what_why():
+    entries = [
+        {"kind": "transition", "node": "edge1", "instance": "VI_INGRESS", "old": "BACKUP", "new": "MASTER", "time": 1.0},
+        {"kind": "fence", "node": "edge1", "action": "stale VIPs removed: ['198.18.0.100']",
+         "why": "salt/beacon/edge1/vrrp/stale_vip", "time": 2.0},
+        {"kind": "reconcile", "reason": "salt/beacon/edge2/vrrp/transition", "actions": [], "time": 3.0},
+        {"kind": "ignored", "claimed_id": "client", "source": "salt/beacon/edge1/vrrp/x", "time": 4.0},
+    ]
+    rows = runner.history_rows(entries)
+    assert [r["kind"] for r in rows] == ["ignored", "reconcile", "fence", "transition"]
+    assert rows[2] == {"who": "edge.trigger", "what": "edge1: stale VIPs removed: ['198.18.0.100']",
+                       "why": "salt/beacon/edge1/vrrp/stale_vip", "time": 2.0, "kind": "fence"}
+    assert rows[3]["what"] == "VI_INGRESS: BACKUP -> MASTER" and rows[3]["who"] == "edge1 (reported)"
+    assert rows[1]["what"] == "nothing to change"
+    assert [r["kind"] for r in runner.history_rows(entries, limit=1)] == ["ignored"]
+    assert [r["kind"] for r in runner.history_rows(entries, kinds={"fence"})] == ["fence"]
+
+
+def test_metrics_text_is_valid_prometheus_exposition():
+    from prometheus_client.parser import text_string_to_metric_families  # pylint: disable=import-outside-toplevel
+
+    model = model3()
+    reports = {
+        "edge1": report("edge1", "MASTER", 150, ["198.18.0.100"], running=False),
+        "edge2": report("edge2", "MASTER", 140, ["198.18.0.100"]),
+        "edge3": None,
+    }
+    entries = [
+        {"kind": "transition", "node": "edge1", "instance": "VI_INGRESS", "old": "MASTER", "new": "BACKUP", "time": 10.0},
+        {"kind": "transition", "node": "edge2", "instance": "VI_INGRESS", "old": "BACKUP", "new": "MASTER", "time": 10.4},
+        {"kind": "reconcile", "actions": ["edge1: stale VIPs removed (keepalived not running): x"], "error": "boom", "time": 11},
+    ]
+    text = runner.metrics_text(model, reports, runner.build_report(model, reports), entries)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert value[("edge_ha_node_up", (("node", "edge3"),))] == 0
+    assert value[("edge_ha_vrrp_state", (("instance", "VI_INGRESS"), ("node", "edge1"), ("state", "STOP")))] == 1
+    assert value[("edge_ha_vrrp_state", (("instance", "VI_INGRESS"), ("node", "edge2"), ("state", "MASTER")))] == 1
+    assert value[("edge_ha_vip_flag", (("flag", "stale_vip"), ("vip", "198.18.0.100")))] == 1
+    assert value[("edge_ha_vip_flag", (("flag", "split_brain"), ("vip", "198.18.0.100")))] == 0
+    assert value[("edge_ha_vrrp_transitions_total", (("instance", "VI_INGRESS"), ("node", "edge2")))] == 1
+    assert value[("edge_ha_reconcile_runs_total", ())] == 1
+    assert value[("edge_ha_reconcile_errors_total", ())] == 1
+    assert value[("edge_ha_fencing_actions_total", ())] == 1
+    assert value[("edge_ha_last_failover_seconds", ())] == 0.4
