@@ -500,3 +500,25 @@ def test_salt_loader_exposes_only_load_list_and_test_mode_works(tmp_path):
         "add_service TCP:198.18.0.1:80 scheduler=rr",
         "add_dest TCP:198.18.0.1:80 198.19.0.1:80 NAT weight=1"]
     assert "planned against an empty table: IPVS is not available" in ret["comment"]
+
+
+def test_fast_dest_decoder_matches_generic_decoder():
+    for spec in ({"address": "198.19.0.7", "port": 8080, "weight": 9, "forward": "DR",
+                  "u_thresh": 50, "l_thresh": 5},
+                 {"address": "2001:db8::7", "port": 443, "forward": "TUN"}):
+        dest = ipvs.normalize_destination(spec)
+        family = "inet6" if ":" in dest["address"] else "inet"
+        encoded = ipvs.encode_dest(dest)
+        assert ipvs._dest_handler(family)(encoded, 0, len(encoded)) == dest
+        assert ipvs._dest_handler(family)(b"", 0, 0) is None
+
+
+def test_dr_and_tun_destinations_use_the_service_port():
+    out = ipvs.normalize_service(svc(port=80, lb_kind="DR",
+                                     destinations=[{"address": "198.19.0.1", "port": 8080}]))
+    assert out["destinations"][0]["port"] == 80
+    out = ipvs.normalize_service(svc(port=80, destinations=[{"address": "198.19.0.1", "port": 8080}]))
+    assert out["destinations"][0]["port"] == 8080  # NAT translates ports
+    fwm = ipvs.normalize_service({"fwmark": 3, "destinations": [
+        {"address": "198.19.0.1", "port": 8080, "forward": "DR"}]})
+    assert fwm["destinations"][0]["port"] == 8080  # no service port to use

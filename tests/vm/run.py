@@ -457,7 +457,8 @@ def _probe_boot(accel: str, kernel: Kernel, seconds: float = 12.0) -> tuple[bool
                 "-machine", "q35", "-accel", accel, "-cpu", _cpu_for(accel), "-m", "256",
                 "-kernel", str(kernel.vmlinuz), "-append", "console=ttyS0 panic=-1 edd=off"]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)
+                                stderr=subprocess.PIPE, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         ok = False
         try:
             deadline = time.monotonic() + seconds
@@ -470,9 +471,11 @@ def _probe_boot(accel: str, kernel: Kernel, seconds: float = 12.0) -> tuple[bool
                 time.sleep(0.1)
         finally:
             _stop(proc)
-        err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
         if proc.stderr:
             proc.stderr.close()
+        err = "\n".join(line for line in err.splitlines()
+                        if line.strip() and "terminating on signal" not in line)
         return ok, err or f"no kernel output within {seconds:.0f}s"
 
 
@@ -583,7 +586,7 @@ def run_in_vm(command: list[str], *, timeout: float | None = None, memory: str =
     qemu_err = results / "qemu.stderr"
     with open(qemu_err, "wb") as err:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
     (results / "qemu.pid").write_text(f"{proc.pid}\n")
     timed_out = False
     try:
@@ -638,6 +641,15 @@ def _stream(path: Path, offset: int) -> int:
         sys.stdout.write(chunk.decode(errors="replace"))
         sys.stdout.flush()
     return offset + len(chunk)
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: qemu gets SIGTERM if this process dies without cleaning up."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -33,7 +33,11 @@ def test_add_edit_delete_and_get(ipvs, clean_table):
     assert ipvs.edit_service(SID, scheduler="rr")[0]["changed"] == {"scheduler": ["wrr", "rr"]}
     assert ipvs.edit_service(SID, scheduler="rr") == []          # no-op
     assert ipvs.edit_destination(SID, "198.19.30.1", weight=0)[0]["changed"] == {"weight": [3, 0]}
-    ipvs.edit_destination(SID, "198.19.30.2", port=8080, forward="TUN", u_thresh=100, l_thresh=10)
+    moved = ipvs.edit_destination(SID, "198.19.30.2", port=8080, forward="TUN", u_thresh=100,
+                                  l_thresh=10)
+    # tunnelling has no port translation: the destination moves to the service port
+    assert [(o["op"], o["dest"]) for o in moved] == [("delete_dest", "198.19.30.2:8080"),
+                                                     ("add_dest", "198.19.30.2:80")]
     svc = ipvs.get_service(SID)
     assert svc["scheduler"] == "rr"
     assert svc["persistence_timeout"] == 120                      # untouched by the edit
