@@ -87,7 +87,7 @@ def inside(services, fraction, out_path):
     changed, n_changed = change(base, fraction)
     want_changed = ipvs.normalize_table(changed)
     rules_changed = ipvs.render_save(want_changed)
-    result = {"services": services, "destinations_per_service": DESTS,
+    result = {"services": services, "change_fraction": fraction, "destinations_per_service": DESTS,
               "changed_services": n_changed}
 
     ipvsadm("-C")
@@ -159,9 +159,13 @@ def markdown(res, host, command):
            "| --- | ---: | ---: | ---: | ---: |"]
     out += [f"| {a} | {b:.1f} | {c} | {d} | {e} |" for a, b, c, d, e in rows]
     out.append("")
-    out.append(f"Of the sync's {res['sync']['seconds']:.1f}s, reading the live table (one netlink "
-               f"dump per service) takes {res['read_table']['seconds']:.1f}s; applying the "
-               f"{res['sync']['operations']} operations is the small rest.")
+    read = res["read_table"]["seconds"]
+    validate = max(0.0, res["noop_sync"]["seconds"] - read)
+    apply_ = max(0.0, res["sync"]["seconds"] - res["noop_sync"]["seconds"])
+    out.append(f"Where the sync's {res['sync']['seconds']:.1f}s go: reading the live table (one "
+               f"netlink dump per service) {read:.1f}s, validating the desired table and diffing "
+               f"~{validate:.1f}s (no-op sync minus read), applying the "
+               f"{res['sync']['operations']} operations ~{apply_:.1f}s (sync minus no-op sync).")
     out.append("")
     out.append(f"Table: {res['services']} services x {res['destinations_per_service']} destinations "
                f"({res['ipvsadm_restore']['operations'] - 1} ipvsadm lines). Command: `{command}`. "
@@ -195,12 +199,17 @@ def host_main(opts):
     data["accel"] = res.accel
     if opts.json:
         Path(opts.json).write_text(json.dumps(data, indent=1) + "\n")
-    command = "python bench/ipvs_sync.py" + (
-        "" if (opts.services, opts.change) == (10000, 0.01)
-        else f" --services {opts.services} --change {opts.change}")
     print()
-    print(markdown(data, host, command))
+    print(render_markdown(data, opts))
     return 0
+
+
+def render_markdown(data, opts):
+    services, fraction = data["services"], data.get("change_fraction", opts.change)
+    command = "python bench/ipvs_sync.py" + (
+        "" if (services, fraction) == (10000, 0.01)
+        else f" --services {services} --change {fraction}")
+    return markdown(data, data["host"], command)
 
 
 def main(argv=None):
@@ -210,7 +219,12 @@ def main(argv=None):
     parser.add_argument("--change", type=float, default=0.01, help="fraction of services changed")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--markdown-from", metavar="JSON",
+                        help="only print the Markdown table of an earlier run's --json file")
     opts = parser.parse_args(argv)
+    if opts.markdown_from:
+        print(render_markdown(json.loads(Path(opts.markdown_from).read_text()), opts))
+        return 0
     if opts.inside:
         inside(opts.services, opts.change, opts.json or "/tmp/bench_ipvs_sync.json")
         return 0
