@@ -9,7 +9,10 @@ Reads what keepalived's notify FIFO script records in the state directory
 - ``salt/beacon/<id>/vrrp/transition`` for every transition, in order:
   instance, old and new state, priority, VIPs on the interface, time;
 - ``salt/beacon/<id>/vrrp/stale_vip`` when VIPs are on the interface while
-  keepalived is not running (once per occurrence): ``vips``, ``time``.
+  keepalived is not running (once per occurrence): ``vips``, ``time``;
+- ``salt/beacon/<id>/vrrp/split_brain`` when this node holds a VIP and another
+  host answers ARP for it too (an RFC 5227 probe every ``conflict_check``
+  seconds, default 5; IPv4): ``conflicts`` (VIP -> MAC addresses), ``time``.
 
 The events are hints: the master re-reads the node before acting.
 
@@ -19,6 +22,7 @@ The events are hints: the master re-reads the node before acting.
       vrrp:
         - interval: 1          # seconds between looks at the state directory
         - state_dir: /run/edge-ha   # optional, default: keepalived:state_dir
+        - conflict_check: 5         # seconds between ARP checks for a second VIP holder (0: off)
 """
 
 import os
@@ -28,7 +32,7 @@ import salt.utils.beacons
 
 __virtualname__ = "vrrp"
 
-ALLOWED = ("interval", "state_dir")
+ALLOWED = ("interval", "state_dir", "conflict_check")
 
 
 def __virtual__():
@@ -43,6 +47,9 @@ def validate(config):
     unknown = sorted(set(conf) - set(ALLOWED))
     if unknown:
         return False, f"vrrp beacon: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(ALLOWED)}"
+    check = conf.get("conflict_check", 5)
+    if not isinstance(check, (int, float)) or isinstance(check, bool) or check < 0:
+        return False, "vrrp beacon: conflict_check must be a number of seconds (0 turns the ARP check off)"
     if "state_dir" in conf and (not isinstance(conf["state_dir"], str) or not conf["state_dir"].startswith("/")):
         return False, "vrrp beacon: state_dir must be an absolute path"
     return True, "valid vrrp beacon configuration"
@@ -123,4 +130,15 @@ def beacon(config):
         ctx["stale"] = stale
         if stale:
             events.append({"tag": "stale_vip", "vips": stale, "running": status["running"], "time": time.time()})
+    check = conf.get("conflict_check", 5)
+    holding = status["running"] and any(i["vips_present"] for i in status["instances"].values())
+    if check and holding and time.monotonic() - ctx.get("checked", 0) >= check:
+        ctx["checked"] = time.monotonic()
+        conflicts = mod["edge_node.vip_conflicts"]()
+        if conflicts != ctx.get("conflicts", {}):
+            ctx["conflicts"] = conflicts
+            if conflicts:
+                events.append({"tag": "split_brain", "conflicts": conflicts, "time": time.time()})
+    elif not holding:
+        ctx["conflicts"] = {}
     return events

@@ -19,7 +19,7 @@ import urllib.request
 
 __virtualname__ = "edge_node"
 
-__load__ = ["probe_ingress", "ingress_health", "record_ingress_health", "report"]
+__load__ = ["probe_ingress", "ingress_health", "record_ingress_health", "report", "vip_conflicts"]
 
 HEALTH_FILE = "ingress_health.json"
 
@@ -126,3 +126,64 @@ def report():
         "out_of_service": mod["keepalived.out_of_service_state"](),
         "ingress": ingress_health(),
     }
+
+
+def arp_probe(interface, address, timeout=0.3):
+    """
+    Who else answers ARP for ``address`` on ``interface``: an RFC 5227 probe
+    (sender address 0.0.0.0), so this host's own kernel does not answer it.
+    Returns the MAC addresses that replied (IPv4 only; needs root).
+    """
+    import socket  # pylint: disable=import-outside-toplevel
+    import struct  # pylint: disable=import-outside-toplevel
+    import select  # pylint: disable=import-outside-toplevel
+
+    target = socket.inet_aton(address)
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+    try:
+        sock.bind((interface, 0x0806))
+        own_mac = sock.getsockname()[4]
+        frame = (
+            b"\xff" * 6 + own_mac + struct.pack("!H", 0x0806)
+            + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+            + own_mac + b"\x00" * 4 + b"\x00" * 6 + target
+        )
+        sock.send(frame)
+        seen = set()
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                break
+            data = sock.recv(128)
+            if len(data) < 42 or data[12:14] != b"\x08\x06" or struct.unpack("!H", data[20:22])[0] != 2:
+                continue
+            sender_mac, sender_ip = data[22:28], data[28:32]
+            if sender_ip == target and sender_mac != own_mac:
+                seen.add(":".join(f"{b:02x}" for b in sender_mac))
+        return sorted(seen)
+    finally:
+        sock.close()
+
+
+def vip_conflicts():
+    """
+    For every VIP this node holds: the other hosts that answer ARP for it too
+    (a split brain, or a stale copy on another node). IPv4 VIPs only.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_node.vip_conflicts
+    """
+    status = __salt__["keepalived.status"]()  # pylint: disable=undefined-variable
+    out = {}
+    for inst in status["instances"].values():
+        for vip in inst["vips_present"]:
+            if ":" in vip:
+                continue
+            others = arp_probe(inst["interface"], vip)
+            if others:
+                out[vip] = others
+    return out

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 __virtualname__ = "edge"
 
 FENCE_REASON = "ingress unhealthy"
+SPLIT_REASON = "split brain"
+SPLIT_HOLD = 30  # seconds a split-brain fence stays before it is lifted to test the path again
 
 
 def __virtual__():
@@ -64,7 +66,32 @@ def node_healthy(report):
     return bool(report["ingress"]["healthy"])
 
 
-def plan(model, reports, pods_ready=None):
+def split_brain_losers(model, reports):
+    """
+    Nodes to fence because another running keepalived holds the same VIP.
+    Deterministic: the holder with the highest configured priority keeps it
+    (tie: the highest node address, as VRRP itself decides). Returns
+    ``{node: reason}``.
+    """
+    import ipaddress  # pylint: disable=import-outside-toplevel
+
+    losers = {}
+    for inst in model["vrrp_instances"].values():
+        holders = [
+            n for n in inst["nodes"]
+            if reports.get(n) and reports[n]["keepalived"]["running"]
+            and reports[n]["keepalived"]["instances"].get(inst["name"], {}).get("vips_present")
+        ]
+        if len(holders) < 2:
+            continue
+        winner = max(holders, key=lambda n: (inst["priorities"][n], ipaddress.ip_address(model["nodes"][n]["address"])))
+        for node in holders:
+            if node != winner:
+                losers.setdefault(node, f"{SPLIT_REASON}: {winner} keeps {inst['name']}")
+    return losers
+
+
+def plan(model, reports, pods_ready=None, now=None, split_hold=SPLIT_HOLD):
     """
     The desired changes, from the model and the nodes' reports.
 
@@ -73,7 +100,7 @@ def plan(model, reports, pods_ready=None):
     pods_ready
         ``{node: bool}`` ingress pod readiness from Kubernetes, or None if unknown
 
-    Returns ``{fence, unfence, release, service_nodes, notes}``; ``release``
+    Returns ``{fence, unfence, release, split_fence, service_nodes, notes}``; ``release``
     lists nodes whose keepalived is not running but whose interface still
     holds VIPs (stale VIPs, e.g. after a SIGKILL).
     """
@@ -89,10 +116,20 @@ def plan(model, reports, pods_ready=None):
     for node in sorted(stopped):
         notes.append(f"{node}: keepalived is not running (not restarted by reconcile; state.apply starts it)")
     healthy = {n for n in reachable if node_healthy(reports[n])}
+    now = time.time() if now is None else now
     out_now = {n for n in reachable if reports[n]["out_of_service"]["out_of_service"]}
     ours = {n for n in out_now if reports[n]["out_of_service"]["reason"] == FENCE_REASON}
-    fence = sorted(set(reachable) - healthy - out_now)
-    unfence = sorted(ours & healthy)
+    split = split_brain_losers(model, reports)
+    split_fenced = {n for n in out_now if reports[n]["out_of_service"]["reason"].startswith(SPLIT_REASON)}
+    # lift a split-brain fence after the hold time; if the path is still broken it splits and is fenced again
+    lift = {
+        n for n in split_fenced
+        if n not in split and now - (reports[n]["out_of_service"].get("since") or now) >= split_hold
+    }
+    for node in sorted(split_fenced - lift):
+        notes.append(f"{node}: out of VIP ownership ({reports[node]['out_of_service']['reason']})")
+    fence = sorted(set(reachable) - healthy - out_now - set(split))
+    unfence = sorted((ours & healthy) | (lift & healthy))
     in_service = (set(reachable) - out_now - set(fence)) | set(unfence)
     if fence and not in_service:
         notes.append(
@@ -105,7 +142,10 @@ def plan(model, reports, pods_ready=None):
         n for n in in_service - stopped
         if n in healthy and (pods_ready is None or pods_ready.get(n, False))
     )
-    return {"fence": fence, "unfence": unfence, "release": release, "service_nodes": service_nodes, "notes": notes}
+    service_nodes = [n for n in service_nodes if n not in split and n not in split_fenced - lift]
+    split_fence = {n: r for n, r in split.items() if n not in out_now}
+    return {"fence": fence, "unfence": unfence, "release": release, "split_fence": split_fence,
+            "service_nodes": service_nodes, "notes": notes}
 
 
 def build_report(model, reports, service=None):
@@ -208,6 +248,9 @@ def history_rows(entries, limit=50, kinds=None):
             row = {"who": f"{entry.get('node')} (reported)",
                    "what": f"{entry.get('instance')}: {entry.get('old')} -> {entry.get('new')}",
                    "why": "vrrp beacon"}
+        elif kind == "conflict":
+            row = {"who": f"{entry.get('node')} (reported)", "what": "another host answers ARP for a VIP it holds",
+                   "why": entry.get("why", "")}
         elif kind == "ignored":
             row = {"who": "edge.trigger", "what": f"ignored event claiming {entry.get('claimed_id')!r}",
                    "why": entry.get("source", "")}
@@ -228,7 +271,7 @@ def _label(value):
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def metrics_text(model, reports, rows, entries):
+def metrics_text(model, reports, rows, entries, counters=None):
     """Prometheus text exposition of the edge's state (for node_exporter's textfile collector)."""
     out = []
 
@@ -267,9 +310,11 @@ def metrics_text(model, reports, rows, entries):
     family("edge_ha_vrrp_transitions_total", "counter", "VRRP transitions reported by the vrrp beacon",
            [({"node": n, "instance": i}, c) for (n, i), c in sorted(transitions.items())])
     runs = [e for e in entries if e.get("kind") == "reconcile"]
-    family("edge_ha_reconcile_runs_total", "counter", "edge.reconcile runs", [({}, len(runs))])
+    counters = counters or {}
+    family("edge_ha_reconcile_runs_total", "counter", "edge.reconcile runs",
+           [({}, counters.get("reconcile_runs", len(runs)))])
     family("edge_ha_reconcile_errors_total", "counter", "edge.reconcile runs that hit an error",
-           [({}, sum(1 for e in runs if e.get("error")))])
+           [({}, counters.get("reconcile_errors", sum(1 for e in runs if e.get("error"))))])
     family("edge_ha_fencing_actions_total", "counter", "Stale VIPs removed and nodes taken out of VIP ownership",
            [({}, sum(1 for e in entries if e.get("kind") == "fence")
              + sum(1 for e in runs for a in e.get("actions") or [] if "out of VIP ownership" in a or "stale VIPs" in a))])
@@ -403,6 +448,29 @@ def _record(kind, **data):
                 os.replace(path + ".tmp", path)
 
 
+def _bump(*names):
+    """Increment persistent counters (for the metrics); returns them all."""
+    path = os.path.join(_state_dir(), "counters.json")
+    with open(path + ".lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        counters = _counters()
+        for name in names:
+            if name:
+                counters[name] = counters.get(name, 0) + 1
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump(counters, fh)
+        os.replace(path + ".tmp", path)
+    return counters
+
+
+def _counters():
+    try:
+        with open(os.path.join(_state_dir(), "counters.json"), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return {}
+
+
 def _history_entries():
     path = os.path.join(_state_dir(), "reconcile.log")
     try:
@@ -435,7 +503,7 @@ def reconcile(reason="manual", test=False):
     model = _model()
     reports = _gather(model)
     pods = _pods_ready(model)
-    wanted = plan(model, reports, pods)
+    wanted = plan(model, reports, pods, split_hold=__opts__.get("edge_ha_split_brain_hold", SPLIT_HOLD))  # pylint: disable=undefined-variable
     client = _client()
     actions = []
     if not test:
@@ -445,6 +513,9 @@ def reconcile(reason="manual", test=False):
         for node in wanted["unfence"]:
             client.cmd(node, "keepalived.out_of_service", [False], timeout=10)
             actions.append(f"{node}: back in VIP ownership (ingress healthy)")
+        for node, why in sorted(wanted["split_fence"].items()):
+            client.cmd(node, "keepalived.out_of_service", [True, why], timeout=10)
+            actions.append(f"{node}: out of VIP ownership ({why})")
         for node in wanted["release"]:
             released = client.cmd(node, "keepalived.release_stale_vips", timeout=10).get(node)
             actions.append(f"{node}: stale VIPs removed (keepalived not running): {released}")
@@ -486,8 +557,10 @@ def reconcile(reason="manual", test=False):
         "seconds": round(time.time() - started, 3),
     }
     if not test:
-        _record("reconcile", reason=reason, actions=actions, notes=wanted["notes"], seconds=result["seconds"],
-                error=service.get("error"))
+        counters = _bump("reconcile_runs", "reconcile_errors" if service.get("error") else None)
+        if actions or service.get("error") or reason != "schedule":  # quiet scheduled runs stay out of the history
+            _record("reconcile", reason=reason, actions=actions, notes=wanted["notes"], seconds=result["seconds"],
+                    error=service.get("error"), run=counters["reconcile_runs"])
         _write_metrics(model, reports, {"match": not service.get("changed") if "error" not in service else None})
     return result
 
@@ -499,7 +572,7 @@ def _metrics_path():
 
 def _write_metrics(model, reports, service):
     path = _metrics_path()
-    text = metrics_text(model, reports, build_report(model, reports, service), _history_entries())
+    text = metrics_text(model, reports, build_report(model, reports, service), _history_entries(), _counters())
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -588,7 +661,9 @@ def trigger(source="", claimed_id="", event_time=0, transition=None):
     """
     nodes = _edge_node_names()
     tag_id = source.split("/")[2] if source.startswith("salt/beacon/") and source.count("/") >= 3 else claimed_id
-    if claimed_id not in nodes or tag_id != claimed_id:
+    if source == "schedule":  # the master's own schedule (reactor sources are always event tags)
+        pass
+    elif claimed_id not in nodes or tag_id != claimed_id:
         log.warning("edge: ignoring event %r claiming minion %r: not an edge node of edge_ha:nodes", source, claimed_id)
         _record("ignored", source=source, claimed_id=claimed_id)
         return {"ignored": True, "source": source, "claimed_id": claimed_id}
@@ -596,6 +671,8 @@ def trigger(source="", claimed_id="", event_time=0, transition=None):
         # history only: what the minion says happened (the reconcile below checks for itself)
         _record("transition", node=claimed_id, instance=transition.get("instance"), old=transition.get("old"),
                 new=transition.get("new"), seen=event_time)
+    if source.endswith("/vrrp/split_brain"):
+        _record("conflict", node=claimed_id, why=source, seen=event_time)
     if source.endswith("/vrrp/stale_vip"):
         # fast path: fence at once. The node itself refuses while its keepalived runs,
         # so a forged event cannot take a live VIP away.

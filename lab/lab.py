@@ -237,7 +237,9 @@ class Lab:
             "pillar_roots": {"base": [str(pillar_dir)]},
             "module_dirs": reactor["module_dirs"],
             "reactor": reactor["reactor"],
+            "schedule": {"edge_ha_reconcile": dict(reactor["schedule"]["edge_ha_reconcile"], seconds=10)},
             "edge_ha_pillar_id": "edge1",
+            "edge_ha_split_brain_hold": 10,
             "log_level_logfile": "info",  # <dir>/master/var/log/salt/master
             "worker_threads": 4,
         }
@@ -265,7 +267,7 @@ class Lab:
                 },
                 "edge_ha_sysctl_file": str(ndir / "sysctl.conf"),
                 "beacons": {
-                    "vrrp": [{"interval": 1}],
+                    "vrrp": [{"interval": 1}, {"conflict_check": 2}],
                     "ingress_health": [{"interval": 1}],
                 },
             }
@@ -345,6 +347,17 @@ class Lab:
                     os.kill(p, sig)
                 except ProcessLookupError:
                     pass
+
+    def block_vrrp(self, node, blocked=True):
+        """Drop VRRP (IP protocol 112) in and out of a node, inside its namespace (nftables)."""
+        ns = self.ns(node)
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "edgeha_block"],
+                       capture_output=True, check=False)
+        if blocked:
+            rules = ("table inet edgeha_block {\n"
+                     " chain in { type filter hook input priority 0; ip protocol vrrp drop; }\n"
+                     " chain out { type filter hook output priority 0; ip protocol vrrp drop; }\n}\n")
+            subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True, check=True)
 
     def set_ingress_healthy(self, node, healthy):
         """Flip the node's ingress health endpoint and its pod's readiness (what the kubelet would do)."""

@@ -229,3 +229,30 @@ def test_history_and_metrics(baseline):
     assert wait_for(lambda: lab._pinged(), 90, 1)
     after = [r["time"] for r in lab.run("edge.history", "limit=1000")]
     assert set(times) <= set(after)
+
+
+def test_split_brain_flagged_fenced_then_stable(baseline):
+    lab = baseline
+    mark = time.time()
+    lab.block_vrrp("edge1")
+    try:
+        split = wait_for(lambda: len(lab.holders()) > 1, 20, 0.05)
+        assert split is not None, "edge2 stops hearing edge1 and takes the VIP too"
+        fenced = wait_for(lambda: lab.holders() == ["edge1"], 60, 0.2)
+        assert fenced is not None, lab.holders()
+        print(f"\nsplit brain after {split:.2f}s, fenced to edge1 alone {fenced:.2f}s later")
+        history = [r for r in lab.run("edge.history", "limit=200") if r["time"] > mark]
+        assert any(r["kind"] == "conflict" for r in history), "the vrrp beacon's ARP check flagged it"
+        assert any("split brain: edge1 keeps VI_INGRESS" in r["what"] for r in history if r["kind"] == "reconcile")
+        time.sleep(5)
+        assert lab.holders() == ["edge1"], "stays fenced while VRRP is blocked"
+    finally:
+        lab.block_vrrp("edge1", False)
+    # unblocked: after the hold (10 s in the lab) the fenced nodes come back as backups
+    back = wait_for(lambda: sorted(b["state"] for b in owner_row(lab)["backups"]) == ["BACKUP", "BACKUP"], 90, 1)
+    assert back is not None, owner_row(lab)
+    start = time.monotonic()
+    while time.monotonic() - start < 8:
+        assert lab.holders() == ["edge1"], "stable after unblocking"
+        time.sleep(0.2)
+    assert owner_row(lab)["flags"] == []

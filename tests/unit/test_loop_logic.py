@@ -180,3 +180,24 @@ def test_metrics_text_is_valid_prometheus_exposition():
     assert value[("edge_ha_reconcile_errors_total", ())] == 1
     assert value[("edge_ha_fencing_actions_total", ())] == 1
     assert value[("edge_ha_last_failover_seconds", ())] == 0.4
+
+
+def test_split_brain_fences_the_lower_priority_holder_then_lifts_after_hold():
+    model = model3()
+    reports = {
+        "edge1": report("edge1", "MASTER", 150, ["198.18.0.100"]),
+        "edge2": report("edge2", "MASTER", 140, ["198.18.0.100"]),
+        "edge3": report("edge3", prio=130),
+    }
+    wanted = runner.plan(model, reports, now=1000.0)
+    assert wanted["split_fence"] == {"edge2": "split brain: edge1 keeps VI_INGRESS"}
+    assert wanted["fence"] == [] and "edge2" not in wanted["service_nodes"]
+
+    fenced = report("edge2", "FAULT", 0, [], out=True, reason="split brain: edge1 keeps VI_INGRESS")
+    fenced["out_of_service"]["since"] = 990.0
+    reports["edge2"] = fenced
+    early = runner.plan(model, reports, now=1000.0, split_hold=30)
+    assert early["unfence"] == [] and early["split_fence"] == {}
+    assert "edge2" not in early["service_nodes"]
+    late = runner.plan(model, reports, now=1021.0, split_hold=30)
+    assert late["unfence"] == ["edge2"] and "edge2" in late["service_nodes"]
