@@ -196,6 +196,12 @@ def synced(name, services=None, own_table=False, pillar="edge_ha", protect=None)
     protect
         Extra service ids (``TCP:198.18.0.1:80``, ``FWM:42`` ...) never to
         touch.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' state.single ipvs.synced name=edge-ipvs own_table=True test=True
     """
     ret = {"name": name, "result": False, "changes": {}, "comment": ""}
     test = bool(__opts__.get("test"))  # noqa: F821 - Salt dunder

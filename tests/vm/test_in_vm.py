@@ -25,7 +25,7 @@ _spec.loader.exec_module(vmrun)
 def test_ipvs_tests_pass_inside_the_vm(capsys):
     t0 = time.monotonic()
     try:
-        result = vmrun.run_pytest_in_vm(["tests/vm/inside", "-q", "-rfEs", "--durations=8"])
+        result = vmrun.run_pytest_in_vm(vmrun.default_pytest_args())
     except vmrun.QemuUnavailable as exc:
         pytest.skip(f"qemu cannot start on this machine: {exc}")
     elapsed = time.monotonic() - t0
