@@ -522,3 +522,24 @@ def test_dr_and_tun_destinations_use_the_service_port():
     fwm = ipvs.normalize_service({"fwmark": 3, "destinations": [
         {"address": "198.19.0.1", "port": 8080, "forward": "DR"}]})
     assert fwm["destinations"][0]["port"] == 8080  # no service port to use
+
+
+def test_pillar_resolver_agrees_with_edge_ha_model():
+    """virtual_servers_from_pillar gives the same IPVS services from the raw
+    pillar as from edge_ha.model()'s output, so the state can switch to
+    __salt__['edge_ha.model']() without a change in behaviour."""
+    example = REPO / "pillar" / "edge_ha.sls.example"
+    if not example.exists() or not (REPO / "_modules" / "edge_ha.py").exists():
+        pytest.skip("no edge_ha pillar example / model module in this tree")
+    yaml = pytest.importorskip("yaml")
+    edge_ha = _load("_modules/edge_ha.py", "edge_ha_model_for_ipvs_test")
+    pillar = yaml.safe_load(example.read_text())["edge_ha"]
+
+    def services(data):
+        salt_managed, keepalived = ipvs_state.virtual_servers_from_pillar(data)
+        return ([ipvs.normalize_service(ipvs_state._strip(s)) for s in salt_managed],
+                [ipvs.normalize_service(ipvs_state._strip(s)) for s in keepalived])
+
+    from_pillar = services(pillar)
+    assert from_pillar == services(edge_ha.normalize(pillar))
+    assert from_pillar[0] or from_pillar[1]
