@@ -433,10 +433,10 @@ def _record(kind, **data):
     Append one JSON line to the master's history (``<cachedir>/edge_ha/reconcile.log``),
     kept to the last HISTORY_KEEP entries; it survives master restarts.
     """
-    entry = dict(data, kind=kind, time=time.time())
     path = os.path.join(_state_dir(), "reconcile.log")
     with open(path + ".lock", "w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        entry = dict(data, kind=kind, time=time.time())  # stamped under the lock: the file stays in time order
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry, default=str) + "\n")
         if os.path.getsize(path) > HISTORY_KEEP * 400:
