@@ -121,10 +121,32 @@ def _version_key(name: str):
 
 
 def kernel_package_name() -> str:
-    """Name of the current Debian ``linux-image-*-amd64-unsigned`` package."""
+    """Name of the current Debian ``linux-image-*-amd64-unsigned`` package
+    (runs ``apt-get update`` once when the package lists know none)."""
     env = os.environ.get("EDGE_HA_VM_KERNEL_PKG")
     if env:
         return env
+    name = _apt_kernel_package()
+    if name is None and os.geteuid() == 0 and not _cached_kernels():
+        log("no kernel package in the apt lists; apt-get update")
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
+        name = _apt_kernel_package()
+    if name:
+        return name
+    cached = _cached_kernels()
+    if cached:
+        log(f"apt-cache gave no kernel package; using cached {cached[-1].name}")
+        return cached[-1].name
+    raise VMError("cannot find a linux-image-*-amd64-unsigned package "
+                  "(run 'apt-get update' first)")
+
+
+def _cached_kernels() -> list[Path]:
+    cached = sorted((CACHE / "kernels").glob("linux-image-*"), key=lambda p: _version_key(p.name))
+    return [p for p in cached if (p / ".complete").exists()]
+
+
+def _apt_kernel_package() -> str | None:
     try:
         dep = subprocess.run(["apt-cache", "depends", "linux-image-amd64"],
                              capture_output=True, text=True, timeout=60)
@@ -144,13 +166,7 @@ def kernel_package_name() -> str:
             return max(names, key=_version_key)
     except (OSError, subprocess.SubprocessError) as exc:
         log(f"apt-cache failed: {exc}")
-    cached = sorted((CACHE / "kernels").glob("linux-image-*"), key=lambda p: _version_key(p.name))
-    cached = [p for p in cached if (p / ".complete").exists()]
-    if cached:
-        log(f"apt-cache gave no kernel package; using cached {cached[-1].name}")
-        return cached[-1].name
-    raise VMError("cannot find a linux-image-*-amd64-unsigned package "
-                  "(run 'apt-get update' first)")
+    return None
 
 
 def ensure_kernel(package: str | None = None) -> Kernel:
@@ -182,6 +198,13 @@ def ensure_kernel(package: str | None = None) -> Kernel:
         if tree.exists():
             shutil.rmtree(tree)
         tmp.rename(tree)
+        # a new kernel replaces the old ones in the cache (~470 MB each)
+        for old in (CACHE / "kernels").iterdir():
+            if old != tree and not old.name.startswith("."):
+                shutil.rmtree(old, ignore_errors=True)
+        for old in debs.glob("*.deb"):
+            if not old.name.startswith(f"{package}_"):
+                old.unlink(missing_ok=True)
     vmlinuz = sorted((tree / "boot").glob("vmlinuz-*"))
     if not vmlinuz:
         raise VMError(f"no boot/vmlinuz-* in {tree}")
@@ -480,6 +503,8 @@ def _probe_boot(accel: str, kernel: Kernel, seconds: float = 12.0) -> tuple[bool
 
 
 def _cpu_for(accel: str) -> str:
+    if os.environ.get("EDGE_HA_VM_CPU"):
+        return os.environ["EDGE_HA_VM_CPU"]
     # "host" passes IA32_ARCH_CAPABILITIES through, which some nested KVM
     # setups refuse ("failed to set MSR 0x10a"); the guest does not need it.
     return "host,-arch-capabilities" if accel == "kvm" else "max"
