@@ -35,17 +35,7 @@ SELECTOR_VALUE = "controller"
 NEEDS_EMULATOR = "needs fault injection / the request log of the API emulator; not possible on a real cluster"
 
 
-def pytest_addoption(parser):
-    try:
-        parser.addoption(
-            "--real-cluster",
-            action="store_true",
-            default=False,
-            help="run tests/k8s against the cluster in KUBECONFIG instead of the API emulator "
-            "(same as EDGE_HA_REAL_CLUSTER=1)",
-        )
-    except ValueError:  # already added by another conftest/plugin
-        pass
+# --real-cluster is declared in tests/conftest.py (the root conftest), so it works from any directory.
 
 
 def real_cluster_requested(config):
