@@ -175,7 +175,9 @@ GLOBAL_DEFS_KEYS = (
     "vrrp_garp_master_refresh",
     "vrrp_garp_interval",
     "vrrp_gna_interval",
+    "lvs_sync_daemon",
 )
+SYNC_DAEMON_KEYS = ("interface", "instance", "id")
 SCRIPT_KEYS = ("script", "interval", "timeout", "weight", "rise", "fall", "user", "init_fail")
 TRACK_FILE_KEYS = ("file", "weight", "init_file")
 INSTANCE_KEYS = (
@@ -288,6 +290,12 @@ def _validate_global_defs(errors, data):
             _check_str(errors, kpath, value)
         elif key == "enable_script_security":
             _check_bool(errors, kpath, value)
+        elif key == "lvs_sync_daemon":
+            if _check_keys(errors, kpath, value, SYNC_DAEMON_KEYS, required=("instance",)):
+                if "interface" in value:
+                    _check_str(errors, _path(kpath, "interface"), value["interface"])
+                if "id" in value:
+                    _check_int(errors, _path(kpath, "id"), value["id"], 0, 255)
         elif key in GLOBAL_DEFS_KEYS:
             _check_int(errors, kpath, value, 0, 86400)
 
@@ -645,6 +653,12 @@ def validate_model(data):
     vips = {}
     if "vrrp_instances" in data:
         vips = _validate_instances(errors, data["vrrp_instances"], data, node_addresses)
+    sync = (data.get("global_defs") or {}).get("lvs_sync_daemon") if isinstance(data.get("global_defs"), dict) else None
+    if isinstance(sync, dict) and "instance" in sync and sync["instance"] not in (data.get("vrrp_instances") or {}):
+        errors.add(
+            _path(ROOT, "global_defs", "lvs_sync_daemon", "instance"),
+            f"{sync['instance']!r} is not a vrrp_instance; instances: {', '.join(data.get('vrrp_instances') or {}) or 'none'}",
+        )
     if "virtual_servers" in data:
         _validate_virtual_servers(errors, data["virtual_servers"], vips)
     if "kubernetes" in data:

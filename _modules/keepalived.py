@@ -90,6 +90,10 @@ global_defs {
     enable_script_security
 {%- endif %}
     script_user {{ view.global_defs.get("script_user", "root") }}
+{%- set sync = view.global_defs.get("lvs_sync_daemon") %}
+{%- if sync %}
+    lvs_sync_daemon {{ sync.get("interface", view.me.interface) }} {{ sync.instance }}{% if sync.id is defined %} id {{ sync.id }}{% endif %}
+{%- endif %}
     notify_fifo {{ paths.state_dir }}/notify.fifo
     notify_fifo_script "{{ paths.notify_script }} {{ paths.state_dir }}"
 }

@@ -98,3 +98,17 @@ def test_added_vip_leaves_advertised_addresses_unchanged():
     assert block(one, "virtual_ipaddress") == block(two, "virtual_ipaddress")
     assert "198.18.0.101/24 dev eth0" in block(two, "virtual_ipaddress_excluded")
     assert "virtual_ipaddress_excluded" not in one
+
+
+def test_lvs_sync_daemon_follows_the_vip_owner():
+    """Connection sync between the edge nodes, so IPVS connections survive a failover."""
+    data = _example()
+    data["global_defs"] = {"lvs_sync_daemon": {"instance": "VI_INGRESS", "id": 7}}
+    text = _render(data, "edge2")
+    assert "    lvs_sync_daemon eth0 VI_INGRESS id 7\n" in text
+    if shutil.which("keepalived"):
+        ok, output = keepalived.check_config(text)
+        assert ok, output
+    data["global_defs"]["lvs_sync_daemon"]["instance"] = "VI_NOPE"
+    errors = edge_ha.validate_model(data)
+    assert errors == ["edge_ha:global_defs:lvs_sync_daemon:instance: 'VI_NOPE' is not a vrrp_instance; instances: VI_INGRESS"]
