@@ -410,6 +410,14 @@ mount -t tmpfs tmpfs /newroot/dev/shm
 mkdir -p /newroot/tmp/vmresults
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /newroot/tmp/vmresults \
   || fail "cannot mount the results share"
+# host paths hidden by the tmpfs mounts above (a checkout under /tmp ...)
+if [ -f /newroot/tmp/vmresults/mounts.list ]; then
+  while read tag path; do
+    mkdir -p "/newroot$path"
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose "$tag" "/newroot$path" \
+      || fail "cannot mount $tag on $path"
+  done < /newroot/tmp/vmresults/mounts.list
+fi
 ip link set lo up
 hostname edge-ha-vm
 echo "EDGE_HA_VM: running job at uptime $(cut -d' ' -f1 /proc/uptime)s"
@@ -559,6 +567,24 @@ def _new_results_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=runs))
 
 
+#: Guest mount points that hide the host's content (tmpfs, proc, ...).
+MASKED = ("/tmp", "/run", "/dev", "/proc", "/sys")
+
+
+def extra_shares() -> list[Path]:
+    """Host paths the job needs that the guest's own mounts would hide:
+    the repo and the interpreter when they live under /tmp, /run ..."""
+    wanted = {REPO, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(),
+              Path(os.path.realpath(sys.executable)).parent.parent}
+    hidden = sorted(p for p in wanted
+                    if any(p == Path(m) or Path(m) in p.parents for m in MASKED))
+    out: list[Path] = []
+    for path in hidden:  # drop paths inside another one
+        if not any(o == path or o in path.parents for o in out):
+            out.append(path)
+    return out
+
+
 def _job_script(command: list[str], env: dict[str, str]) -> str:
     lines = ["#!/bin/sh", f"cd {shlex.quote(str(REPO))} || exit 97"]
     for key, value in env.items():
@@ -605,6 +631,15 @@ def run_in_vm(command: list[str], *, timeout: float | None = None, memory: str =
         "-device", "virtio-9p-pci,fsdev=results,mount_tag=results",
         "-device", "virtio-rng-pci",
     ]
+    mounts = []
+    for i, path in enumerate(extra_shares()):
+        tag = f"extra{i}"
+        argv += ["-fsdev", f"local,id={tag},path={path},security_model=none,readonly=on,"
+                           "multidevs=remap",
+                 "-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
+        mounts.append(f"{tag} {path}\n")
+    if mounts:
+        (results / "mounts.list").write_text("".join(mounts))
     (results / "qemu.argv").write_text(shlex.join(argv) + "\n")
     t_prep = time.monotonic()
     log(f"booting {kernel.version} ({accel}, {cpus} vCPU, {memory}M); results in {results}")
