@@ -695,10 +695,12 @@ def trigger(source="", claimed_id="", event_time=0, transition=None):
             if runs:
                 _settle(pending)
             try:
+                with open(pending, encoding="utf-8") as fh:
+                    why = fh.read() or source  # the latest trigger, which may not be this call's
                 os.unlink(pending)
             except FileNotFoundError:
                 continue
-            reconcile(reason=source or "trigger")
+            reconcile(reason=why or "trigger")
             runs += 1
     return {"queued": False, "source": source, "runs": runs}
 

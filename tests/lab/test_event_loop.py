@@ -218,6 +218,8 @@ def test_history_and_metrics(baseline):
     assert fence["what"].startswith("edge1: stale VIPs removed") and fence["why"].endswith("/vrrp/stale_vip")
     assert any(r["what"] == "VI_INGRESS: BACKUP -> MASTER" and r["who"] == "edge2 (reported)" for r in recent)
     prom = lab.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "edge_ha.prom"
+    assert prom.exists(), "every reconcile writes the textfile"
+    lab.run("edge.metrics")  # and edge.metrics writes it from a fresh look at the nodes
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(prom.read_text()) for s in f.samples}
     assert samples[("edge_ha_vrrp_state", (("instance", "VI_INGRESS"), ("node", "edge2"), ("state", "MASTER")))] == 1
