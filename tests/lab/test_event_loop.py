@@ -187,12 +187,21 @@ def test_stale_vip_after_sigkill_is_fenced_fast(baseline):
     flagged = owner_row(lab)
     gone = wait_for(lambda: "edge1" not in lab.holders(), 15, 0.02)
     assert gone is not None, lab.holders()
-    fences = [r for r in lab.reconcile_log() if r["kind"] == "fence" and r["time"] > mark]
-    assert fences and fences[0]["node"] == "edge1", lab.reconcile_log()[-5:]
-    delay = fences[0]["time"] - fences[0]["seen"]
-    print(f"\nstale VIP on edge1: seen by the beacon {fences[0]['seen'] - mark:.2f}s after SIGKILL, "
-          f"removed {delay:.2f}s later")
-    assert delay < 2.0
+    log = [r for r in lab.reconcile_log() if r["time"] > mark]
+    fences = [r for r in log if r["kind"] == "fence"]
+    removals = fences + [r for r in log if r["kind"] == "reconcile"
+                         and any(a.startswith("edge1: stale VIPs removed") for a in r["actions"])]
+    assert removals, log[-5:]
+    first = min(removals, key=lambda r: r["time"])
+    if first["kind"] == "fence":  # the fast path, which knows when the beacon saw it
+        assert first["node"] == "edge1"
+        delay = first["time"] - first["seen"]
+        print(f"\nstale VIP on edge1: seen by the beacon {first['seen'] - mark:.2f}s after SIGKILL, "
+              f"removed {delay:.2f}s later")
+        assert delay < 2.0
+    else:  # a reconcile got there first; the beacon looks every second
+        print(f"\nstale VIP on edge1 removed by a reconcile {first['time'] - mark:.2f}s after SIGKILL")
+        assert first["time"] - mark < 3.0
     if "edge1" in flagged["owner"]:  # the report was taken while the stale VIP was still there
         assert "stale_vip" in flagged["flags"], flagged
     assert owner_row(lab)["flags"] == []
@@ -213,9 +222,11 @@ def test_history_and_metrics(baseline):
     times = [r["time"] for r in rows]
     assert times == sorted(times, reverse=True), "newest first"
     kinds = [r["kind"] for r in reversed(recent)]  # oldest first
-    assert "fence" in kinds and "transition" in kinds and "reconcile" in kinds, recent
-    fence = next(r for r in recent if r["kind"] == "fence")
-    assert fence["what"].startswith("edge1: stale VIPs removed") and fence["why"].endswith("/vrrp/stale_vip")
+    assert "transition" in kinds and "reconcile" in kinds, recent
+    # the stale VIP was removed by the fast path (fence) or, if a reconcile got there first, by the reconcile
+    fenced = [r for r in recent if r["kind"] == "fence" or (r["kind"] == "reconcile" and "stale VIPs removed" in r["what"])]
+    assert fenced and "edge1" in fenced[0]["what"], recent
+    assert all(r["why"].endswith("/vrrp/stale_vip") for r in recent if r["kind"] == "fence")
     assert any(r["what"] == "VI_INGRESS: BACKUP -> MASTER" and r["who"] == "edge2 (reported)" for r in recent)
     prom = lab.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "edge_ha.prom"
     assert prom.exists(), "every reconcile writes the textfile"
