@@ -13,13 +13,20 @@ adds a live probe beside it.
 
 import json
 import os
+import shutil
+import subprocess
 import time
 import urllib.error
 import urllib.request
 
+from salt.exceptions import CommandExecutionError
+
 __virtualname__ = "edge_node"
 
-__load__ = ["probe_ingress", "ingress_health", "record_ingress_health", "report", "vip_conflicts"]
+__load__ = ["probe_ingress", "ingress_health", "record_ingress_health", "report", "vip_conflicts",
+            "quiesce", "vip_connections"]
+
+QUIESCE_TABLE = "edge_ha_quiesce"
 
 HEALTH_FILE = "ingress_health.json"
 
@@ -190,3 +197,86 @@ def vip_conflicts():
             if others:
                 out[vip] = others
     return out
+
+
+def quiesce_rules(vips):
+    """nftables script: drop new TCP connections (SYN without ACK) to ``vips``; established ones go on."""
+    v4 = sorted(v for v in vips if ":" not in v)
+    v6 = sorted(v for v in vips if ":" in v)
+    rules = []
+    if v4:
+        rules.append(f"ip daddr {{ {', '.join(v4)} }} tcp flags & (syn | ack) == syn drop")
+    if v6:
+        rules.append(f"ip6 daddr {{ {', '.join(v6)} }} tcp flags & (syn | ack) == syn drop")
+    body = "".join(f"  {r}\n" for r in rules)
+    return (f"table inet {QUIESCE_TABLE} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n"
+            f"{body} }}\n}}\n")
+
+
+def _nft(*args, script=None):
+    nft = shutil.which("nft")
+    if not nft:
+        raise CommandExecutionError("nft (package nftables) is needed to quiesce a node")
+    proc = subprocess.run([nft, *args], input=script, capture_output=True, text=True, check=False)
+    return proc
+
+
+def quiesce(enabled=True):
+    """
+    Stop (``enabled=True``) or allow again new TCP connections to this node's
+    VIPs, before its VIPs move (``edge.drain``): an nftables rule drops SYNs
+    to the VIPs, so requests in flight finish here while new clients retry
+    their SYN (after 1 s, as every TCP stack does) and reach the next owner.
+    Established connections are not touched. Returns ``{changed, quiesced, vips}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_node.quiesce
+        salt-call edge_node.quiesce enabled=False
+    """
+    present = _nft("list", "table", "inet", QUIESCE_TABLE).returncode == 0
+    vips = sorted({v for i in __salt__["keepalived.status"]()["instances"].values() for v in i["vips"]})  # pylint: disable=undefined-variable
+    if present:
+        _nft("delete", "table", "inet", QUIESCE_TABLE)
+    if enabled and vips:
+        proc = _nft("-f", "-", script=quiesce_rules(vips))
+        if proc.returncode != 0:
+            raise CommandExecutionError(f"nft could not add the quiesce rules: {proc.stderr.strip()}")
+    return {"changed": present != bool(enabled and vips), "quiesced": bool(enabled and vips), "vips": vips}
+
+
+def count_connections(ss_output, vips):
+    """Established TCP connections whose local address is one of ``vips``, from ``ss -Htn state established``."""
+    wanted = set(vips)
+    count = 0
+    for line in ss_output.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        addr = fields[2].rsplit(":", 1)[0].strip("[]")  # Recv-Q Send-Q Local:Port Peer:Port
+        addr = addr.split("%", 1)[0]
+        if addr.startswith("::ffff:"):
+            addr = addr[7:]
+        if addr in wanted:
+            count += 1
+    return count
+
+
+def vip_connections():
+    """
+    Established TCP connections to this node's VIPs (local sockets: the ingress
+    on this node), what a drain waits for before the VIPs move.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_node.vip_connections
+    """
+    vips = {v for i in __salt__["keepalived.status"]()["instances"].values() for v in i["vips"]}  # pylint: disable=undefined-variable
+    proc = subprocess.run(["ss", "-Htn", "state", "established"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise CommandExecutionError(f"ss failed: {proc.stderr.strip()}")
+    return count_connections(proc.stdout, vips)
