@@ -446,7 +446,7 @@ def _paths(conf):
     return {"state_dir": conf["state_dir"], "notify_script": conf["notify_script"]}
 
 
-def render(node=None, template=None):
+def render(node=None, template=None, pillar=None):
     """
     Render keepalived.conf for this minion (or ``node``) from the edge_ha
     pillar. The pillar is validated first; an invalid one raises an error
@@ -462,8 +462,10 @@ def render(node=None, template=None):
 
         salt-call keepalived.render
         salt-call keepalived.render node=edge2
+
+    ``pillar``: the pillar data to render from instead of this minion's (see ``plan``).
     """
-    view = __salt__["edge_ha.node_view"](node=node, drained=drained_nodes())  # pylint: disable=undefined-variable
+    view = __salt__["edge_ha.node_view"](node=node, pillar=pillar, drained=drained_nodes())  # pylint: disable=undefined-variable
     text = None
     if template:
         cached = __salt__["cp.cache_file"](template)  # pylint: disable=undefined-variable
@@ -507,29 +509,36 @@ def validate(node=None, template=None):
     return {"valid": result["valid"], "errors": result["errors"], "output": result["check_output"]}
 
 
-def plan(node=None, template=None):
+def plan(node=None, template=None, fresh_pillar=False):
     """
     What applying the pillar would change, without changing anything:
     ``{valid, errors, config_file, old, new, diff, notify_script_current,
     running}``. ``valid`` covers the pillar model and ``keepalived -t``.
+
+    fresh_pillar
+        compile the pillar now (``pillar.items``) instead of using the
+        minion's in-memory copy, which is only as new as the last refresh
+        (the master's reconcile uses this)
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-call keepalived.plan
+        salt edge1 keepalived.plan fresh_pillar=True
     """
+    pillar = __salt__["pillar.items"](unmask=True) if fresh_pillar else None  # pylint: disable=undefined-variable
     conf = settings()
     path = conf["config_file"]
     out = {
         "config_file": path, "valid": False, "errors": [], "check_output": "",
         "old": read_text(path), "new": "", "diff": "",
     }
-    errors = __salt__["edge_ha.validate"]()  # pylint: disable=undefined-variable
+    errors = __salt__["edge_ha.validate"](pillar=pillar)  # pylint: disable=undefined-variable
     if errors:
         out["errors"] = ["edge_ha pillar is invalid:"] + errors
         return out
-    out["new"] = render(node=node, template=template)
+    out["new"] = render(node=node, template=template, pillar=pillar)
     ok, out["check_output"] = check_config(out["new"], conf["binary"])
     if not ok:
         out["errors"] = ["rendered keepalived.conf fails validation: " + out["check_output"]]
