@@ -616,7 +616,7 @@ def _locked(timeout=LOCK_WAIT):
                     raise CommandExecutionError(  # pylint: disable=raise-missing-from
                         f"another edge.reconcile/drain/undrain has held the lock for more than {timeout}s"
                     )
-                time.sleep(0.2)
+                time.sleep(0.05)
         try:
             yield
         finally:
@@ -655,6 +655,53 @@ def _handover(model, node, reason, client):
         time.sleep(0.3)
 
 
+def _release(model, node, client, reason, standby_after, before=None, quiesce_timeout=None):
+    """
+    Move ``node``'s VIPs away without failing requests: new TCP connections to
+    its VIPs are dropped (clients retry the SYN after 1 s), the requests in
+    flight finish (bounded by ``edge_ha_quiesce_timeout``, default 10 s), then
+    the node releases its VIPs at once (FAULT through the out-of-service track
+    file: a priority-0 advert, the next backup takes over within its skew
+    time), and the retried SYNs reach the new owner. ``before`` runs just
+    before the release (undrain restores the target's priority there). Then
+    the node goes to standby (``standby_after``) and back from FAULT to BACKUP.
+    Returns ``(done, steps, holders, reports)``.
+    """
+    steps = []
+    timeout = float(quiesce_timeout or __opts__.get("edge_ha_quiesce_timeout", 10))  # pylint: disable=undefined-variable
+    quiesced = client.cmd(node, "edge_node.quiesce", [True], timeout=10).get(node)
+    if not isinstance(quiesced, dict):
+        steps.append(f"new connections NOT held back ({quiesced})")
+    start = time.monotonic()
+    left = None
+    while time.monotonic() - start < timeout:
+        left = client.cmd(node, "edge_node.vip_connections", timeout=10).get(node)
+        if not isinstance(left, int) or left == 0:
+            break
+        time.sleep(0.1)
+    steps.append(f"requests in flight finished in {time.monotonic() - start:.1f}s" if left == 0
+                 else f"{left} connections still open after {timeout:.0f}s (edge_ha_quiesce_timeout); going on")
+    oos = client.cmd(node, "keepalived.out_of_service_state", timeout=10).get(node) or {}
+    try:
+        if before:
+            before()
+        client.cmd(node, "keepalived.out_of_service", [True, f"handover: {reason}"], timeout=10)
+        deadline = time.monotonic() + _handover_timeout(model, node)
+        while True:
+            reports = _gather(model)
+            done, holders = handover_state(model, reports, node)
+            if done or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        if standby_after:
+            client.cmd(node, "keepalived.standby", [True, reason], timeout=10)
+    finally:
+        if not oos.get("out_of_service"):
+            client.cmd(node, "keepalived.out_of_service", [False], timeout=10)
+        client.cmd(node, "edge_node.quiesce", [False], timeout=10)
+    return done, steps, holders, reports
+
+
 def _all_held(model, timeout=10):
     """Wait until every VIP is held by a node with a running keepalived; returns (ok, holders, reports)."""
     deadline = time.monotonic() + timeout
@@ -678,11 +725,12 @@ def _rollout(model, reports, plans, client, reason, retry_failed=False):
     After each node: keepalived running with the new config and every VIP
     held; otherwise the node goes back to its previous config and the rollout
     stops. A config that failed is not retried until it changes (or
-    ``retry_failed``). Returns ``(actions, info)``.
+    ``retry_failed``); while it is there, the other nodes' new configs are
+    held back too (the rollout stays stopped). Returns ``(actions, info)``.
     """
     failed = _load_json("rollout_failed.json", {})
     actions, steps, blocked = [], [], []
-    info = {"order": [], "steps": steps, "stopped_at": None, "error": None, "blocked": blocked}
+    info = {"order": [], "steps": steps, "stopped_at": None, "error": None, "blocked": blocked, "held": []}
     todo = []
     for node, planned in plans.items():
         digest = _config_hash(planned.get("new"))
@@ -690,6 +738,9 @@ def _rollout(model, reports, plans, client, reason, retry_failed=False):
             blocked.append(node)
             continue
         todo.append(node)
+    if blocked:
+        # the change that stopped a rollout is still there: the rollout stays stopped for every node
+        info["held"], todo = sorted(todo), []
     info["order"] = order = rollout_order(todo, reports)
     drained = _drained()
     for node in order:
@@ -715,7 +766,7 @@ def _rollout(model, reports, plans, client, reason, retry_failed=False):
                 if isinstance(applied, dict) else [str(applied)]
             error = "state.apply edge failed: " + " | ".join(c.splitlines()[0] for c in comments if c)[:600]
         else:
-            check = client.cmd(node, "keepalived.plan", timeout=30).get(node)
+            check = client.cmd(node, "keepalived.plan", kwarg={"fresh_pillar": True}, timeout=30).get(node)
             if not (isinstance(check, dict) and check.get("running") and not check.get("diff")):
                 error = "keepalived is not running with the new config after the reload"
         if error is None:
@@ -842,7 +893,9 @@ def _reconcile(reason="manual", test=False, retry_failed=False):
     actions += _sync_drained(model, reports, wanted, client, test)
     # keepalived re-rendered only where the config differs, in stages
     running = [n for n in sorted(model["nodes"]) if reports.get(n) and reports[n]["keepalived"]["running"]]
-    plans = client.cmd(running, "keepalived.plan", tgt_type="list", timeout=30) if running else {}
+    # fresh_pillar: compiled now, not the minion's in-memory copy (refreshing that restarts the beacons)
+    plans = client.cmd(running, "keepalived.plan", kwarg={"fresh_pillar": True}, tgt_type="list",
+                       timeout=30) if running else {}
     stale = sorted(n for n, p in plans.items() if isinstance(p, dict) and p.get("diff"))
     invalid = sorted(n for n, p in plans.items() if isinstance(p, dict) and not p.get("valid", True))
     rollout = None
@@ -860,6 +913,9 @@ def _reconcile(reason="manual", test=False, retry_failed=False):
         for node in rollout["blocked"]:
             wanted["notes"].append(f"{node}: its new keepalived config failed before and is not retried until it "
                                    "changes (salt-run edge.reconcile retry_failed=True)")
+        for node in rollout["held"]:
+            wanted["notes"].append(f"{node}: new keepalived config held back: the staged reload stopped at "
+                                   f"{', '.join(rollout['blocked'])}")
         if rollout["steps"]:
             reports = _gather(model)
     service = {}
@@ -955,7 +1011,7 @@ def _wait_ipvs_drain(model, node, reports, client, timeout):
         time.sleep(1)
 
 
-def _drain(model, node, reason, source, client, drain_timeout=None, force=False):
+def _drain(model, node, reason, source, client, drain_timeout=None):
     """The drain steps (lock held by the caller); on failure nothing stays half-done."""
     started = time.time()
     steps = []
@@ -966,18 +1022,21 @@ def _drain(model, node, reason, source, client, drain_timeout=None, force=False)
     try:
         names = sorted(drained)
         client.cmd(sorted(model["nodes"]), "keepalived.set_drained_nodes", [names], tgt_type="list", timeout=10)
-        done, holders, reports = _handover(model, node, f"drained: {reason}", client)
-        if not done and force:
-            client.cmd(node, "keepalived.out_of_service", [True, "drained"], timeout=10)
-            steps.append("standby did not move the VIPs (nopreempt?): forced out of VIP ownership")
-            done, holders, reports = _handover(model, node, f"drained: {reason}", client)
-        if not done:
-            raise CommandExecutionError(
-                f"{node} did not hand its VIPs over within {_handover_timeout(model, node):.0f}s (holders: {holders}); "
-                "with nopreempt on the backups use force=True"
-            )
-        steps.append("VIPs handed over: " + ", ".join(f"{v} -> {','.join(h)}" for v, h in sorted(holders.items())))
-        plans = client.cmd(sorted(model["nodes"]), "keepalived.plan", tgt_type="list", timeout=30)
+        reports = _gather(model)
+        done, holders = handover_state(model, reports, node)
+        if any(node in h for h in holders.values()):
+            done, release_steps, holders, reports = _release(model, node, client, f"drained: {reason}", True)
+            steps += release_steps
+            if not done:
+                raise CommandExecutionError(
+                    f"{node} did not hand its VIPs over within {_handover_timeout(model, node):.0f}s (holders: {holders})"
+                )
+            steps.append("VIPs handed over: " + ", ".join(f"{v} -> {','.join(h)}" for v, h in sorted(holders.items())))
+        else:
+            client.cmd(node, "keepalived.standby", [True, f"drained: {reason}"], timeout=10)
+            steps.append("holds no VIP; priority lowered")
+        plans = client.cmd(sorted(model["nodes"]), "keepalived.plan", kwarg={"fresh_pillar": True}, tgt_type="list",
+                           timeout=30)
         stale = {n: p for n, p in plans.items() if isinstance(p, dict) and p.get("diff")}
         if stale:
             actions, info = _rollout(model, reports, stale, client, f"drain {node}", retry_failed=True)
@@ -997,13 +1056,27 @@ def _drain(model, node, reason, source, client, drain_timeout=None, force=False)
         client.cmd(sorted(model["nodes"]), "keepalived.set_drained_nodes", [sorted(drained)], tgt_type="list", timeout=10)
         if previous is None:
             client.cmd(node, "keepalived.standby", [False], timeout=10)
-            if force:
-                client.cmd(node, "keepalived.out_of_service", [False], timeout=10)
         _record("drain", node=node, reason=reason, source=source, error=str(exc), steps=steps)
         return {"ok": False, "node": node, "error": str(exc), "steps": steps, "seconds": round(time.time() - started, 3)}
     _record("drain", node=node, reason=reason, source=source, steps=steps)
     _event("NodeDrained", f"{node} drained ({reason}): " + "; ".join(steps), model=model)
     return {"ok": True, "node": node, "steps": steps, "error": None, "seconds": round(time.time() - started, 3)}
+
+
+def preferred_owner(model, reports, instance, exclude=()):
+    """The node VRRP elects for ``instance`` among running, in-service, non-standby nodes (highest priority)."""
+    import ipaddress  # pylint: disable=import-outside-toplevel
+
+    inst = model["vrrp_instances"][instance]
+    ready = [
+        n for n in inst["nodes"]
+        if n not in exclude and reports.get(n) and reports[n]["keepalived"]["running"]
+        and not reports[n]["out_of_service"]["out_of_service"]
+        and not (reports[n].get("standby") or {}).get("standby")
+    ]
+    if not ready:
+        return None
+    return max(ready, key=lambda n: (inst["priorities"][n], ipaddress.ip_address(model["nodes"][n]["address"])))
 
 
 def _undrain(model, node, reason, client):
@@ -1014,17 +1087,37 @@ def _undrain(model, node, reason, client):
     steps = []
     client.cmd(sorted(model["nodes"]), "keepalived.set_drained_nodes", [sorted(drained)], tgt_type="list", timeout=10)
     reports = _gather(model)
-    plans = client.cmd(sorted(model["nodes"]), "keepalived.plan", tgt_type="list", timeout=30)
+    plans = client.cmd(sorted(model["nodes"]), "keepalived.plan", kwarg={"fresh_pillar": True}, tgt_type="list",
+                       timeout=30)
     stale = {n: p for n, p in plans.items() if isinstance(p, dict) and p.get("diff")}
     error = None
     if stale:
         actions, rollout = _rollout(model, reports, stale, client, f"undrain {node}", retry_failed=True)
         steps += actions
         error = rollout["error"]
-    oos = client.cmd(node, "keepalived.out_of_service_state", timeout=10).get(node) or {}
-    if oos.get("out_of_service") and oos.get("reason") == "drained":
-        client.cmd(node, "keepalived.out_of_service", [False], timeout=10)
-    client.cmd(node, "keepalived.standby", [False], timeout=10)
+        reports = _gather(model)
+    # VIPs that come back to this node (it has the highest priority): the current owner
+    # releases them the same careful way, once this node's priority is back
+    restored = []
+
+    def restore():
+        if not restored:
+            client.cmd(node, "keepalived.standby", [False], timeout=10)
+            restored.append(True)
+
+    for name, inst in model["vrrp_instances"].items():
+        if node not in inst["nodes"] or not reports.get(node):
+            continue
+        current = [h for v in inst["vips"] for h in vip_holders(model, reports).get(v, [])]
+        ready = dict(reports)
+        ready[node] = dict(reports[node], standby={"standby": False})
+        if preferred_owner(model, ready, name) != node or not current or node in current:
+            continue
+        for holder in sorted(set(current)):
+            done, release_steps, holders, reports = _release(model, holder, client, f"undrain {node}", False, restore)
+            steps += release_steps
+            steps.append(f"{name}: VIPs back on " + ", ".join(f"{v} -> {','.join(h)}" for v, h in sorted(holders.items())))
+    restore()
     steps.append("priority restored")
     _record("undrain", node=node, reason=reason, source=(info or {}).get("source", "manual"), steps=steps, error=error)
     _event("NodeUndrained", f"{node} back in service ({reason})", model=model)
@@ -1037,28 +1130,28 @@ def _check_node(model, node):
         raise SaltInvocationError(f"{node!r} is not an edge node (edge_ha:nodes: {', '.join(sorted(model['nodes']))})")
 
 
-def drain(node, reason="maintenance", drain_timeout=None, force=False):
+def drain(node, reason="maintenance", drain_timeout=None):
     """
-    Take an edge node out for planned maintenance, without dropping traffic:
+    Take an edge node out for planned maintenance, without failing requests:
 
-    1. its VRRP priority drops to 1 (``keepalived.standby``): a backup takes
-       its VIPs over *before* it releases them; the drain waits until another
-       node holds each of them (``edge_ha_handover_timeout``, default
-       3 x advert_int + 10 s);
-    2. every node renders the node's IPVS real servers with weight 0 (staged
+    1. if it holds VIPs: new TCP connections to them are held back (an
+       nftables rule drops SYNs; clients retry after 1 s), the requests in
+       flight finish (``edge_ha_quiesce_timeout``, default 10 s), then the
+       node releases the VIPs at once (priority-0 advert) and the drain waits
+       until another node holds each of them (``edge_ha_handover_timeout``,
+       default 3 x advert_int + 10 s); the retried SYNs land there. Cost: new
+       connections during the handover wait about one second;
+    2. its priority drops to 1 (``keepalived.standby``): it stays a backup of
+       last resort and does not take the VIPs back;
+    3. every node renders the node's IPVS real servers with weight 0 (staged
        reload, SIGHUP: VRRP state kept), then the drain waits until the
        directors report no connections left on it (``drain_timeout``, default
        ``edge_ha_drain_timeout`` or 60 s; it goes on after that, saying so);
-    3. the node leaves the Service's externalIPs (a reconcile).
+    4. the node leaves the Service's externalIPs (a reconcile).
 
-    The node stays a backup of last resort (priority 1). It stays drained
-    across reconciles and master restarts until ``edge.undrain``. If a step
-    fails, the node is put back as it was and the error is returned.
-
-    force
-        if the VIPs do not move (``nopreempt`` on the backups), take the node
-        out of VIP ownership (FAULT) instead; the VIP is then briefly without
-        an owner
+    It stays drained across reconciles and master restarts until
+    ``edge.undrain``. If a step fails, the node is put back as it was and the
+    error is returned (``ok: False``).
 
     CLI Example:
 
@@ -1070,7 +1163,7 @@ def drain(node, reason="maintenance", drain_timeout=None, force=False):
     model = _model()
     _check_node(model, node)
     with _locked():
-        result = _drain(model, node, reason, "manual", _client(), drain_timeout, bool(force))
+        result = _drain(model, node, reason, "manual", _client(), drain_timeout)
         if result["ok"]:
             result["reconcile"] = _reconcile(f"drain {node}")["actions"]
     _run_pending()
@@ -1080,9 +1173,10 @@ def drain(node, reason="maintenance", drain_timeout=None, force=False):
 def undrain(node, reason="maintenance done"):
     """
     Put a drained node back: real-server weights restored (staged reload),
-    configured priority restored (with preemption, keepalived's default, its
-    VIPs come back, again without a moment without an owner), back in the
-    Service's externalIPs once its ingress is healthy.
+    configured priority restored; if that makes it the owner of a VIP again
+    (highest priority), the current owner hands the VIP back the same way a
+    drain does (new connections held back, requests in flight finished, then
+    the release). Back in the Service's externalIPs once its ingress is healthy.
 
     CLI Example:
 
