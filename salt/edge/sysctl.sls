@@ -17,3 +17,21 @@ edge-sysctl-{{ key }}:
     - config: {{ sysctl_file }}
 {%- endfor %}
 {%- endif %}
+
+{#- IPVS (keepalived virtual_servers): when a real server is removed, or drained
+    to weight 0, its connections and persistence templates expire instead of
+    pinning clients to it until persistence_timeout runs out. #}
+{%- if servers %}
+edge-ipvs-module:
+  kmod.present:
+    - name: ip_vs
+{%- for key in ('net.ipv4.vs.expire_nodest_conn', 'net.ipv4.vs.expire_quiescent_template') %}
+edge-sysctl-{{ key }}:
+  sysctl.present:
+    - name: {{ key }}
+    - value: 1
+    - config: {{ sysctl_file }}
+    - require:
+      - kmod: edge-ipvs-module
+{%- endfor %}
+{%- endif %}

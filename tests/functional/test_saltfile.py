@@ -44,3 +44,17 @@ def test_edge_sls_renders_with_repo_file_roots(confdir):
     assert "keepalived" in states["edge-keepalived"]
     assert states["edge-sysctl-net.ipv4.conf.all.arp_ignore"]["sysctl"].count({"value": 1}) == 1  # DR virtual servers
     assert {"pkgs": ["keepalived", "ipvsadm", "iproute2"]} in states["edge-packages"]["pkg"]
+
+
+def test_ipvs_persistence_expiry_only_with_virtual_servers(confdir):
+    """Removed or drained real servers: connections and persistence templates expire (IPVS sysctls)."""
+    with_vs = json.loads(_salt_call("--id", "edge1", "state.show_sls", "edge.sysctl", f"pillar={json.dumps(EXAMPLE)}",
+                                    root_dir=confdir).stdout)["local"]
+    for key in ("net.ipv4.vs.expire_nodest_conn", "net.ipv4.vs.expire_quiescent_template"):
+        assert {"value": 1} in with_vs[f"edge-sysctl-{key}"]["sysctl"]
+        assert {"require": [{"kmod": "edge-ipvs-module"}]} in with_vs[f"edge-sysctl-{key}"]["sysctl"]
+    without = dict(EXAMPLE["edge_ha"])
+    without.pop("virtual_servers")
+    plain = json.loads(_salt_call("--id", "edge1", "state.show_sls", "edge.sysctl",
+                                  f"pillar={json.dumps({'edge_ha': without})}", root_dir=confdir).stdout)["local"]
+    assert not [k for k in plain if ".vs." in k or k == "edge-ipvs-module"], sorted(plain)
