@@ -309,12 +309,12 @@ class Lab:
         else:
             flag.unlink(missing_ok=True)
 
-    def start_probe(self, seconds, rate=20, url=f"http://{VIP}/", name="probe"):
+    def start_probe(self, seconds, rate=20, url=f"http://{VIP}/", name="probe", timeout=1.0):
         """A client in its own namespace requesting ``url`` at a fixed rate; ``probe_result(name)`` reads it."""
         out = self.dir / f"{name}.json"
         out.unlink(missing_ok=True)
         return self._spawn("client", name, sys.executable, str(REPO / "tests" / "support" / "probe.py"),
-                           url, str(rate), str(seconds), str(out))
+                           url, str(rate), str(seconds), str(out), str(timeout))
 
     def probe_result(self, name="probe", timeout=60):
         out = self.dir / f"{name}.json"

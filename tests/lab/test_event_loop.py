@@ -12,53 +12,15 @@ import time
 
 import pytest
 
-from lab.lab import NODES, USER_IP, VIP, Lab
+from lab.lab import NODES, USER_IP, VIP
+
+from tests.support.labtools import ADDR, ALL_IPS, wait_for
 
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
     pytest.mark.skipif(not shutil.which("keepalived"), reason="keepalived is not installed (make bootstrap)"),
 ]
-
-ADDR = {n: f"198.18.0.{o}" for n, o in NODES.items()}
-ALL_IPS = sorted([VIP, USER_IP] + list(ADDR.values()))
-
-
-def wait_for(predicate, timeout, interval=0.1):
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        value = predicate()
-        if value:
-            return time.monotonic() - start
-        time.sleep(interval)
-    return None
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    bed = Lab(tmp_path_factory.mktemp("lab"), prefix=f"ehl{os.getpid() % 10000}")
-    try:
-        start = time.monotonic()
-        bed.up(log=lambda msg: None)
-        print(f"\nlab up in {time.monotonic() - start:.1f}s")
-        yield bed
-    finally:
-        bed.down(quiet=True)
-
-
-@pytest.fixture
-def baseline(lab):
-    """Every keepalived running, every ingress healthy, edge1 owning the VIP, Service right."""
-    for node in NODES:
-        lab.set_ingress_healthy(node, True)
-    stopped = [n for n in NODES if not os.path.exists(f"/proc/{lab.keepalived_pid(n)}") or not lab.keepalived_pid(n)]
-    if stopped:
-        lab.salt(",".join(stopped), "state.apply", "--list", timeout=120)
-    lab.run("edge.reconcile")
-    assert wait_for(lambda: lab.holders() == ["edge1"], 20), lab.holders()
-    assert wait_for(lambda: lab.external_ips() == ALL_IPS, 20), lab.external_ips()
-    return lab
-
 
 def owner_row(lab):
     return lab.report()["vips"][0]

@@ -1,0 +1,146 @@
+"""Pure logic of drains, staged reloads and quiescing (no Salt)."""
+
+import copy
+import pathlib
+
+import yaml
+
+from tests.support.modload import load
+
+edge_ha = load("_modules/edge_ha.py")
+runner = load("_runners/edge.py")
+edge_node = load("_modules/edge_node.py")
+
+EXAMPLE = yaml.safe_load((pathlib.Path(__file__).resolve().parents[2] / "pillar" / "edge_ha.sls.example").read_text())
+VIP = "198.18.0.100"
+
+
+def model3():
+    data = copy.deepcopy(EXAMPLE["edge_ha"])
+    data["nodes"]["edge3"] = {"address": "198.18.0.13", "interface": "eth0"}
+    del data["vrrp_instances"]["VI_INGRESS"]["priority"]
+    return edge_ha.normalize(data)
+
+
+def report(node, state="BACKUP", prio=100, vips=(), running=True, standby=False, drained=(), out=False):
+    return {
+        "node": node,
+        "keepalived": {"running": running, "instances": {"VI_INGRESS": {
+            "state": state, "priority": prio, "since": 1000.0, "vips_present": list(vips)}}},
+        "out_of_service": {"out_of_service": out, "reason": ""},
+        "standby": {"standby": standby, "reason": "", "since": None},
+        "drained_nodes": list(drained),
+        "ingress": {"healthy": True},
+    }
+
+
+def test_drained_node_leaves_service_keeps_standby_and_lists_are_synced():
+    model = model3()
+    drained = {"edge1": {"reason": "kernel update", "since": 1.0, "source": "manual"}}
+    reports = {
+        "edge1": report("edge1", prio=1, standby=True, drained=["edge1"]),
+        "edge2": report("edge2", "MASTER", 140, [VIP], drained=["edge1"]),
+        "edge3": report("edge3", prio=130),  # its drained list is stale
+    }
+    wanted = runner.plan(model, reports, drained=drained)
+    assert wanted["service_nodes"] == ["edge2", "edge3"]
+    assert wanted["standby_on"] == [] and wanted["standby_off"] == []
+    assert wanted["drained_lists"] == ["edge3"]
+    assert "edge1: drained (kernel update)" in wanted["notes"]
+    # a standby left over by an interrupted staged reload is lifted; a drained node without standby gets it
+    reports["edge1"]["standby"]["standby"] = False
+    reports["edge3"]["standby"]["standby"] = True
+    wanted = runner.plan(model, reports, drained=drained)
+    assert wanted["standby_on"] == ["edge1"] and wanted["standby_off"] == ["edge3"]
+
+
+def test_rollout_order_backups_first_owner_last():
+    reports = {
+        "edge1": report("edge1", "MASTER", 150, [VIP]),
+        "edge2": report("edge2", prio=140),
+        "edge3": report("edge3", prio=130),
+    }
+    assert runner.rollout_order(["edge1", "edge3", "edge2"], reports) == ["edge2", "edge3", "edge1"]
+
+
+def test_handover_is_done_only_when_exactly_one_other_running_node_holds_each_vip():
+    model = model3()
+    still = {"edge1": report("edge1", "MASTER", 1, [VIP]), "edge2": report("edge2", prio=140),
+             "edge3": report("edge3", prio=130)}
+    assert runner.handover_state(model, still, "edge1") == (False, {VIP: ["edge1"]})
+    overlap = dict(still, edge2=report("edge2", "MASTER", 140, [VIP]))
+    assert runner.handover_state(model, overlap, "edge1")[0] is False  # make-before-break: both hold it a moment
+    moved = dict(overlap, edge1=report("edge1", prio=1))
+    assert runner.handover_state(model, moved, "edge1") == (True, {VIP: ["edge2"]})
+    stale = dict(moved, edge3=report("edge3", "MASTER", 130, [VIP], running=False))
+    assert runner.handover_state(model, stale, "edge1")[0] is True  # a stopped keepalived's leftover is not an owner
+
+
+def test_preferred_owner_skips_standby_and_out_of_service_nodes():
+    model = model3()
+    reports = {"edge1": report("edge1", prio=1, standby=True), "edge2": report("edge2", "MASTER", 140, [VIP]),
+               "edge3": report("edge3", prio=130)}
+    assert runner.preferred_owner(model, reports, "VI_INGRESS") == "edge2"
+    reports["edge1"]["standby"]["standby"] = False
+    assert runner.preferred_owner(model, reports, "VI_INGRESS") == "edge1"
+    reports["edge1"]["out_of_service"]["out_of_service"] = True
+    assert runner.preferred_owner(model, reports, "VI_INGRESS") == "edge2"
+
+
+def test_drained_nodes_render_with_weight_zero_others_unchanged():
+    model = model3()
+    view = edge_ha.view_for_node(model, "edge2", drained=["edge1"])
+    weights = {(vs["name"], rs["node"]): rs["weight"] for vs in view["virtual_servers"] for rs in vs["real_servers"]}
+    assert weights[("http", "edge1")] == 0 and weights[("https", "edge1")] == 0
+    assert weights[("http", "edge2")] == 1 and weights[("https", "edge3")] == 1
+    # the model itself is not changed
+    assert all(rs["weight"] == 1 for vs in model["virtual_servers"].values() for rs in vs["real_servers"])
+
+
+def test_ipvs_connections_counts_only_the_nodes_real_servers_of_our_services():
+    model = model3()
+    table = [
+        {"protocol": "TCP", "address": VIP, "port": 80, "destinations": [
+            {"address": "198.18.0.11", "port": 80, "active_connections": 3, "inactive_connections": 2,
+             "persistent_connections": 0},
+            {"address": "198.18.0.12", "port": 80, "active_connections": 7, "inactive_connections": 0}]},
+        {"protocol": "TCP", "address": VIP, "port": 443, "destinations": [
+            {"address": "198.18.0.11", "port": 443, "active_connections": 0, "inactive_connections": 1,
+             "persistent_connections": 4}]},
+        {"protocol": "TCP", "address": "198.18.9.9", "port": 80, "destinations": [  # not ours
+            {"address": "198.18.0.11", "port": 80, "active_connections": 50}]},
+    ]
+    assert runner.ipvs_connections(table, model["virtual_servers"].values(), "198.18.0.11") == (6, 4)
+    assert runner.ipvs_connections([], model["virtual_servers"].values(), "198.18.0.11") == (0, 0)
+
+
+def test_quiesce_drops_only_new_connections_to_the_vips():
+    rules = edge_node.quiesce_rules(["198.18.0.100", "2001:db8::100"])
+    assert "ip daddr { 198.18.0.100 } tcp flags & (syn | ack) == syn drop" in rules
+    assert "ip6 daddr { 2001:db8::100 } tcp flags & (syn | ack) == syn drop" in rules
+    assert "policy accept" in rules
+
+
+def test_vip_connections_counted_from_ss():
+    out = ("0 0 198.18.0.100:80 198.18.0.50:40000\n"
+           "0 0 [::ffff:198.18.0.100]:443 [::ffff:198.18.0.50]:40001\n"
+           "0 0 198.18.0.11:22 198.18.0.50:40002\n"
+           "0 0 [2001:db8::100]:443 [2001:db8::50]:40003\n")
+    assert edge_node.count_connections(out, {"198.18.0.100"}) == 2
+    assert edge_node.count_connections(out, {"2001:db8::100"}) == 1
+
+
+def test_history_rows_for_drain_and_rollout():
+    entries = [
+        {"kind": "drain", "node": "edge1", "reason": "kernel update", "source": "manual", "time": 1.0,
+         "steps": ["VIPs handed over: 198.18.0.100 -> edge2"]},
+        {"kind": "rollout", "reason": "manual", "time": 2.0, "steps": [["edge2", "ok"], ["edge1", "FAILED, rolled back"]],
+         "stopped_at": "edge1", "error": "keepalived is not running"},
+        {"kind": "undrain", "node": "edge1", "reason": "done", "source": "kubernetes", "time": 3.0, "error": "boom"},
+    ]
+    rows = runner.history_rows(entries)
+    assert [r["kind"] for r in rows] == ["undrain", "rollout", "drain"]
+    assert rows[0]["who"] == "edge.undrain (kubernetes)" and "FAILED: boom" in rows[0]["what"]
+    assert rows[1]["what"] == ("staged reload edge2:ok -> edge1:FAILED, rolled back; "
+                               "STOPPED at edge1: keepalived is not running")
+    assert rows[2]["what"] == "edge1: drained; VIPs handed over: 198.18.0.100 -> edge2" and rows[2]["why"] == "kernel update"
