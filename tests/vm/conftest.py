@@ -17,7 +17,7 @@ IN_VM = os.environ.get("EDGE_HA_IN_VM") == "1"
 VRRP_IF = "vrrp0"
 
 
-def _render(virtual_servers, nodes=None, state_dir="/run/edge-ha-vm"):
+def _render(virtual_servers, nodes=None, state_dir="/run/edge-ha-vm", drained=()):
     """keepalived.conf for the first of ``nodes``, rendered by the project's own
     renderer (``_modules/keepalived.py``) from an ``edge_ha`` pillar made of
     these virtual servers and nodes, plus one VRRP instance holding their
@@ -40,7 +40,7 @@ def _render(virtual_servers, nodes=None, state_dir="/run/edge-ha-vm"):
     os.makedirs(state_dir, exist_ok=True)
     notify = os.path.join(state_dir, "edge-ha-notify")
     keepalived.write_atomic(notify, keepalived.NOTIFY_SCRIPT, mode=0o755)
-    view = edge_ha.view_for_node(edge_ha.normalize(pillar), sorted(node_map)[0])
+    view = edge_ha.view_for_node(edge_ha.normalize(pillar), sorted(node_map)[0], drained=drained)
     if IN_VM:  # the rendering node's address (its unicast_src_ip) goes on the dummy link
         import subprocess  # pylint: disable=import-outside-toplevel
 
@@ -50,7 +50,7 @@ def _render(virtual_servers, nodes=None, state_dir="/run/edge-ha-vm"):
 
 @pytest.fixture
 def render_keepalived_conf():
-    """``render(virtual_servers, nodes=None) -> str`` (keepalived.conf text).
+    """``render(virtual_servers, nodes=None, drained=()) -> str`` (keepalived.conf text).
     Inside the VM it also provides the dummy interface the VRRP instance uses."""
     import subprocess  # pylint: disable=import-outside-toplevel
 

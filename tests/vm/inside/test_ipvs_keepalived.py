@@ -2,6 +2,7 @@
 ipvs.synced state (run with the real execution module on the real kernel)
 manages only the Salt-owned services next to it."""
 
+import signal
 import subprocess
 import time
 
@@ -121,3 +122,29 @@ def test_keepalived_owns_its_services_and_the_state_leaves_them_alone(
     while set(table(ipvs)) != {"TCP:198.18.40.3:443"}:
         assert time.monotonic() < deadline, table(ipvs)
         time.sleep(0.3)
+
+
+def test_drained_node_gets_weight_zero_on_reload(ipvs, keepalived, render_keepalived_conf, clean_table):
+    """edge.drain: the drained node's real servers rendered with weight 0; keepalived's reload
+    (SIGHUP) sets that weight in the kernel without touching the other real server."""
+    web = {"web": dict(PILLAR["virtual_servers"]["web"])}
+
+    def weights():
+        svc = table(ipvs).get("TCP:198.18.40.1:80") or {}
+        return {d["address"]: d["weight"] for d in svc.get("destinations", [])}
+
+    def wait(expected):
+        deadline = time.monotonic() + 60
+        while weights() != expected:
+            assert keepalived.proc.poll() is None, f"keepalived exited:\n{keepalived.log_text()}"
+            assert time.monotonic() < deadline, f"weights {weights()}, want {expected}\n{keepalived.log_text()}"
+            time.sleep(0.3)
+
+    keepalived.start(render_keepalived_conf(web, PILLAR["nodes"]))
+    wait({"198.19.40.1": 1, "198.19.40.2": 1})
+    keepalived.conf.write_text(render_keepalived_conf(web, PILLAR["nodes"], drained=["edge-b"]))
+    keepalived.proc.send_signal(signal.SIGHUP)
+    wait({"198.19.40.1": 1, "198.19.40.2": 0})
+    keepalived.conf.write_text(render_keepalived_conf(web, PILLAR["nodes"]))  # undrain
+    keepalived.proc.send_signal(signal.SIGHUP)
+    wait({"198.19.40.1": 1, "198.19.40.2": 1})
