@@ -365,7 +365,7 @@ def _label(value):
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def metrics_text(model, reports, rows, entries, counters=None):
+def metrics_text(model, reports, rows, entries, counters=None, drained=None, rollout_failed=None):
     """Prometheus text exposition of the edge's state (for node_exporter's textfile collector)."""
     out = []
 
@@ -391,6 +391,11 @@ def metrics_text(model, reports, rows, entries, counters=None):
     family("edge_ha_node_up", "gauge", "1 if the edge minion answered the last reconcile or report", up)
     family("edge_ha_vrrp_state", "gauge", "VRRP state per node and instance (1 = current state)", states)
     family("edge_ha_vrrp_priority", "gauge", "Effective VRRP priority per node and instance", prios)
+    family("edge_ha_node_drained", "gauge", "1 while the node is drained (edge.drain, or cordoned in Kubernetes)",
+           [({"node": n}, 1 if n in (drained or {}) else 0) for n in sorted(model["nodes"])])
+    family("edge_ha_rollout_stopped", "gauge",
+           "1 while a staged reload is stopped at this node (its new keepalived config failed)",
+           [({"node": n}, 1 if n in (rollout_failed or {}) else 0) for n in sorted(model["nodes"])])
     flags = []
     for row in rows:
         for flag in ("no_owner", "split_brain", "stale_vip"):
@@ -840,16 +845,22 @@ def _kube_drains(model, client):
 
 
 def _owners_changed(model, reports, actions):
-    """Kubernetes: the Service's observed-owner annotation, and an Event per failover."""
+    """
+    Kubernetes: the Service's observed-owner annotation (every node that has
+    the address, a list during a split brain or with a stale copy), and an
+    Event per failover (the live owner, a node with a running keepalived,
+    changed since the last one seen).
+    """
     holders = vip_holders(model, reports, running_only=False)
     owners = {v: (h[0] if len(h) == 1 else (h or None)) for v, h in holders.items()}
-    previous = _load_json("owners.json", {})
-    for vip, owner in sorted(owners.items()):
-        before = previous.get(vip)
-        if before is not None and owner != before and isinstance(owner, str):
+    live = {v: h[0] for v, h in vip_holders(model, reports).items() if len(h) == 1}
+    last = _load_json("owners.json", {})
+    for vip, owner in sorted(live.items()):
+        before = last.get(vip)
+        if before and owner != before:
             _event("VIPFailover", f"{vip}: owner {before} -> {owner}", model=model)
-    if owners != previous:
-        _save_json("owners.json", owners)
+    if any(last.get(v) != o for v, o in live.items()):
+        _save_json("owners.json", dict(last, **live))
     fun = _mods().get("edge_k8s.set_vip_owners")
     if fun:
         try:
@@ -1214,8 +1225,9 @@ def _metrics_path():
 
 def _write_metrics(model, reports, service):
     path = _metrics_path()
-    text = metrics_text(model, reports, build_report(model, reports, service, _drained()), _history_entries(),
-                        _counters())
+    drained = _drained()
+    text = metrics_text(model, reports, build_report(model, reports, service, drained), _history_entries(),
+                        _counters(), drained, _load_json("rollout_failed.json", {}))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w", encoding="utf-8") as fh:
         fh.write(text)

@@ -144,3 +144,19 @@ def test_history_rows_for_drain_and_rollout():
     assert rows[1]["what"] == ("staged reload edge2:ok -> edge1:FAILED, rolled back; "
                                "STOPPED at edge1: keepalived is not running")
     assert rows[2]["what"] == "edge1: drained; VIPs handed over: 198.18.0.100 -> edge2" and rows[2]["why"] == "kernel update"
+
+
+def test_metrics_show_drained_nodes_and_stopped_rollouts():
+    from prometheus_client.parser import text_string_to_metric_families  # pylint: disable=import-outside-toplevel
+
+    model = model3()
+    reports = {"edge1": report("edge1", prio=1, standby=True), "edge2": report("edge2", "MASTER", 140, [VIP]),
+               "edge3": None}
+    rows = runner.build_report(model, reports, drained={"edge1": {}})
+    text = runner.metrics_text(model, reports, rows, [], {}, drained={"edge1": {"reason": "x"}},
+                               rollout_failed={"edge3": {"hash": "abc"}})
+    samples = {(s.name, s.labels.get("node")): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("edge_ha_node_drained", "edge1")] == 1 and samples[("edge_ha_node_drained", "edge2")] == 0
+    assert samples[("edge_ha_rollout_stopped", "edge3")] == 1 and samples[("edge_ha_rollout_stopped", "edge1")] == 0
+    assert [b for b in rows[0]["backups"] if b["node"] == "edge1"][0]["drained"] is True
