@@ -41,6 +41,12 @@ def test_hard_failover_of_the_owner(baseline):
           f"{service_ok + moved:.2f}s, report right after {total:.2f}s")
     assert lab.holders() == ["edge2"], "the stale VIP on edge1 is removed"
     assert sorted(lab.external_ips()) == sorted([VIP, USER_IP, ADDR["edge2"], ADDR["edge3"]])
+    # Kubernetes shows it: the observed owner on the Service, an Event for the failover
+    assert wait_for(lambda: json.loads((lab.service()["metadata"].get("annotations") or {})
+                                       .get("edge-ha.salt/vip-owners", "{}")) == {VIP: "edge2"}, 20)
+    failovers = [e["message"] for e in lab.kube("GET", "/api/v1/namespaces/ingress-nginx/events")["items"]
+                 if e["reason"] == "VIPFailover"]
+    assert f"{VIP}: owner edge1 -> edge2" in failovers, failovers
     row = owner_row(lab)
     assert row["flags"] == []
     assert {b["node"]: b["state"] for b in row["backups"]}["edge1"] == "STOPPED"
