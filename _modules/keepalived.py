@@ -599,8 +599,7 @@ def out_of_service(enabled=True, reason=""):
         salt-call keepalived.out_of_service reason="ingress unhealthy"
         salt-call keepalived.out_of_service enabled=False
     """
-    changed = _flag("out_of_service", enabled, reason)
-    return {"changed": changed, "out_of_service": bool(enabled), "reason": reason if enabled else ""}
+    return _flag("out_of_service", enabled, reason)
 
 
 def release_stale_vips(node=None):
@@ -646,14 +645,14 @@ def out_of_service_state():
 
 
 def _flag(name, enabled, reason):
-    """Write a 0/1 track file in the state dir (and its reason beside it); True if it changed."""
+    """Write a 0/1 track file in the state dir (and its reason beside it): ``{changed, <name>, reason}``."""
     path = os.path.join(settings()["state_dir"], name)
     want = "1\n" if enabled else "0\n"
     changed = read_text(path).strip() != want.strip()
     if changed:
         write_atomic(path, want)
         write_atomic(path + ".reason", json.dumps({"reason": reason if enabled else "", "time": time.time()}) + "\n")
-    return changed
+    return {"changed": changed, name: bool(enabled), "reason": reason if enabled else ""}
 
 
 def _flag_state(name):
@@ -683,8 +682,7 @@ def standby(enabled=True, reason=""):
         salt-call keepalived.standby reason="maintenance"
         salt-call keepalived.standby enabled=False
     """
-    changed = _flag("standby", enabled, reason)
-    return {"changed": changed, "standby": bool(enabled), "reason": reason if enabled else ""}
+    return _flag("standby", enabled, reason)
 
 
 def standby_state():

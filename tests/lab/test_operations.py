@@ -18,39 +18,13 @@ import time
 import pytest
 
 from lab.lab import KUBE_NS, SERVICE, USER_IP, VIP, lab_pillar
-from tests.support.labtools import ADDR, ALL_IPS, wait_for
+from tests.support.labtools import ADDR, ALL_IPS, VipMonitor, wait_for
 
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
     pytest.mark.skipif(not shutil.which("keepalived"), reason="keepalived is not installed (make bootstrap)"),
 ]
-
-
-class HolderSampler:
-    """Who holds the VIP, every 20 ms, in a thread."""
-
-    def __init__(self, lab):
-        self.lab = lab
-        self.samples = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.samples.append((time.monotonic(), tuple(self.lab.holders())))
-            time.sleep(0.02)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def gaps(self):
-        return [t for t, h in self.samples if not h]
 
 
 def reconcile_after(lab, change):
@@ -94,7 +68,7 @@ def test_drain_and_undrain_of_the_owner_fail_no_request(baseline):
     # a client with a 5 s timeout (real clients wait longer) at 20 requests/s during drain and undrain
     lab.start_probe(75, rate=20, timeout=5)
     time.sleep(2)
-    with HolderSampler(lab) as sampler:
+    with VipMonitor(lab, ["edge1", "edge2", "edge3"]) as monitor:
         start = time.monotonic()
         result = lab.run("edge.drain", "edge1", "reason=kernel update", timeout=300)
         drained_after = time.monotonic() - start
@@ -118,7 +92,7 @@ def test_drain_and_undrain_of_the_owner_fail_no_request(baseline):
     stats = lab.probe_result(timeout=120)
     print(f"\ndrain of the owner {drained_after:.1f}s, undrain {undrained_after:.1f}s; client: {stats['requests']} "
           f"requests, {stats['failures']} failed, slowest {stats['slowest']}s, answers {stats['answers']}; "
-          f"VIP without holder in {len(sampler.gaps())} of {len(sampler.samples)} samples (20 ms)")
+          f"VIP without holder during the releases: {monitor.gaps()} s")
     assert stats["requests"] >= 1000
     assert stats["failures"] == 0, stats["failed_at"]
     assert stats["answers"].get("edge1") and stats["answers"].get("edge2"), "the VIP really moved and came back"
@@ -139,7 +113,8 @@ def test_staged_reload_rolls_back_the_owner_and_stops(baseline):
     keepalived exit at the reload (fault injection: its keepalived -t passes
     whatever the config; the interface does not exist). BACKUPs go first, the
     owner hands its VIP over before its turn, keepalived dies, the previous
-    config is restored, the rollout stops; the VIP is held all along.
+    config is restored, the rollout stops; the VIP is held all along (up to the
+    few milliseconds of a VRRP handover, measured from the kernel's address events).
     """
     lab = baseline
     seen = event_names(lab)
@@ -147,7 +122,7 @@ def test_staged_reload_rolls_back_the_owner_and_stops(baseline):
     changed = lab_pillar(lab.dir / "kubeconfig")
     changed["vrrp_instances"]["VI_INGRESS"]["garp_master_delay"] = 3
     changed["nodes"]["edge1"]["interface"] = "eth9"
-    with HolderSampler(lab) as sampler:
+    with VipMonitor(lab, ["edge1", "edge2", "edge3"]) as monitor:
         result = reconcile_after(lab, lambda: (lab.set_fault_t_passes("edge1"), lab.set_pillar(changed)))
         rollout = result["rollout"]
         print(f"\nstaged reload: order {rollout['order']}, steps {rollout['steps']}, stopped at "
@@ -167,7 +142,11 @@ def test_staged_reload_rolls_back_the_owner_and_stops(baseline):
         again = lab.run("edge.reconcile", timeout=300)
         assert again["rollout"]["blocked"] == ["edge1"] and not again["rollout"]["steps"], again["rollout"]
         assert any("not retried" in n for n in again["plan"]["notes"])
-    assert sampler.samples and not sampler.gaps(), f"VIP without holder for {len(sampler.gaps()) * 0.02:.2f}s"
+    assert monitor.initial == {"edge1"} and len(monitor.events) >= 4, monitor.events  # away and back
+    # a VRRP handover is make-before-break up to keepalived's own ordering (the new master sends its advert
+    # just before it adds the address): a few ms; losing the VIP would cost the backups' master-down time (~3 s)
+    print(f"VIP without holder during the staged reload: {monitor.gaps()} s")
+    assert all(gap < 0.1 for gap in monitor.gaps()), (monitor.gaps(), sorted(monitor.events))
     history = lab.run("edge.history", "kind=rollout", "limit=5")
     assert "STOPPED at edge1" in history[0]["what"], history[0]
     assert "RolloutStopped" in [e["reason"] for e in events(lab, seen)]
