@@ -105,7 +105,23 @@ def main():
         wait_for(lambda: ADDR[victim] in lab.external_ips(), 60, 0.2)
         say(f"   Service externalIPs: {', '.join(lab.external_ips())}")
 
-        step("5. Final report")
+        owner = lab.holders()[0]
+        step(f"5. Planned maintenance: salt-run edge.drain {owner}, a client sending 20 requests/s meanwhile")
+        lab.start_probe(60, rate=20, timeout=5)
+        time.sleep(2)
+        result = lab.run("edge.drain", owner, "reason=kernel update", timeout=300)
+        say(f"   drain {'done' if result.get('ok') else 'FAILED: ' + str(result.get('error'))} in {result.get('seconds')}s:")
+        for line in result.get("steps", []) + result.get("reconcile", []):
+            say(f"     - {line}")
+        say(lab.report_table())
+        result = lab.run("edge.undrain", owner, timeout=300)
+        say(f"   salt-run edge.undrain {owner}: {'done' if result.get('ok') else 'FAILED'} in {result.get('seconds')}s; "
+            f"VIP on {', '.join(lab.holders())}")
+        stats = lab.probe_result(timeout=120)
+        say(f"   the client: {stats['requests']} requests, {stats['failures']} failed, slowest {stats['slowest']}s, "
+            f"answered by {stats['answers']}")
+
+        step("6. Final report")
         say(lab.report_table())
         runs = [r for r in lab.reconcile_log() if r["kind"] == "reconcile"]
         say(f"   {len(runs)} reconcile runs, triggered by beacon events; actions taken:")
