@@ -4,3 +4,4 @@ edge-packages:
       - keepalived
       - ipvsadm
       - iproute2
+      - nftables                  # edge.drain holds new connections back (edge_node.quiesce)

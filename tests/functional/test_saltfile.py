@@ -43,7 +43,7 @@ def test_edge_sls_renders_with_repo_file_roots(confdir):
     states = json.loads(proc.stdout)["local"]
     assert "keepalived" in states["edge-keepalived"]
     assert states["edge-sysctl-net.ipv4.conf.all.arp_ignore"]["sysctl"].count({"value": 1}) == 1  # DR virtual servers
-    assert {"pkgs": ["keepalived", "ipvsadm", "iproute2"]} in states["edge-packages"]["pkg"]
+    assert {"pkgs": ["keepalived", "ipvsadm", "iproute2", "nftables"]} in states["edge-packages"]["pkg"]
 
 
 def test_ipvs_persistence_expiry_only_with_virtual_servers(confdir):
