@@ -122,10 +122,13 @@ def plan(model, reports, pods_ready=None, now=None, split_hold=SPLIT_HOLD, drain
     for node in sorted(set(model["nodes"]) - set(reachable)):
         notes.append(f"{node}: no answer from the minion; left as it is")
     stopped = {n for n in reachable if not reports[n]["keepalived"]["running"]}
-    release = sorted(
-        n for n in stopped
-        if any(i["vips_present"] for i in reports[n]["keepalived"]["instances"].values())
-    )
+    live = vip_holders(model, reports)
+    leftover = {n: stale_vips_of(reports[n]) for n in stopped}
+    # a stale copy is removed once a live node holds the VIP: until then the killed node still serves it
+    release = sorted(n for n, vips in leftover.items() if vips and all(live.get(v) for v in vips))
+    for node in sorted(n for n, vips in leftover.items() if vips and n not in release):
+        notes.append(f"{node}: keepalived is not running; it still answers for {', '.join(leftover[node])} "
+                     "until a backup takes over (then the copy is removed)")
     for node in sorted(stopped):
         notes.append(f"{node}: keepalived is not running (not restarted by reconcile; state.apply starts it)")
     healthy = {n for n in reachable if node_healthy(reports[n])}
@@ -169,6 +172,30 @@ def plan(model, reports, pods_ready=None, now=None, split_hold=SPLIT_HOLD, drain
     return {"fence": fence, "unfence": unfence, "release": release, "split_fence": split_fence,
             "service_nodes": service_nodes, "standby_on": sorted(set(drained) & set(reachable) - standby),
             "standby_off": sorted(standby - set(drained)), "drained_lists": drained_lists, "notes": notes}
+
+
+def stale_vips_of(report):
+    """The VIPs on a node's interfaces (whatever keepalived's state)."""
+    return sorted({v for i in report["keepalived"]["instances"].values() for v in i.get("vips_present", [])})
+
+
+def stale_copy_releasable(node, statuses):
+    """
+    Fast path for a stale VIP: ``statuses`` is ``{node: keepalived.status}``.
+    True when ``node``'s keepalived is not running, it still has VIPs, and
+    every one of them is held by another node whose keepalived runs (before
+    that, the stale copy is what still answers clients).
+    """
+    mine = statuses.get(node)
+    if not isinstance(mine, dict) or mine.get("running"):
+        return False
+    vips = {v for i in mine["instances"].values() for v in i.get("vips_present", [])}
+    held = {
+        v for n, st in statuses.items()
+        if n != node and isinstance(st, dict) and st.get("running")
+        for i in st["instances"].values() for v in i.get("vips_present", [])
+    }
+    return bool(vips) and vips <= held
 
 
 def vip_holders(model, reports, running_only=True):
@@ -1329,9 +1356,21 @@ def trigger(source="", claimed_id="", event_time=0, transition=None):
     if source.endswith("/vrrp/split_brain"):
         _record("conflict", node=claimed_id, why=source, seen=event_time)
     if source.endswith("/vrrp/stale_vip"):
-        # fast path: fence at once. The node itself refuses while its keepalived runs,
+        # fast path: remove the stale copy as soon as a live node holds the VIP (before that, the
+        # killed node is what still answers). The node itself refuses while its keepalived runs,
         # so a forged event cannot take a live VIP away.
-        released = _client().cmd(claimed_id, "keepalived.release_stale_vips", timeout=10).get(claimed_id)
+        released = None
+        deadline = time.monotonic() + float(__opts__.get("edge_ha_handover_timeout") or 15)  # pylint: disable=undefined-variable
+        client = _client()
+        while time.monotonic() < deadline:
+            statuses = client.cmd(sorted(nodes), "keepalived.status", tgt_type="list", timeout=5)
+            mine = statuses.get(claimed_id)
+            if not isinstance(mine, dict) or mine.get("running") or not stale_vips_of({"keepalived": mine}):
+                break  # restarted, or already gone
+            if stale_copy_releasable(claimed_id, statuses):
+                released = client.cmd(claimed_id, "keepalived.release_stale_vips", timeout=10).get(claimed_id)
+                break
+            time.sleep(0.2)
         if released:
             _record("fence", node=claimed_id, action=f"stale VIPs removed: {released}", why=source,
                     seen=event_time)  # when the beacon saw it (as the minion says)

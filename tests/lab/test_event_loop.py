@@ -148,28 +148,28 @@ def test_burst_of_100_triggers_coalesces(baseline):
 
 
 def test_stale_vip_after_sigkill_is_fenced_fast(baseline):
+    """
+    SIGKILL leaves the VIP on edge1's interface. Until a backup takes over, that
+    stale copy is what still answers clients, so it stays; once edge2 holds the
+    VIP too (two nodes answer), the copy is removed within 2 s.
+    """
     lab = baseline
     mark = time.time()
     lab.kill_keepalived("edge1", signal.SIGKILL)
     assert wait_for(lambda: "edge2" in lab.holders(), 15, 0.02)
+    split = time.monotonic()
     flagged = owner_row(lab)
     gone = wait_for(lambda: "edge1" not in lab.holders(), 15, 0.02)
     assert gone is not None, lab.holders()
+    gone = time.monotonic() - split
     log = [r for r in lab.reconcile_log() if r["time"] > mark]
     fences = [r for r in log if r["kind"] == "fence"]
     removals = fences + [r for r in log if r["kind"] == "reconcile"
                          and any(a.startswith("edge1: stale VIPs removed") for a in r["actions"])]
-    assert removals, log[-5:]
-    first = min(removals, key=lambda r: r["time"])
-    if first["kind"] == "fence":  # the fast path, which knows when the beacon saw it
-        assert first["node"] == "edge1"
-        delay = first["time"] - first["seen"]
-        print(f"\nstale VIP on edge1: seen by the beacon {first['seen'] - mark:.2f}s after SIGKILL, "
-              f"removed {delay:.2f}s later")
-        assert delay < 2.0
-    else:  # a reconcile got there first; the beacon looks every second
-        print(f"\nstale VIP on edge1 removed by a reconcile {first['time'] - mark:.2f}s after SIGKILL")
-        assert first["time"] - mark < 3.0
+    assert wait_for(lambda: removals or [r for r in lab.reconcile_log() if r["time"] > mark and r["kind"] == "fence"],
+                    10), log[-5:]
+    print(f"\nSIGKILL of edge1's keepalived: edge2 took the VIP, edge1's stale copy removed {gone:.2f}s later")
+    assert gone < 2.0
     if "edge1" in flagged["owner"]:  # the report was taken while the stale VIP was still there
         assert "stale_vip" in flagged["flags"], flagged
     assert owner_row(lab)["flags"] == []

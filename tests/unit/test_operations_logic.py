@@ -160,3 +160,24 @@ def test_metrics_show_drained_nodes_and_stopped_rollouts():
     assert samples[("edge_ha_node_drained", "edge1")] == 1 and samples[("edge_ha_node_drained", "edge2")] == 0
     assert samples[("edge_ha_rollout_stopped", "edge3")] == 1 and samples[("edge_ha_rollout_stopped", "edge1")] == 0
     assert [b for b in rows[0]["backups"] if b["node"] == "edge1"][0]["drained"] is True
+
+
+def test_stale_copy_stays_until_a_live_node_holds_the_vip():
+    model = model3()
+    killed = report("edge1", "MASTER", 150, [VIP], running=False)
+    before = {"edge1": killed, "edge2": report("edge2", prio=140), "edge3": report("edge3", prio=130)}
+    wanted = runner.plan(model, before)
+    assert wanted["release"] == []
+    assert any(n.startswith("edge1: keepalived is not running; it still answers for 198.18.0.100") for n in wanted["notes"])
+    after = dict(before, edge2=report("edge2", "MASTER", 140, [VIP]))
+    assert runner.plan(model, after)["release"] == ["edge1"]
+
+    def status(rep):
+        return rep["keepalived"]
+
+    statuses = {n: status(r) for n, r in before.items()}
+    assert runner.stale_copy_releasable("edge1", statuses) is False
+    statuses["edge2"] = status(after["edge2"])
+    assert runner.stale_copy_releasable("edge1", statuses) is True
+    statuses["edge1"] = status(report("edge1", "MASTER", 150, [VIP]))  # keepalived runs: never
+    assert runner.stale_copy_releasable("edge1", statuses) is False
