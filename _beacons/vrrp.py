@@ -143,12 +143,11 @@ def watch_signature(log_path, pid_paths):
         alive = False
         if pid > 0:
             try:
-                os.kill(pid, 0)
-                alive = True
-            except ProcessLookupError:
+                with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+                    # the state field; Z = zombie: dead, not reaped (a killed keepalived whose parent never waits)
+                    alive = fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except (OSError, IndexError):
                 alive = False
-            except PermissionError:
-                alive = True
         sig.append((pid, alive))
     return sig
 
