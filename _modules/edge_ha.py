@@ -802,11 +802,12 @@ def normalize(data):
     }
 
 
-def view_for_node(model, node):
+def view_for_node(model, node, drained=()):
     """
     What one node needs to render its keepalived.conf: its own entry, its
     instances with this node's priority, interface and unicast peers, and the
-    virtual servers keepalived owns.
+    virtual servers keepalived owns. Real servers of ``drained`` nodes get
+    weight 0 (IPVS sends them no new connections; established ones go on).
     """
     if node not in model["nodes"]:
         raise CommandExecutionError(
@@ -843,7 +844,10 @@ def view_for_node(model, node):
         "vrrp_scripts": {k: v for k, v in model["vrrp_scripts"].items() if k in used_scripts},
         "vrrp_track_files": {k: v for k, v in model["vrrp_track_files"].items() if k in used_files},
         "vrrp_instances": instances,
-        "virtual_servers": [vs for vs in model["virtual_servers"].values() if vs["managed_by"] == "keepalived"],
+        "virtual_servers": [
+            dict(vs, real_servers=[dict(rs, weight=0) if rs.get("node") in drained else rs for rs in vs["real_servers"]])
+            for vs in model["virtual_servers"].values() if vs["managed_by"] == "keepalived"
+        ],
     }
 
 
@@ -891,9 +895,10 @@ def model(pillar=None):
     return normalize(_pillar_data(pillar))
 
 
-def node_view(node=None, pillar=None):
+def node_view(node=None, pillar=None, drained=None):
     """
-    Return what ``node`` (default: this minion's id) renders from the model.
+    Return what ``node`` (default: this minion's id) renders from the model;
+    ``drained`` lists nodes whose real servers get weight 0.
 
     CLI Example:
 
@@ -903,4 +908,6 @@ def node_view(node=None, pillar=None):
         salt-call edge_ha.node_view node=edge2
     """
     node = node or __opts__["id"]  # pylint: disable=undefined-variable
-    return view_for_node(model(pillar), node)
+    if isinstance(drained, str):
+        drained = [n for n in drained.split(",") if n]
+    return view_for_node(model(pillar), node, drained or ())

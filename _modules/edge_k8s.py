@@ -39,12 +39,15 @@ callable without Salt; only the names in ``__load__`` are Salt functions.
 """
 
 import datetime
+import importlib.util
 import ipaddress
 import json
 import logging
 import os
 import random
+import re
 import socket
+import sys
 import time
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
@@ -65,6 +68,27 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 
 log = logging.getLogger(__name__)
 
+
+def _load_model_module():
+    """``edge_ha.py`` (the pillar model), imported from beside this file.
+
+    Salt's loader offers it only as functions (``__salt__["edge_ha.model"]``);
+    the pure helpers here need its defaults and ``normalize()`` without Salt
+    too. Both files are in ``_modules`` (and in the minion's extmods after a
+    sync), so the sibling file is always there.
+    """
+    name = "edge_ha_model_for_edge_k8s"
+    if name not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "edge_ha.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+edge_ha_model = _load_model_module()
+
 __virtualname__ = "edge_k8s"
 
 # Only these are Salt functions (edge_k8s.<name>); the rest are helpers.
@@ -76,29 +100,34 @@ __load__ = [
     "set_external_ips",
     "wait_ingress_ready",
     "desired_external_ips",
+    "set_vip_owners",
+    "record_event",
+    "excluded_nodes",
 ]
 
 MANAGED_ANNOTATION = "edge-ha.salt/managed-external-ips"
+VIP_OWNERS_ANNOTATION = "edge-ha.salt/vip-owners"
+EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 COMPONENT = "salt-edge-ha"
 EVENT_REASON = "ExternalIPsUpdated"
-POLICIES = ("vips_and_healthy_nodes", "vips_only")
+# The reasons of the Events the edge runner creates with record_event().
+EVENT_REASONS = (
+    EVENT_REASON,
+    "VIPFailover",
+    "VIPFenced",
+    "StaleVIPRemoved",
+    "SplitBrainFenced",
+    "NodeDrained",
+    "NodeUndrained",
+    "RolloutStopped",
+)
+EVENT_REASON_RE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
+EVENT_TYPES = ("Normal", "Warning")
+POLICIES = edge_ha_model.EXTERNAL_IPS_POLICIES
 ADDRESS_SOURCES = ("kubernetes", "pillar")
 TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 BACKOFF_BASE = 0.05  # seconds; doubled per attempt, jittered, capped
 BACKOFF_CAP = 1.0
-
-DEFAULTS = {
-    "kubeconfig": None,
-    "context": None,
-    "service": {"namespace": "ingress-nginx", "name": "ingress-nginx-controller"},
-    "ingress_pods": {
-        "namespace": "ingress-nginx",
-        "label_selector": "app.kubernetes.io/component=controller",
-    },
-    "external_ips": "vips_and_healthy_nodes",
-    "request_timeout": 10,
-    "conflict_retries": 5,
-}
 
 # Every Kubernetes API call this module makes: (verb, resource, scope, used by).
 # deploy/rbac.yaml must grant exactly these; tests/unit/test_edge_k8s_logic.py
@@ -107,11 +136,11 @@ DEFAULTS = {
 API_CALLS = (
     ("list", "pods", "namespaced", "ingress_pods, node_health, wait_ingress_ready, set_external_ips"),
     ("watch", "pods", "namespaced", "wait_ingress_ready"),
-    ("list", "nodes", "cluster", "node_addresses, node_health, set_external_ips"),
+    ("list", "nodes", "cluster", "node_addresses, node_health, set_external_ips, excluded_nodes"),
     ("get", "nodes", "cluster", "node_addresses (one node)"),
-    ("get", "services", "namespaced", "external_ips, set_external_ips"),
-    ("patch", "services", "namespaced", "set_external_ips"),
-    ("create", "events", "namespaced", "set_external_ips"),
+    ("get", "services", "namespaced", "external_ips, set_external_ips, set_vip_owners, record_event"),
+    ("patch", "services", "namespaced", "set_external_ips, set_vip_owners"),
+    ("create", "events", "namespaced", "set_external_ips, record_event"),
 )
 
 
@@ -143,10 +172,10 @@ class KubernetesAPIError(CommandExecutionError):
 
 
 def settings(section=None):
-    """The kubernetes section merged over ``DEFAULTS`` (a new dict)."""
+    """The kubernetes section merged over the model's defaults (``edge_ha.DEFAULT_KUBERNETES``; a new dict)."""
     section = dict(section or {})
     result = {}
-    for key, default in DEFAULTS.items():
+    for key, default in edge_ha_model.DEFAULT_KUBERNETES.items():
         value = section.get(key)
         if isinstance(default, dict):
             if value is not None and not isinstance(value, dict):
@@ -203,13 +232,11 @@ def _as_list(value):
     return list(value)
 
 
-def vips_from_pillar(edge_ha):
-    """The VIPs (no prefix length) of every ``edge_ha:vrrp_instances:*:virtual_ipaddress``."""
+def vips_from_model(model):
+    """The VIPs (no prefix length) of every VRRP instance of the normalised model, by instance name."""
     vips = []
-    for name in sorted((edge_ha or {}).get("vrrp_instances") or {}):
-        instance = edge_ha["vrrp_instances"][name] or {}
-        for entry in _as_list(instance.get("virtual_ipaddress")):
-            address = normalize_address(entry)
+    for name in sorted((model or {}).get("vrrp_instances") or {}):
+        for address in model["vrrp_instances"][name]["vips"]:
             if address not in vips:
                 vips.append(address)
     return vips
@@ -406,17 +433,31 @@ def rbac_message(verb, resource, namespace=None, name=None, server_message=None)
     return text
 
 
-def event_body(service, old, new, reason, host, now=None):
-    """A core/v1 Event about an externalIPs change of ``service`` (wire dict)."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    meta = service["metadata"]
+def external_ips_message(old, new, reason):
+    """The message of the ``ExternalIPsUpdated`` Event: what was added/removed and why."""
     added = [a for a in new if a not in old]
     removed = [a for a in old if a not in new]
-    message = (
+    return (
         f"{COMPONENT} changed spec.externalIPs: added {', '.join(added) or 'none'}; "
         f"removed {', '.join(removed) or 'none'}; now [{', '.join(new)}]. "
         f"Reason: {reason or 'not given'}"
     )
+
+
+def check_event(reason, event_type):
+    """Raise SaltInvocationError unless ``reason`` is UpperCamelCase (<= 128) and the type Normal/Warning."""
+    if not isinstance(reason, str) or not EVENT_REASON_RE.match(reason) or len(reason) > 128:
+        raise SaltInvocationError(
+            f"reason must be an UpperCamelCase word of at most 128 characters (e.g. VIPFailover), not {reason!r}"
+        )
+    if event_type not in EVENT_TYPES:
+        raise SaltInvocationError(f"event_type must be one of {', '.join(EVENT_TYPES)}, not {event_type!r}")
+
+
+def event_body(service, reason, message, host, event_type="Normal", now=None):
+    """A core/v1 Event about ``service`` (wire dict): every Event of this module is built here."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    meta = service["metadata"]
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1",
@@ -434,9 +475,9 @@ def event_body(service, old, new, reason, host, now=None):
             "uid": meta.get("uid"),
             "resourceVersion": meta.get("resourceVersion"),
         },
-        "reason": EVENT_REASON,
-        "message": message[:1024],
-        "type": "Normal",
+        "reason": reason,
+        "message": str(message)[:1024],
+        "type": event_type,
         "source": {"component": COMPONENT, "host": host},
         "reportingComponent": COMPONENT,
         "reportingInstance": host,
@@ -444,6 +485,68 @@ def event_body(service, old, new, reason, host, now=None):
         "lastTimestamp": stamp,
         "count": 1,
     }
+
+
+def format_owners(owners):
+    """The ``edge-ha.salt/vip-owners`` annotation value: compact JSON, sorted keys."""
+    return json.dumps(owners, sort_keys=True, separators=(",", ":"))
+
+
+def parse_owners(value):
+    """The annotation's value read back: a dict, None when absent, the raw text when it is not a JSON object."""
+    if value is None:
+        return None
+    try:
+        data = json.loads(value)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        log.warning("edge_k8s: malformed %s annotation %r; it will be rewritten", VIP_OWNERS_ANNOTATION, value)
+        return value
+    return data
+
+
+def normalize_owners(owners):
+    """``{vip: owner}`` in canonical form (pure): VIP without prefix length; owner a node name,
+    None (nobody has it) or, when several nodes hold it (split brain), their sorted names as a list.
+
+    An empty list means None and a one-name list the name. Raises SaltInvocationError naming the
+    offending VIP.
+    """
+    if not isinstance(owners, dict):
+        raise SaltInvocationError(f"owners must be a mapping {{vip: node name or null}}, not {owners!r}")
+    result = {}
+    for vip, owner in owners.items():
+        address = normalize_address(vip)
+        if address in result:
+            raise SaltInvocationError(f"owners: VIP {address} is given twice")
+        names = owner if isinstance(owner, (list, tuple)) else ([] if owner is None else [owner])
+        if not all(isinstance(n, str) and n.strip() for n in names):
+            raise SaltInvocationError(
+                f"owners:{address}: the owner must be a node name, null or a list of node names, not {owner!r}"
+            )
+        names = sorted({n.strip() for n in names})
+        result[address] = None if not names else names[0] if len(names) == 1 else names
+    return result
+
+
+def node_exclusions(nodes):
+    """``{node name: reason}`` of the Nodes (wire dicts) that must not carry external traffic (pure).
+
+    Reasons: ``cordoned`` (``spec.unschedulable: true``) and/or ``label
+    node.kubernetes.io/exclude-from-external-load-balancers`` (any value),
+    joined with "; ". Other nodes are left out.
+    """
+    result = {}
+    for node in nodes:
+        reasons = []
+        if (node.get("spec") or {}).get("unschedulable") is True:
+            reasons.append("cordoned")
+        if EXCLUDE_LABEL in ((node.get("metadata") or {}).get("labels") or {}):
+            reasons.append(f"label {EXCLUDE_LABEL}")
+        if reasons:
+            result[node["metadata"]["name"]] = "; ".join(reasons)
+    return result
 
 
 def backoff_delay(attempt, retry_after=None):
@@ -472,15 +575,26 @@ def _host():
         return socket.gethostname()
 
 
+def _pillar_model():
+    """The normalised ``edge_ha`` model of this minion's pillar (``edge_ha.normalize``), or None.
+
+    None when the pillar has no ``edge_ha`` (then the defaults apply, no VIPs,
+    no nodes); an invalid ``edge_ha`` raises SaltInvocationError listing every
+    error, as ``edge_ha.model`` does.
+    """
+    data = _edge_ha_pillar()
+    return edge_ha_model.normalize(data) if data else None
+
+
 def _resolve(kubernetes, vips=None, nodes=None, need_vips=False):
-    """Explicit arguments, else the pillar; returns (settings, vips, nodes)."""
-    pillar = None
+    """Explicit arguments, else the pillar's model; returns (settings, vips, nodes)."""
+    model = {}
     if kubernetes is None or (need_vips and vips is None) or nodes is None:
-        pillar = _edge_ha_pillar()
-    k8s = settings(kubernetes if kubernetes is not None else pillar.get("kubernetes"))
+        model = _pillar_model() or {}
+    k8s = settings(kubernetes if kubernetes is not None else model.get("kubernetes"))
     if need_vips:
-        vips = vips_from_pillar(pillar) if vips is None else [normalize_address(v) for v in _as_list(vips)]
-    return k8s, vips, edge_nodes(nodes if nodes is not None else (pillar or {}).get("nodes"))
+        vips = vips_from_model(model) if vips is None else [normalize_address(v) for v in _as_list(vips)]
+    return k8s, vips, edge_nodes(nodes if nodes is not None else model.get("nodes"))
 
 
 # ---------------------------------------------------------------------------
@@ -664,9 +778,12 @@ def _list_ingress_pods(session, node=None):
     )
 
 
+def _node_items(session):
+    return session.retrying(lambda: session.call("list", "nodes", "list_node")).get("items") or []
+
+
 def _list_nodes(session):
-    data = session.retrying(lambda: session.call("list", "nodes", "list_node"))
-    return {n["metadata"]["name"]: node_internal_ip(n) for n in data.get("items") or []}
+    return {n["metadata"]["name"]: node_internal_ip(n) for n in _node_items(session)}
 
 
 def _read_service(session):
@@ -675,6 +792,63 @@ def _read_service(session):
         "get", "services", "read_namespaced_service", svc["name"], svc["namespace"],
         namespace=svc["namespace"], name=svc["name"],
     )
+
+
+def _update_service(session, plan, test=False):
+    """Read the Service, plan, and PATCH it if the plan says so; retried as a whole.
+
+    ``plan(service, attempt)`` returns ``(result, patch)``: ``patch`` is a
+    JSON merge patch carrying the ``metadata.resourceVersion`` that was read
+    (so a concurrent change gives 409), or None when nothing is to be written.
+    On 409 Conflict and 429/5xx the Service is re-read and planned again, with
+    backoff, at most ``conflict_retries`` times. Returns ``(result, patched
+    Service or None)``; with ``test`` nothing is written.
+    """
+    svc = session.k8s["service"]
+    max_attempts = session.k8s["conflict_retries"] + 1
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            result, patch = plan(_read_service(session), attempts)
+            if patch is None or test:
+                return result, None
+            patched = session.call(
+                "patch", "services", "patch_namespaced_service",
+                svc["name"], svc["namespace"], patch,
+                namespace=svc["namespace"], name=svc["name"],
+                _content_type="application/merge-patch+json",
+            )
+            return result, patched
+        except KubernetesAPIError as err:
+            if (err.conflict or err.transient) and attempts < max_attempts:
+                log.info("edge_k8s: %s; retrying (attempt %d of %d)", err, attempts + 1, max_attempts)
+                time.sleep(backoff_delay(attempts, err.retry_after))
+                continue
+            if err.transient:
+                raise KubernetesAPIError(
+                    f"{err} (gave up after {attempts} attempts; nothing was written)", status=err.status
+                ) from None
+            if err.conflict:
+                raise KubernetesAPIError(
+                    f"conflict: service {svc['namespace']}/{svc['name']} kept changing; gave up after "
+                    f"{attempts} attempts (edge_ha:kubernetes:conflict_retries={session.k8s['conflict_retries']}); "
+                    "nothing was written",
+                    status=409,
+                ) from None
+            raise
+
+
+def _create_event(session, service, reason, message, event_type="Normal"):
+    """Create an Event on ``service``; ``{"created", "name", "error"}``, never raises for an API failure."""
+    event = event_body(service, reason, message, _host(), event_type)
+    namespace = event["metadata"]["namespace"]
+    try:
+        session.call("create", "events", "create_namespaced_event", namespace, event, namespace=namespace)
+    except KubernetesAPIError as err:
+        log.warning("edge_k8s: the %s Event was not created: %s", reason, err)
+        return {"created": False, "name": None, "error": str(err)}
+    return {"created": True, "name": event["metadata"]["name"], "error": None}
 
 
 def _health(session, nodes, address_source, with_pods=True):
@@ -930,75 +1104,157 @@ def set_external_ips(
                     warnings.append(f"healthy edge node {name} has no address; left out")
         healthy = sorted(healthy or [])
 
-        svc = k8s["service"]
-        max_attempts = k8s["conflict_retries"] + 1
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                service = _read_service(session)
-                summary = _service_summary(service)
-                current = summary["external_ips"]
-                annotation = ((service["metadata"].get("annotations")) or {}).get(MANAGED_ANNOTATION)
-                managed_before = parse_managed(annotation)
-                new_list, new_managed = desired_external_ips(
-                    current, managed_before, vips, addresses, healthy, policy
-                )
-                changed = needs_update(current, managed_before, new_list, new_managed)
-                result = {
-                    "changed": changed,
-                    "old": current,
-                    "new": new_list,
-                    "managed_before": [a for a in managed_before],
-                    "managed": new_managed,
-                    "healthy": healthy,
-                    "attempts": attempts,
-                    "resource_version": summary["resource_version"],
-                    "event": None,
-                    "warnings": warnings,
-                    "test": bool(test),
-                }
-                if not changed or test:
-                    return result
-                patched = session.call(
-                    "patch", "services", "patch_namespaced_service",
-                    svc["name"], svc["namespace"],
-                    build_patch(summary["resource_version"], new_list, new_managed),
-                    namespace=svc["namespace"], name=svc["name"],
-                    _content_type="application/merge-patch+json",
-                )
-                break
-            except KubernetesAPIError as err:
-                if (err.conflict or err.transient) and attempts < max_attempts:
-                    log.info("edge_k8s: %s; retrying (attempt %d of %d)", err, attempts + 1, max_attempts)
-                    time.sleep(backoff_delay(attempts, err.retry_after))
-                    continue
-                if err.transient:
-                    raise KubernetesAPIError(
-                        f"{err} (gave up after {attempts} attempts; nothing was written)", status=err.status
-                    ) from None
-                if err.conflict:
-                    raise KubernetesAPIError(
-                        f"conflict: service {svc['namespace']}/{svc['name']} kept changing; gave up after "
-                        f"{attempts} attempts (edge_ha:kubernetes:conflict_retries={k8s['conflict_retries']}); "
-                        "nothing was written",
-                        status=409,
-                    ) from None
-                raise
+        def plan(service, attempt):
+            summary = _service_summary(service)
+            current = summary["external_ips"]
+            managed_before = parse_managed((service["metadata"].get("annotations") or {}).get(MANAGED_ANNOTATION))
+            new_list, new_managed = desired_external_ips(current, managed_before, vips, addresses, healthy, policy)
+            changed = needs_update(current, managed_before, new_list, new_managed)
+            result = {
+                "changed": changed,
+                "old": current,
+                "new": new_list,
+                "managed_before": managed_before,
+                "managed": new_managed,
+                "healthy": healthy,
+                "attempts": attempt,
+                "resource_version": summary["resource_version"],
+                "event": None,
+                "warnings": warnings,
+                "test": bool(test),
+            }
+            return result, build_patch(summary["resource_version"], new_list, new_managed) if changed else None
 
+        result, patched = _update_service(session, plan, test)
+        if patched is None:
+            return result
         result["resource_version"] = patched["metadata"].get("resourceVersion")
         result["new"] = list((patched.get("spec") or {}).get("externalIPs") or [])
-        event = event_body(patched, current, result["new"], reason, _host())
-        try:
-            session.call(
-                "create", "events", "create_namespaced_event", svc["namespace"], event,
-                namespace=svc["namespace"],
-            )
-            result["event"] = {"created": True, "name": event["metadata"]["name"], "error": None}
-        except KubernetesAPIError as err:
-            log.warning("edge_k8s: externalIPs changed but the Event was not created: %s", err)
-            result["event"] = {"created": False, "name": None, "error": str(err)}
+        message = external_ips_message(result["old"], result["new"], reason)
+        result["event"] = _create_event(session, patched, EVENT_REASON, message)
         return result
+
+
+def set_vip_owners(owners, kubernetes=None, test=False):
+    """
+    Record which node really holds each VIP in the Service annotation ``edge-ha.salt/vip-owners``.
+
+    owners
+        ``{vip: node}`` -- the *observed* owner of each VIP (the node that has
+        the address); null when no node has it; a list of node names when
+        several hold it (split brain). The annotation is replaced as a whole.
+    kubernetes
+        the ``edge_ha:kubernetes`` section (default: from the pillar)
+    test
+        compute only, write nothing
+
+    The value is compact JSON with sorted keys, e.g.
+    ``{"198.18.0.100":"edge2","198.18.0.101":null,"198.18.0.102":["edge1","edge3"]}``
+    (VIPs without prefix length, lists sorted; a one-name list is stored as
+    the name). The Service is written only when the annotation differs: one
+    JSON merge PATCH of that annotation carrying the ``resourceVersion`` that
+    was read, re-read and retried on 409 Conflict and 429/5xx like
+    ``set_external_ips`` (at most ``conflict_retries`` times).
+
+    Returns ``{"changed", "old", "new", "test"}``: ``old`` is the annotation
+    read (a dict; None when absent), ``new`` what is (or, with test, would
+    be) stored.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_k8s.set_vip_owners '{"198.18.0.100": edge2, "198.18.0.101": null}'
+        salt-call edge_k8s.set_vip_owners '{"198.18.0.100": [edge1, edge2]}' test=True
+    """
+    new = normalize_owners(owners)
+    value = format_owners(new)
+    k8s, _, _ = _resolve(kubernetes, nodes={})
+
+    def plan(service, attempt):
+        meta = service["metadata"]
+        current = (meta.get("annotations") or {}).get(VIP_OWNERS_ANNOTATION)
+        result = {"changed": current != value, "old": parse_owners(current), "new": new, "test": bool(test)}
+        if current == value:
+            return result, None
+        return result, {"metadata": {"resourceVersion": meta["resourceVersion"], "annotations": {VIP_OWNERS_ANNOTATION: value}}}
+
+    with _Session(k8s) as session:
+        result, _ = _update_service(session, plan, test)
+    return result
+
+
+def record_event(reason, message, event_type="Normal", kubernetes=None):
+    """
+    Create a Kubernetes Event on the ingress controller Service.
+
+    reason
+        an UpperCamelCase word; the edge runner uses ``VIPFailover``,
+        ``VIPFenced``, ``StaleVIPRemoved``, ``SplitBrainFenced``,
+        ``NodeDrained``, ``NodeUndrained`` and ``RolloutStopped``
+    message
+        the text (cut at 1024 characters)
+    event_type
+        ``Normal`` or ``Warning``
+    kubernetes
+        the ``edge_ha:kubernetes`` section (default: from the pillar)
+
+    The Event (core/v1) is created in the Service's namespace, with
+    ``involvedObject`` the Service (uid included, so ``kubectl describe``
+    shows it), ``source.component``/``reportingComponent`` ``salt-edge-ha``
+    and ``source.host``/``reportingInstance`` the minion (master) id.
+
+    Returns ``{"created": bool, "name", "error"}``. A failure to create the
+    Event (API error, RBAC, no configuration) is logged and returned in
+    ``error``, never raised: the caller's action must not fail because of
+    its Event. Only an invalid ``reason`` or ``event_type`` raises
+    SaltInvocationError.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_k8s.record_event VIPFailover "198.18.0.100 moved from edge1 to edge2"
+        salt-call edge_k8s.record_event SplitBrainFenced "198.18.0.100 was on edge1 and edge2" event_type=Warning
+    """
+    check_event(reason, event_type)
+    try:
+        k8s, _, _ = _resolve(kubernetes, nodes={})
+        with _Session(k8s) as session:
+            service = session.retrying(lambda: _read_service(session))
+            return _create_event(session, service, reason, message, event_type)
+    except (CommandExecutionError, SaltInvocationError) as err:
+        log.warning("edge_k8s: the %s Event was not created: %s", reason, err)
+        return {"created": False, "name": None, "error": str(err)}
+
+
+def excluded_nodes(kubernetes=None):
+    """
+    The Kubernetes nodes that must not carry external traffic, and why.
+
+    A node is excluded when it is cordoned (``spec.unschedulable: true``,
+    ``kubectl cordon``/``drain``) or has the label
+    ``node.kubernetes.io/exclude-from-external-load-balancers`` (any value;
+    the label Kubernetes' own load balancers honour).
+
+    kubernetes
+        the ``edge_ha:kubernetes`` section (default: from the pillar)
+
+    Returns ``{kubernetes node: reason}``; reason ``cordoned``, ``label
+    node.kubernetes.io/exclude-from-external-load-balancers`` or both joined
+    with "; ". Nodes that are not excluded are left out. An API failure
+    raises CommandExecutionError (a 403 names the missing ``list nodes``
+    grant).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_k8s.excluded_nodes
+    """
+    k8s, _, _ = _resolve(kubernetes, nodes={})
+    with _Session(k8s) as session:
+        return node_exclusions(_node_items(session))
 
 
 def wait_ingress_ready(node, ready=True, timeout=60, kubernetes=None, nodes=None):

@@ -110,7 +110,8 @@ def report():
     """
     Everything the master needs about this edge node: keepalived status (VIPs
     really on the interface), whether the node is out of VIP ownership, and
-    ingress health.
+    ingress health, standby (priority lowered by a drain or a staged reload)
+    and the drained nodes it renders with IPVS weight 0.
 
     CLI Example:
 
@@ -124,6 +125,8 @@ def report():
         "time": time.time(),
         "keepalived": mod["keepalived.status"](),
         "out_of_service": mod["keepalived.out_of_service_state"](),
+        "standby": mod["keepalived.standby_state"](),
+        "drained_nodes": mod["keepalived.drained_nodes"](),
         "ingress": ingress_health(),
     }
 

@@ -62,6 +62,7 @@ __load__ = [
     "render", "validate", "plan", "write_config", "install_notify_script",
     "status", "reload", "version", "running", "start", "stop", "settings", "log_tail",
     "out_of_service", "out_of_service_state", "release_stale_vips",
+    "standby", "standby_state", "drained_nodes", "set_drained_nodes", "rollback",
 ]
 
 DEFAULTS = {
@@ -115,6 +116,15 @@ vrrp_script {{ name }} {
 vrrp_track_file edge_ha_out_of_service {
     file {{ paths.state_dir }}/out_of_service
     weight 0
+    init_file 0
+}
+{#- Set to 1 by edge.drain and staged reloads (keepalived.standby): weight
+    -253 lowers every instance's priority to 1, so a backup takes the VIPs
+    over before this node lets go (make-before-break); the node stays a
+    backup of last resort. #}
+vrrp_track_file edge_ha_standby {
+    file {{ paths.state_dir }}/standby
+    weight -253
     init_file 0
 }
 {% for name, f in view.vrrp_track_files | dictsort %}
@@ -174,6 +184,7 @@ vrrp_instance {{ i.name }} {
 {%- endif %}
     track_file {
         edge_ha_out_of_service
+        edge_ha_standby
 {%- for item in i.track_file %}
         {{ item }}
 {%- endfor %}
@@ -363,7 +374,8 @@ def read_instance_states(state_dir):
                 data = json.load(fh)
         except (OSError, ValueError):
             continue
-        states[data.get("instance", fname[:-5])] = data
+        if isinstance(data, dict) and "instance" in data and "state" in data:  # not ingress_health.json etc.
+            states[data["instance"]] = data
     return states
 
 
@@ -451,7 +463,7 @@ def render(node=None, template=None):
         salt-call keepalived.render
         salt-call keepalived.render node=edge2
     """
-    view = __salt__["edge_ha.node_view"](node=node)  # pylint: disable=undefined-variable
+    view = __salt__["edge_ha.node_view"](node=node, drained=drained_nodes())  # pylint: disable=undefined-variable
     text = None
     if template:
         cached = __salt__["cp.cache_file"](template)  # pylint: disable=undefined-variable
@@ -578,14 +590,7 @@ def out_of_service(enabled=True, reason=""):
         salt-call keepalived.out_of_service reason="ingress unhealthy"
         salt-call keepalived.out_of_service enabled=False
     """
-    conf = settings()
-    path = os.path.join(conf["state_dir"], "out_of_service")
-    want = "1\n" if enabled else "0\n"
-    current = read_text(path)
-    changed = current.strip() != want.strip()
-    if changed:
-        write_atomic(path, want)
-        write_atomic(path + ".reason", json.dumps({"reason": reason if enabled else "", "time": time.time()}) + "\n")
+    changed = _flag("out_of_service", enabled, reason)
     return {"changed": changed, "out_of_service": bool(enabled), "reason": reason if enabled else ""}
 
 
@@ -628,14 +633,134 @@ def out_of_service_state():
 
         salt-call keepalived.out_of_service_state
     """
-    conf = settings()
-    path = os.path.join(conf["state_dir"], "out_of_service")
+    return _flag_state("out_of_service")
+
+
+def _flag(name, enabled, reason):
+    """Write a 0/1 track file in the state dir (and its reason beside it); True if it changed."""
+    path = os.path.join(settings()["state_dir"], name)
+    want = "1\n" if enabled else "0\n"
+    changed = read_text(path).strip() != want.strip()
+    if changed:
+        write_atomic(path, want)
+        write_atomic(path + ".reason", json.dumps({"reason": reason if enabled else "", "time": time.time()}) + "\n")
+    return changed
+
+
+def _flag_state(name):
+    path = os.path.join(settings()["state_dir"], name)
     try:
         info = json.loads(read_text(path + ".reason") or "{}")
     except ValueError:
         info = {}
-    return {"out_of_service": read_text(path).strip() not in ("", "0"), "reason": info.get("reason", ""),
+    return {name: read_text(path).strip() not in ("", "0"), "reason": info.get("reason", ""),
             "since": info.get("time")}
+
+
+def standby(enabled=True, reason=""):
+    """
+    Put this node on standby (``enabled=True``): every VRRP instance's
+    priority drops to 1 through the track file ``<state_dir>/standby``, so a
+    backup takes the VIPs over *before* this node releases them (no moment
+    without an owner; needs preemption, keepalived's default). The node stays
+    a backup of last resort. ``enabled=False`` restores the configured
+    priorities (with preemption the VIPs come back). Used by ``edge.drain``
+    and by staged reloads. Returns ``{changed, standby, reason}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.standby reason="maintenance"
+        salt-call keepalived.standby enabled=False
+    """
+    changed = _flag("standby", enabled, reason)
+    return {"changed": changed, "standby": bool(enabled), "reason": reason if enabled else ""}
+
+
+def standby_state():
+    """
+    Whether this node is on standby (priority 1), why and since when.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.standby_state
+    """
+    return _flag_state("standby")
+
+
+DRAINED_FILE = "drained_nodes"
+
+
+def drained_nodes():
+    """
+    The edge nodes this node renders as drained (their IPVS real servers get
+    weight 0), as set by ``edge.drain`` on the master.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.drained_nodes
+    """
+    try:
+        data = json.loads(read_text(os.path.join(settings()["state_dir"], DRAINED_FILE)) or "[]")
+    except ValueError:
+        return []
+    return sorted(data) if isinstance(data, list) else []
+
+
+def set_drained_nodes(nodes=None):
+    """
+    Record which edge nodes are drained (``edge.drain`` calls this on every
+    edge node). The next render gives their real servers weight 0; nothing is
+    reloaded here. Returns True if the list changed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.set_drained_nodes '["edge1"]'
+    """
+    if isinstance(nodes, str):
+        nodes = [n for n in nodes.split(",") if n]
+    nodes = sorted(set(nodes or []))
+    if nodes == drained_nodes():
+        return False
+    conf = settings()
+    os.makedirs(conf["state_dir"], exist_ok=True)
+    write_atomic(os.path.join(conf["state_dir"], DRAINED_FILE), json.dumps(nodes) + "\n")
+    return True
+
+
+def rollback():
+    """
+    Go back to the previous keepalived.conf (``<config_file>.bak``, kept by
+    ``keepalived.managed``): the current file is kept as
+    ``<config_file>.failed``, the previous one is written back and loaded
+    (reload, or start when keepalived is not running). Returns
+    ``{rolled_back, running, config_file}``; raises when there is no previous file.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.rollback
+    """
+    conf = settings()
+    path = conf["config_file"]
+    previous = read_text(path + ".bak")
+    if not previous:
+        raise CommandExecutionError(f"no previous config {path}.bak to roll back to")
+    current = read_text(path)
+    if current == previous:
+        return {"rolled_back": False, "running": running(), "config_file": path}
+    write_atomic(path + ".failed", current)
+    write_atomic(path, previous)
+    alive = reload() if running() else start()
+    return {"rolled_back": True, "running": alive, "config_file": path}
 
 
 def running():

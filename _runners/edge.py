@@ -34,7 +34,9 @@ Master settings (master config, all optional):
     edge_ha_timeout: 10             # seconds to wait for edge minions' returns
 """
 
+import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +44,8 @@ import time
 
 import salt.client
 import salt.loader
+from salt.exceptions import CommandExecutionError
+from salt.exceptions import SaltInvocationError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ __virtualname__ = "edge"
 
 FENCE_REASON = "ingress unhealthy"
 SPLIT_REASON = "split brain"
+LOCK_WAIT = 600  # seconds edge.reconcile/drain/undrain wait for another one to finish
 SPLIT_HOLD = 30  # seconds a split-brain fence stays before it is lifted to test the path again
 
 
@@ -91,7 +96,7 @@ def split_brain_losers(model, reports):
     return losers
 
 
-def plan(model, reports, pods_ready=None, now=None, split_hold=SPLIT_HOLD):
+def plan(model, reports, pods_ready=None, now=None, split_hold=SPLIT_HOLD, drained=None):
     """
     The desired changes, from the model and the nodes' reports.
 
@@ -99,11 +104,19 @@ def plan(model, reports, pods_ready=None, now=None, split_hold=SPLIT_HOLD):
         ``{node: edge_node.report() or None}``
     pods_ready
         ``{node: bool}`` ingress pod readiness from Kubernetes, or None if unknown
+    drained
+        ``{node: {reason, since, source}}``: nodes taken out by ``edge.drain``
+        (or by Kubernetes: cordoned / excluded from load balancers)
 
-    Returns ``{fence, unfence, release, split_fence, service_nodes, notes}``; ``release``
-    lists nodes whose keepalived is not running but whose interface still
-    holds VIPs (stale VIPs, e.g. after a SIGKILL).
+    Returns ``{fence, unfence, release, split_fence, service_nodes, standby_on,
+    standby_off, drained_lists, notes}``; ``release`` lists nodes whose
+    keepalived is not running but whose interface still holds VIPs (stale
+    VIPs, e.g. after a SIGKILL). ``standby_on``/``standby_off``: nodes whose
+    standby (priority 1) must be set (drained) or lifted (left over by an
+    interrupted drain or staged reload); ``drained_lists``: nodes whose
+    recorded list of drained nodes (IPVS weight 0) is not the master's.
     """
+    drained = drained or {}
     notes = []
     reachable = sorted(n for n in model["nodes"] if reports.get(n))
     for node in sorted(set(model["nodes"]) - set(reachable)):
@@ -143,12 +156,79 @@ def plan(model, reports, pods_ready=None, now=None, split_hold=SPLIT_HOLD):
         if n in healthy and (pods_ready is None or pods_ready.get(n, False))
     )
     service_nodes = [n for n in service_nodes if n not in split and n not in split_fenced - lift]
+    service_nodes = [n for n in service_nodes if n not in drained]
     split_fence = {n: r for n, r in split.items() if n not in out_now}
+    standby = {n for n in reachable if (reports[n].get("standby") or {}).get("standby")}
+    want_list = sorted(drained)
+    drained_lists = sorted(
+        n for n in reachable if "drained_nodes" in reports[n] and sorted(reports[n]["drained_nodes"]) != want_list
+    )
+    for node in sorted(drained):
+        why = drained[node].get("reason") or drained[node].get("source") or ""
+        notes.append(f"{node}: drained ({why})")
     return {"fence": fence, "unfence": unfence, "release": release, "split_fence": split_fence,
-            "service_nodes": service_nodes, "notes": notes}
+            "service_nodes": service_nodes, "standby_on": sorted(set(drained) & set(reachable) - standby),
+            "standby_off": sorted(standby - set(drained)), "drained_lists": drained_lists, "notes": notes}
 
 
-def build_report(model, reports, service=None):
+def vip_holders(model, reports, running_only=True):
+    """``{vip: [nodes that have it on their interface]}`` (only nodes whose keepalived runs, by default)."""
+    out = {}
+    for inst in model["vrrp_instances"].values():
+        for vip in inst["vips"]:
+            out[vip] = sorted(
+                n for n in inst["nodes"]
+                if reports.get(n) and (reports[n]["keepalived"]["running"] or not running_only)
+                and vip in reports[n]["keepalived"]["instances"].get(inst["name"], {}).get("vips_present", [])
+            )
+    return out
+
+
+def handover_state(model, reports, node):
+    """
+    Whether ``node`` has handed its VIPs over: it holds none of the VIPs of its
+    instances, and each of them is held by exactly one other node with a
+    running keepalived. Returns ``(done, {vip: holders})``.
+    """
+    holders = vip_holders(model, reports, running_only=False)
+    mine = {v: holders[v] for inst in model["vrrp_instances"].values() if node in inst["nodes"] for v in inst["vips"]}
+    live = vip_holders(model, reports)
+    done = all(node not in h and len(live[v]) == 1 for v, h in mine.items())
+    return done, mine
+
+
+def rollout_order(nodes, reports):
+    """
+    Staged reload order: nodes holding no VIP first (BACKUPs), then the
+    holders (the owners) last; by name within each group.
+    """
+    def holds(node):
+        report = reports.get(node) or {}
+        return any(i.get("vips_present") for i in (report.get("keepalived") or {}).get("instances", {}).values())
+
+    return sorted(nodes, key=lambda n: (holds(n), n))
+
+
+def ipvs_connections(services, virtual_servers, address):
+    """
+    Connections still on real server ``address`` in the given IPVS table
+    (``ipvs.list_services`` output) for the keepalived virtual servers of the
+    model: ``(active + inactive connections, persistence templates)``.
+    """
+    wanted = {(vs["protocol"], vs["address"], int(vs["port"])) for vs in virtual_servers}
+    conns = templates = 0
+    for svc in services or []:
+        key = (str(svc.get("protocol", "")).upper(), svc.get("address"), int(svc.get("port") or 0))
+        if key not in wanted:
+            continue
+        for dest in svc.get("destinations") or []:
+            if dest.get("address") == address:
+                conns += int(dest.get("active_connections") or 0) + int(dest.get("inactive_connections") or 0)
+                templates += int(dest.get("persistent_connections") or 0)
+    return conns, templates
+
+
+def build_report(model, reports, service=None, drained=None):
     """
     One row per VIP: the observed owner(s) (address really on the interface),
     backups with state and priority, ingress health per node, Service match,
@@ -173,6 +253,7 @@ keepalived is not running still has it).
                     "node": node,
                     "state": status.get("state", "UNKNOWN") if report["keepalived"]["running"] else "STOPPED",
                     "priority": status.get("priority"),
+                    "drained": node in (drained or {}),
                 }
                 if vip in status.get("vips_present", []):
                     holders.append(entry)
@@ -217,7 +298,8 @@ def format_table(rows):
             str(row["vrid"]),
             ",".join(row["owner"]) or "NONE",
             " ".join(
-                f"{b['node']}({b['priority'] if b['priority'] is not None else '-'}{'' if b['state'] == 'BACKUP' else ' ' + b['state']})"
+                f"{b['node']}({b['priority'] if b['priority'] is not None else '-'}{'' if b['state'] == 'BACKUP' else ' ' + b['state']}"
+                f"{' DRAINED' if b.get('drained') else ''})"
                 for b in row["backups"]
             ) or "-",
             " ".join(f"{n}:{health(h)}" for n, h in row["ingress"].items()),
@@ -251,6 +333,18 @@ def history_rows(entries, limit=50, kinds=None):
         elif kind == "conflict":
             row = {"who": f"{entry.get('node')} (reported)", "what": "another host answers ARP for a VIP it holds",
                    "why": entry.get("why", "")}
+        elif kind in ("drain", "undrain"):
+            what = f"{entry.get('node')}: {'drained' if kind == 'drain' else 'back in service'}"
+            if entry.get("error"):
+                what += f" FAILED: {entry['error']}"
+            elif entry.get("steps"):
+                what += "; " + "; ".join(entry["steps"])
+            row = {"who": f"edge.{kind} ({entry.get('source', 'manual')})", "what": what, "why": entry.get("reason", "")}
+        elif kind == "rollout":
+            what = "staged reload " + " -> ".join(f"{n}:{r}" for n, r in entry.get("steps") or [])
+            if entry.get("stopped_at"):
+                what += f"; STOPPED at {entry['stopped_at']}: {entry.get('error')}"
+            row = {"who": "edge.reconcile", "what": what, "why": entry.get("reason", "")}
         elif kind == "ignored":
             row = {"who": "edge.trigger", "what": f"ignored event claiming {entry.get('claimed_id')!r}",
                    "why": entry.get("source", "")}
@@ -487,49 +581,287 @@ def _history_entries():
     return out
 
 
-def reconcile(reason="manual", test=False):
+def _load_json(name, default):
+    try:
+        with open(os.path.join(_state_dir(), name), encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return default
+
+
+def _save_json(name, data):
+    path = os.path.join(_state_dir(), name)
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def _drained():
+    """``{node: {reason, since, source}}`` of drained nodes (the master's record, survives restarts)."""
+    data = _load_json("drained.json", {})
+    return data if isinstance(data, dict) else {}
+
+
+@contextlib.contextmanager
+def _locked(timeout=LOCK_WAIT):
+    """Hold the master's reconcile lock (one reconcile/drain/undrain at a time)."""
+    with open(os.path.join(_state_dir(), "reconcile.lock"), "w", encoding="utf-8") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CommandExecutionError(  # pylint: disable=raise-missing-from
+                        f"another edge.reconcile/drain/undrain has held the lock for more than {timeout}s"
+                    )
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _event(reason, message, event_type="Normal", model=None):
+    """A Kubernetes Event on the ingress Service (never fails the caller)."""
+    fun = _mods().get("edge_k8s.record_event")
+    if not fun:
+        return None
+    try:
+        return fun(reason, message, event_type=event_type, kubernetes=(model or _model())["kubernetes"])
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("edge: Kubernetes Event %s not recorded: %s", reason, exc)
+        return None
+
+
+def _handover_timeout(model, node):
+    adverts = [i["advert_int"] for i in model["vrrp_instances"].values() if node in i["nodes"]] or [1]
+    return float(__opts__.get("edge_ha_handover_timeout") or 3 * max(adverts) + 10)  # pylint: disable=undefined-variable
+
+
+def _handover(model, node, reason, client):
     """
-    Bring the edge in line with the pillar and the nodes' real state (see the
-    module docstring). Returns what it found and what it changed.
-
-    CLI Example:
-
-    .. code-block:: bash
-
-        salt-run edge.reconcile
-        salt-run edge.reconcile test=True
+    Standby on ``node`` (priority 1) and wait until other nodes hold its VIPs.
+    Returns ``(done, holders, reports)``.
     """
+    client.cmd(node, "keepalived.standby", [True, reason], timeout=10)
+    deadline = time.monotonic() + _handover_timeout(model, node)
+    while True:
+        reports = _gather(model)
+        done, holders = handover_state(model, reports, node)
+        if done or time.monotonic() > deadline:
+            return done, holders, reports
+        time.sleep(0.3)
+
+
+def _all_held(model, timeout=10):
+    """Wait until every VIP is held by a node with a running keepalived; returns (ok, holders, reports)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reports = _gather(model)
+        holders = vip_holders(model, reports)
+        if all(holders.values()) or time.monotonic() > deadline:
+            return all(holders.values()), holders, reports
+        time.sleep(0.3)
+
+
+def _config_hash(text):
+    return hashlib.sha256((text or "").encode()).hexdigest()[:16]
+
+
+def _rollout(model, reports, plans, client, reason, retry_failed=False):
+    """
+    Staged reload of the nodes whose rendered config differs from the one on
+    disk: BACKUPs first, VIP holders last; a holder hands its VIPs to a backup
+    first (standby), so a config that makes keepalived exit never costs a VIP.
+    After each node: keepalived running with the new config and every VIP
+    held; otherwise the node goes back to its previous config and the rollout
+    stops. A config that failed is not retried until it changes (or
+    ``retry_failed``). Returns ``(actions, info)``.
+    """
+    failed = _load_json("rollout_failed.json", {})
+    actions, steps, blocked = [], [], []
+    info = {"order": [], "steps": steps, "stopped_at": None, "error": None, "blocked": blocked}
+    todo = []
+    for node, planned in plans.items():
+        digest = _config_hash(planned.get("new"))
+        if not retry_failed and failed.get(node, {}).get("hash") == digest:
+            blocked.append(node)
+            continue
+        todo.append(node)
+    info["order"] = order = rollout_order(todo, reports)
+    drained = _drained()
+    for node in order:
+        digest = _config_hash(plans[node].get("new"))
+        holds = any(i["vips_present"] for i in reports[node]["keepalived"]["instances"].values())
+        others = [n for n in model["nodes"] if n != node and reports.get(n) and reports[n]["keepalived"]["running"]
+                  and not (reports[n].get("standby") or {}).get("standby")
+                  and not reports[n]["out_of_service"]["out_of_service"]]
+        handed = False
+        if holds and others:
+            done, holders, reports = _handover(model, node, f"staged reload ({reason})", client)
+            handed = True
+            if not done:
+                client.cmd(node, "keepalived.standby", [False], timeout=10)
+                info["stopped_at"], info["error"] = node, f"could not hand its VIPs over before the reload: {holders}"
+                steps.append((node, "not reloaded"))
+                break
+        applied = client.cmd(node, "state.apply", ["edge"], timeout=120).get(node)
+        ok = isinstance(applied, dict) and all(isinstance(v, dict) and v.get("result") for v in applied.values())
+        error = None
+        if not ok:
+            comments = [v.get("comment", "") for v in (applied or {}).values() if isinstance(v, dict) and not v.get("result")] \
+                if isinstance(applied, dict) else [str(applied)]
+            error = "state.apply edge failed: " + " | ".join(c.splitlines()[0] for c in comments if c)[:600]
+        else:
+            check = client.cmd(node, "keepalived.plan", timeout=30).get(node)
+            if not (isinstance(check, dict) and check.get("running") and not check.get("diff")):
+                error = "keepalived is not running with the new config after the reload"
+        if error is None:
+            held, holders, reports = _all_held(model)
+            if not held:
+                error = f"a VIP has no owner after the reload: {holders}"
+        if error:
+            # keepalived.managed restores the previous file itself when keepalived dies; make sure of it
+            back = client.cmd(node, "keepalived.rollback", timeout=60).get(node)
+            running = client.cmd(node, "keepalived.running", timeout=10).get(node)
+            if handed and node not in drained:
+                client.cmd(node, "keepalived.standby", [False], timeout=10)
+            failed[node] = {"hash": digest, "time": time.time(), "error": error}
+            _save_json("rollout_failed.json", failed)
+            info["stopped_at"], info["error"] = node, error
+            steps.append((node, "FAILED, rolled back" + ("" if running else " (keepalived NOT running)")))
+            actions.append(f"{node}: keepalived reload FAILED ({error}); previous config restored"
+                           f" ({'running' if running else 'NOT running'}; rollback: {back}); rollout stopped")
+            break
+        if handed and node not in drained:
+            client.cmd(node, "keepalived.standby", [False], timeout=10)
+        failed.pop(node, None)
+        _save_json("rollout_failed.json", failed)
+        steps.append((node, "ok"))
+        actions.append(f"{node}: keepalived re-applied (ok{', after handing its VIPs over' if handed else ''})")
+    info["skipped"] = [n for n in order if n not in [s[0] for s in steps]]
+    return actions, info
+
+
+def _sync_drained(model, reports, wanted, client, test):
+    """Standby and the recorded drained list on every node as the master's drained record says."""
+    actions = []
+    if test:
+        return actions
+    drained = sorted(_drained())
+    for node in wanted["drained_lists"]:
+        client.cmd(node, "keepalived.set_drained_nodes", [drained], timeout=10)
+        actions.append(f"{node}: drained nodes set to {drained}")
+    for node in wanted["standby_on"]:
+        client.cmd(node, "keepalived.standby", [True, "drained"], timeout=10)
+        actions.append(f"{node}: standby (drained)")
+    for node in wanted["standby_off"]:
+        client.cmd(node, "keepalived.standby", [False], timeout=10)
+        actions.append(f"{node}: standby lifted (not drained)")
+    return actions
+
+
+def _kube_drains(model, client):
+    """Drain nodes Kubernetes excludes (cordoned / exclude-from-external-load-balancers); undrain them when that ends."""
+    fun = _mods().get("edge_k8s.excluded_nodes")
+    if not fun:
+        return []
+    try:
+        excluded = fun(kubernetes=model["kubernetes"])
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("edge: cannot read Kubernetes nodes: %s", exc)
+        return []
+    by_kube = {v["kubernetes_node"]: n for n, v in model["nodes"].items()}
+    want = {by_kube[k]: why for k, why in excluded.items() if k in by_kube}
+    drained = _drained()
+    out = []
+    for node, why in sorted(want.items()):
+        if node not in drained:
+            result = _drain(model, node, f"kubernetes: {why}", "kubernetes", client)
+            out.append(f"{node}: drained (kubernetes: {why}){'' if result['ok'] else ' FAILED: ' + result['error']}")
+    for node, info in sorted(drained.items()):
+        if info.get("source") == "kubernetes" and node not in want:
+            result = _undrain(model, node, "kubernetes: no longer excluded", client)
+            out.append(f"{node}: undrained (kubernetes){'' if result['ok'] else ' FAILED: ' + result['error']}")
+    return out
+
+
+def _owners_changed(model, reports, actions):
+    """Kubernetes: the Service's observed-owner annotation, and an Event per failover."""
+    holders = vip_holders(model, reports, running_only=False)
+    owners = {v: (h[0] if len(h) == 1 else (h or None)) for v, h in holders.items()}
+    previous = _load_json("owners.json", {})
+    for vip, owner in sorted(owners.items()):
+        before = previous.get(vip)
+        if before is not None and owner != before and isinstance(owner, str):
+            _event("VIPFailover", f"{vip}: owner {before} -> {owner}", model=model)
+    if owners != previous:
+        _save_json("owners.json", owners)
+    fun = _mods().get("edge_k8s.set_vip_owners")
+    if fun:
+        try:
+            result = fun(owners, kubernetes=model["kubernetes"])
+            if result.get("changed"):
+                actions.append(f"service annotation vip-owners: {result.get('new')}")
+        except Exception as exc:  # pylint: disable=broad-except
+            log.warning("edge: vip-owners annotation not updated: %s", exc)
+    return owners
+
+
+def _reconcile(reason="manual", test=False, retry_failed=False):
     started = time.time()
     model = _model()
+    client = _client()
+    kube_actions = [] if test else _kube_drains(model, client)
+    drained = _drained()
     reports = _gather(model)
     pods = _pods_ready(model)
-    wanted = plan(model, reports, pods, split_hold=__opts__.get("edge_ha_split_brain_hold", SPLIT_HOLD))  # pylint: disable=undefined-variable
-    client = _client()
-    actions = []
+    wanted = plan(model, reports, pods, split_hold=__opts__.get("edge_ha_split_brain_hold", SPLIT_HOLD),  # pylint: disable=undefined-variable
+                  drained=drained)
+    actions = list(kube_actions)
     if not test:
         for node in wanted["fence"]:
             client.cmd(node, "keepalived.out_of_service", [True, FENCE_REASON], timeout=10)
             actions.append(f"{node}: out of VIP ownership ({FENCE_REASON})")
+            _event("VIPFenced", f"{node}: out of VIP ownership ({FENCE_REASON})", "Warning", model)
         for node in wanted["unfence"]:
             client.cmd(node, "keepalived.out_of_service", [False], timeout=10)
             actions.append(f"{node}: back in VIP ownership (ingress healthy)")
         for node, why in sorted(wanted["split_fence"].items()):
             client.cmd(node, "keepalived.out_of_service", [True, why], timeout=10)
             actions.append(f"{node}: out of VIP ownership ({why})")
+            _event("SplitBrainFenced", f"{node}: out of VIP ownership ({why})", "Warning", model)
         for node in wanted["release"]:
             released = client.cmd(node, "keepalived.release_stale_vips", timeout=10).get(node)
             actions.append(f"{node}: stale VIPs removed (keepalived not running): {released}")
-    # keepalived re-rendered only where the config differs
+            if released:
+                _event("StaleVIPRemoved", f"{node}: stale VIPs removed (keepalived not running): {released}",
+                       "Warning", model)
+    actions += _sync_drained(model, reports, wanted, client, test)
+    # keepalived re-rendered only where the config differs, in stages
     running = [n for n in sorted(model["nodes"]) if reports.get(n) and reports[n]["keepalived"]["running"]]
     plans = client.cmd(running, "keepalived.plan", tgt_type="list", timeout=30) if running else {}
     stale = sorted(n for n, p in plans.items() if isinstance(p, dict) and p.get("diff"))
     invalid = sorted(n for n, p in plans.items() if isinstance(p, dict) and not p.get("valid", True))
+    rollout = None
     if stale and not test:
-        applied = client.cmd(stale, "state.apply", ["edge"], tgt_type="list", timeout=120)
-        for node in stale:
-            result = applied.get(node)
-            ok = isinstance(result, dict) and all(v.get("result") for v in result.values())
-            actions.append(f"{node}: keepalived re-applied ({'ok' if ok else 'FAILED'})")
+        if wanted["fence"] or wanted["unfence"] or wanted["split_fence"] or wanted["standby_on"] or wanted["standby_off"]:
+            reports = _gather(model)  # who holds what now
+        rollout_actions, rollout = _rollout(model, reports, {n: plans[n] for n in stale}, client, reason, retry_failed)
+        actions += rollout_actions
+        if rollout["steps"] or rollout["stopped_at"]:
+            _record("rollout", reason=reason, steps=rollout["steps"], stopped_at=rollout["stopped_at"],
+                    error=rollout["error"])
+        if rollout["stopped_at"]:
+            _event("RolloutStopped", f"staged reload stopped at {rollout['stopped_at']}: {rollout['error']}",
+                   "Warning", model)
+        for node in rollout["blocked"]:
+            wanted["notes"].append(f"{node}: its new keepalived config failed before and is not retried until it "
+                                   "changes (salt-run edge.reconcile retry_failed=True)")
+        if rollout["steps"]:
+            reports = _gather(model)
     service = {}
     try:
         service = _mods()["edge_k8s.set_external_ips"](
@@ -546,23 +878,239 @@ def reconcile(reason="manual", test=False):
     except Exception as exc:  # pylint: disable=broad-except
         service = {"error": str(exc)}
         actions.append(f"service externalIPs NOT updated: {exc}")
+    if not test:
+        _owners_changed(model, reports, actions)
     result = {
         "reason": reason,
         "test": bool(test),
         "plan": wanted,
         "stale_config": stale,
         "invalid_config": invalid,
+        "rollout": rollout,
         "actions": actions,
         "service": service,
         "seconds": round(time.time() - started, 3),
     }
     if not test:
-        counters = _bump("reconcile_runs", "reconcile_errors" if service.get("error") else None)
-        if actions or service.get("error") or reason != "schedule":  # quiet scheduled runs stay out of the history
+        error = service.get("error") or (rollout or {}).get("error")
+        counters = _bump("reconcile_runs", "reconcile_errors" if error else None)
+        if actions or error or reason != "schedule":  # quiet scheduled runs stay out of the history
             _record("reconcile", reason=reason, actions=actions, notes=wanted["notes"], seconds=result["seconds"],
-                    error=service.get("error"), run=counters["reconcile_runs"])
+                    error=error, run=counters["reconcile_runs"])
         _write_metrics(model, reports, {"match": not service.get("changed") if "error" not in service else None})
     return result
+
+
+def reconcile(reason="manual", test=False, retry_failed=False):
+    """
+    Bring the edge in line with the pillar and the nodes' real state (see the
+    module docstring). Returns what it found and what it changed.
+
+    retry_failed
+        also retry a node whose new keepalived config failed in an earlier
+        staged reload (otherwise skipped until its rendered config changes)
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run edge.reconcile
+        salt-run edge.reconcile test=True
+    """
+    if test:
+        return _reconcile(reason, test=True)
+    with _locked():
+        result = _reconcile(reason, retry_failed=bool(retry_failed))
+    _run_pending()  # triggers that arrived meanwhile
+    return result
+
+
+def _wait_ipvs_drain(model, node, reports, client, timeout):
+    """Wait (bounded) until the directors have no connections left on ``node``'s real servers."""
+    servers = [vs for vs in model["virtual_servers"].values() if vs["managed_by"] == "keepalived"]
+    if not servers:
+        return "no keepalived virtual_servers: no IPVS connections to drain"
+    address = model["nodes"][node]["address"]
+    directors = sorted({n for h in vip_holders(model, reports).values() for n in h} | {node})
+    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    while True:
+        tables = client.cmd(directors, "ipvs.list_services", tgt_type="list", timeout=30)
+        conns = templates = 0
+        errors = []
+        for director in directors:
+            table = tables.get(director)
+            if not isinstance(table, list):
+                errors.append(f"{director}: {table}")
+                continue
+            c, t = ipvs_connections(table, servers, address)
+            conns, templates = conns + c, templates + t
+        if errors and len(errors) == len(directors):
+            return f"IPVS connections not checked: {'; '.join(errors)}"
+        if conns == 0:
+            return f"IPVS connections to {address} drained in {time.monotonic() - start:.1f}s" + (
+                f" ({templates} persistence templates left to expire)" if templates else "")
+        if time.monotonic() > deadline:
+            return f"IPVS: {conns} connections to {address} still open after {timeout}s (drain_timeout); going on"
+        time.sleep(1)
+
+
+def _drain(model, node, reason, source, client, drain_timeout=None, force=False):
+    """The drain steps (lock held by the caller); on failure nothing stays half-done."""
+    started = time.time()
+    steps = []
+    drained = _drained()
+    previous = drained.get(node)
+    drained[node] = {"reason": reason, "since": time.time(), "source": source}
+    _save_json("drained.json", drained)
+    try:
+        names = sorted(drained)
+        client.cmd(sorted(model["nodes"]), "keepalived.set_drained_nodes", [names], tgt_type="list", timeout=10)
+        done, holders, reports = _handover(model, node, f"drained: {reason}", client)
+        if not done and force:
+            client.cmd(node, "keepalived.out_of_service", [True, "drained"], timeout=10)
+            steps.append("standby did not move the VIPs (nopreempt?): forced out of VIP ownership")
+            done, holders, reports = _handover(model, node, f"drained: {reason}", client)
+        if not done:
+            raise CommandExecutionError(
+                f"{node} did not hand its VIPs over within {_handover_timeout(model, node):.0f}s (holders: {holders}); "
+                "with nopreempt on the backups use force=True"
+            )
+        steps.append("VIPs handed over: " + ", ".join(f"{v} -> {','.join(h)}" for v, h in sorted(holders.items())))
+        plans = client.cmd(sorted(model["nodes"]), "keepalived.plan", tgt_type="list", timeout=30)
+        stale = {n: p for n, p in plans.items() if isinstance(p, dict) and p.get("diff")}
+        if stale:
+            actions, info = _rollout(model, reports, stale, client, f"drain {node}", retry_failed=True)
+            steps += actions
+            if info["stopped_at"]:
+                raise CommandExecutionError(f"staged reload for the IPVS weights stopped at {info['stopped_at']}: {info['error']}")
+            reports = _gather(model)
+        timeout = float(drain_timeout if drain_timeout is not None else __opts__.get("edge_ha_drain_timeout", 60))  # pylint: disable=undefined-variable
+        steps.append(_wait_ipvs_drain(model, node, reports, client, timeout))
+    except Exception as exc:  # pylint: disable=broad-except
+        # undo: the node goes back to how it was
+        if previous is None:
+            drained.pop(node, None)
+        else:
+            drained[node] = previous
+        _save_json("drained.json", drained)
+        client.cmd(sorted(model["nodes"]), "keepalived.set_drained_nodes", [sorted(drained)], tgt_type="list", timeout=10)
+        if previous is None:
+            client.cmd(node, "keepalived.standby", [False], timeout=10)
+            if force:
+                client.cmd(node, "keepalived.out_of_service", [False], timeout=10)
+        _record("drain", node=node, reason=reason, source=source, error=str(exc), steps=steps)
+        return {"ok": False, "node": node, "error": str(exc), "steps": steps, "seconds": round(time.time() - started, 3)}
+    _record("drain", node=node, reason=reason, source=source, steps=steps)
+    _event("NodeDrained", f"{node} drained ({reason}): " + "; ".join(steps), model=model)
+    return {"ok": True, "node": node, "steps": steps, "error": None, "seconds": round(time.time() - started, 3)}
+
+
+def _undrain(model, node, reason, client):
+    started = time.time()
+    drained = _drained()
+    info = drained.pop(node, None)
+    _save_json("drained.json", drained)
+    steps = []
+    client.cmd(sorted(model["nodes"]), "keepalived.set_drained_nodes", [sorted(drained)], tgt_type="list", timeout=10)
+    reports = _gather(model)
+    plans = client.cmd(sorted(model["nodes"]), "keepalived.plan", tgt_type="list", timeout=30)
+    stale = {n: p for n, p in plans.items() if isinstance(p, dict) and p.get("diff")}
+    error = None
+    if stale:
+        actions, rollout = _rollout(model, reports, stale, client, f"undrain {node}", retry_failed=True)
+        steps += actions
+        error = rollout["error"]
+    oos = client.cmd(node, "keepalived.out_of_service_state", timeout=10).get(node) or {}
+    if oos.get("out_of_service") and oos.get("reason") == "drained":
+        client.cmd(node, "keepalived.out_of_service", [False], timeout=10)
+    client.cmd(node, "keepalived.standby", [False], timeout=10)
+    steps.append("priority restored")
+    _record("undrain", node=node, reason=reason, source=(info or {}).get("source", "manual"), steps=steps, error=error)
+    _event("NodeUndrained", f"{node} back in service ({reason})", model=model)
+    return {"ok": error is None, "node": node, "steps": steps, "error": error, "was_drained": info is not None,
+            "seconds": round(time.time() - started, 3)}
+
+
+def _check_node(model, node):
+    if node not in model["nodes"]:
+        raise SaltInvocationError(f"{node!r} is not an edge node (edge_ha:nodes: {', '.join(sorted(model['nodes']))})")
+
+
+def drain(node, reason="maintenance", drain_timeout=None, force=False):
+    """
+    Take an edge node out for planned maintenance, without dropping traffic:
+
+    1. its VRRP priority drops to 1 (``keepalived.standby``): a backup takes
+       its VIPs over *before* it releases them; the drain waits until another
+       node holds each of them (``edge_ha_handover_timeout``, default
+       3 x advert_int + 10 s);
+    2. every node renders the node's IPVS real servers with weight 0 (staged
+       reload, SIGHUP: VRRP state kept), then the drain waits until the
+       directors report no connections left on it (``drain_timeout``, default
+       ``edge_ha_drain_timeout`` or 60 s; it goes on after that, saying so);
+    3. the node leaves the Service's externalIPs (a reconcile).
+
+    The node stays a backup of last resort (priority 1). It stays drained
+    across reconciles and master restarts until ``edge.undrain``. If a step
+    fails, the node is put back as it was and the error is returned.
+
+    force
+        if the VIPs do not move (``nopreempt`` on the backups), take the node
+        out of VIP ownership (FAULT) instead; the VIP is then briefly without
+        an owner
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run edge.drain edge1
+        salt-run edge.drain edge1 reason="kernel update" drain_timeout=120
+    """
+    model = _model()
+    _check_node(model, node)
+    with _locked():
+        result = _drain(model, node, reason, "manual", _client(), drain_timeout, bool(force))
+        if result["ok"]:
+            result["reconcile"] = _reconcile(f"drain {node}")["actions"]
+    _run_pending()
+    return result
+
+
+def undrain(node, reason="maintenance done"):
+    """
+    Put a drained node back: real-server weights restored (staged reload),
+    configured priority restored (with preemption, keepalived's default, its
+    VIPs come back, again without a moment without an owner), back in the
+    Service's externalIPs once its ingress is healthy.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run edge.undrain edge1
+    """
+    model = _model()
+    _check_node(model, node)
+    with _locked():
+        result = _undrain(model, node, reason, _client())
+        result["reconcile"] = _reconcile(f"undrain {node}")["actions"]
+    _run_pending()
+    return result
+
+
+def drained():
+    """
+    The drained nodes: ``{node: {reason, since, source}}`` (source ``manual``
+    for edge.drain, ``kubernetes`` for cordoned / excluded nodes).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run edge.drained
+    """
+    return _drained()
 
 
 def _metrics_path():
@@ -572,7 +1120,8 @@ def _metrics_path():
 
 def _write_metrics(model, reports, service):
     path = _metrics_path()
-    text = metrics_text(model, reports, build_report(model, reports, service), _history_entries(), _counters())
+    text = metrics_text(model, reports, build_report(model, reports, service, _drained()), _history_entries(),
+                        _counters())
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w", encoding="utf-8") as fh:
         fh.write(text)
@@ -680,10 +1229,18 @@ def trigger(source="", claimed_id="", event_time=0, transition=None):
         if released:
             _record("fence", node=claimed_id, action=f"stale VIPs removed: {released}", why=source,
                     seen=event_time)  # when the beacon saw it (as the minion says)
-    state = _state_dir()
-    pending = os.path.join(state, "reconcile.pending")
+            _event("StaleVIPRemoved", f"{claimed_id}: stale VIPs removed (keepalived not running): {released}",
+                   "Warning")
+    pending = os.path.join(_state_dir(), "reconcile.pending")
     with open(pending, "w", encoding="utf-8") as fh:
         fh.write(source)
+    return _run_pending(source)
+
+
+def _run_pending(source=""):
+    """Run reconciles while a trigger is pending and nobody else holds the lock (see trigger)."""
+    state = _state_dir()
+    pending = os.path.join(state, "reconcile.pending")
     runs = 0
     while os.path.exists(pending):
         with open(os.path.join(state, "reconcile.lock"), "w", encoding="utf-8") as lock:
@@ -700,7 +1257,7 @@ def trigger(source="", claimed_id="", event_time=0, transition=None):
                 os.unlink(pending)
             except FileNotFoundError:
                 continue
-            reconcile(reason=why or "trigger")
+            _reconcile(reason=why or "trigger")
             runs += 1
     return {"queued": False, "source": source, "runs": runs}
 
@@ -721,7 +1278,8 @@ def vip_report(test=False):
     model = _model()
     reports = _gather(model)
     pods = _pods_ready(model)
-    wanted = plan(model, reports, pods)
+    drained_nodes = _drained()
+    wanted = plan(model, reports, pods, drained=drained_nodes)
     try:
         desired = _mods()["edge_k8s.set_external_ips"](
             vips=_vips(model), nodes=_kube_nodes(model), healthy=wanted["service_nodes"],
@@ -730,7 +1288,7 @@ def vip_report(test=False):
         service = {"match": not desired["changed"], "current": desired["old"], "desired": desired["new"]}
     except Exception as exc:  # pylint: disable=broad-except
         service = {"match": None, "error": str(exc)}
-    rows = build_report(model, reports, service)
+    rows = build_report(model, reports, service, drained_nodes)
     if __opts__.get("output"):  # pylint: disable=undefined-variable
         return {"vips": rows, "service": service, "notes": wanted["notes"]}
     text = format_table(rows)

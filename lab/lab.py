@@ -83,9 +83,12 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class Lab:
-    def __init__(self, directory=None, prefix="ehlab"):
+    def __init__(self, directory=None, prefix="ehlab", fault_injection=False):
         self.dir = pathlib.Path(directory or os.environ.get("LAB_DIR", DEFAULT_DIR))
         self.prefix = prefix
+        # tests: each edge node's keepalived binary is a wrapper whose `-t` passes while
+        # <node dir>/fault-t-passes exists (a config that fails only at run time reaches the reload)
+        self.fault_injection = fault_injection
         self.topo = None
         self.master_proc = None
 
@@ -271,6 +274,8 @@ class Lab:
                     "ingress_health": [{"interval": 1}],
                 },
             }
+            if self.fault_injection:
+                minion["keepalived"]["binary"] = self._fault_wrapper(node)
             (ndir / "etc" / "minion").write_text(yaml.safe_dump(minion))
         seed = {
             "namespaces": [KUBE_NS],
@@ -283,6 +288,39 @@ class Lab:
             "service": {"namespace": KUBE_NS, "name": SERVICE, "external_ips": [USER_IP]},
         }
         (self.dir / "kube-seed.json").write_text(json.dumps(seed))
+
+    def _fault_wrapper(self, node):
+        path = self.node_dir(node) / "bin" / "keepalived"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        real = shutil.which("keepalived") or "/usr/sbin/keepalived"
+        flag = self.node_dir(node) / "fault-t-passes"
+        path.write_text(
+            "#!/bin/sh\n# lab fault injection: while the flag file exists, `keepalived -t` passes\n"
+            f"if [ -e {flag} ]; then for a in \"$@\"; do [ \"$a\" = -t ] && exit 0; done; fi\n"
+            f"exec {real} \"$@\"\n"
+        )
+        path.chmod(0o755)
+        return str(path)
+
+    def set_fault_t_passes(self, node, enabled=True):
+        flag = self.node_dir(node) / "fault-t-passes"
+        if enabled:
+            flag.write_text("1\n")
+        else:
+            flag.unlink(missing_ok=True)
+
+    def start_probe(self, seconds, rate=20, url=f"http://{VIP}/", name="probe"):
+        """A client in its own namespace requesting ``url`` at a fixed rate; ``probe_result(name)`` reads it."""
+        out = self.dir / f"{name}.json"
+        out.unlink(missing_ok=True)
+        return self._spawn("client", name, sys.executable, str(REPO / "tests" / "support" / "probe.py"),
+                           url, str(rate), str(seconds), str(out))
+
+    def probe_result(self, name="probe", timeout=60):
+        out = self.dir / f"{name}.json"
+        self._wait(out.exists, timeout, f"the {name} client to finish")
+        self._stop("client", name)
+        return json.loads(out.read_text())
 
     def set_pillar(self, data):
         (self.dir / "pillar" / "edge_ha.sls").write_text(yaml.safe_dump({"edge_ha": data}, sort_keys=False))

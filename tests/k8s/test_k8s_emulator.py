@@ -208,7 +208,8 @@ def test_create_get_delete_and_errors(api, core):
     assert info.value.status == 400
     event = raw(
         core.create_namespaced_event(
-            NS, {"metadata": {"generateName": "svc."}, "involvedObject": {"kind": "Service", "name": "new"}, "reason": "R"},
+            NS,
+            {"metadata": {"generateName": "svc."}, "involvedObject": {"kind": "Service", "name": "new", "namespace": NS}, "reason": "R"},
             _preload_content=False,
         )
     )
@@ -350,3 +351,80 @@ def test_auth_faults_and_request_log(api, core, tmp_path):
     assert (last.verb, last.resource, last.namespace, last.name, last.status) == ("patch", "services", NS, "svc", 200)
     assert last.body == {"metadata": {"labels": {"a": "b"}}} and last.path == f"/api/v1/namespaces/{NS}/services/svc"
     assert [r.status for r in api.find_requests(method="PATCH")] == [403, 409, 200]
+
+
+def test_node_cordon_and_labels_through_every_patch_type(api, core):
+    """What kubectl cordon/uncordon/label send; unschedulable false is not stored (omitempty)."""
+    api.add_node("n1", "10.0.0.1")
+    exclude = "node.kubernetes.io/exclude-from-external-load-balancers"
+    cordoned = raw(core.patch_node("n1", {"spec": {"unschedulable": True}}, _content_type=STRATEGIC, _preload_content=False))
+    assert cordoned["spec"]["unschedulable"] is True
+    assert cordoned["status"]["addresses"][0]["address"] == "10.0.0.1"  # status kept
+    assert [n.metadata.name for n in core.list_node(field_selector="spec.unschedulable=true").items] == ["n1"]
+    uncordoned = raw(core.patch_node("n1", {"spec": {"unschedulable": None}}, _content_type=STRATEGIC, _preload_content=False))
+    assert "unschedulable" not in uncordoned["spec"]
+    core.patch_node("n1", {"spec": {"unschedulable": True}}, _content_type=MERGE)
+    rv = api.get_object("nodes", None, "n1")["metadata"]["resourceVersion"]
+    by_false = raw(core.patch_node("n1", {"spec": {"unschedulable": False}}, _content_type=MERGE, _preload_content=False))
+    assert "unschedulable" not in by_false["spec"] and by_false["metadata"]["resourceVersion"] != rv
+    assert [n.metadata.name for n in core.list_node(field_selector="spec.unschedulable=false").items] == ["n1"]
+
+    labelled = raw(core.patch_node("n1", {"metadata": {"labels": {exclude: ""}}}, _content_type=MERGE, _preload_content=False))
+    assert labelled["metadata"]["labels"] == {"kubernetes.io/hostname": "n1", exclude: ""}
+    assert [n.metadata.name for n in core.list_node(label_selector=exclude).items] == ["n1"]
+    unlabelled = raw(core.patch_node("n1", {"metadata": {"labels": {exclude: None}}}, _content_type=STRATEGIC, _preload_content=False))
+    assert unlabelled["metadata"]["labels"] == {"kubernetes.io/hostname": "n1"}
+
+    api.cordon("n1")
+    api.label_node("n1", {exclude: "true"})
+    node = api.get_object("nodes", None, "n1")
+    assert node["spec"]["unschedulable"] is True and node["metadata"]["labels"][exclude] == "true"
+    api.cordon("n1", False)
+    api.label_node("n1", {exclude: None})
+    node = api.get_object("nodes", None, "n1")
+    assert "unschedulable" not in node["spec"] and exclude not in node["metadata"]["labels"]
+
+
+def test_events_create_list_and_namespace_check(api, core):
+    api.add_service(NS, "svc")
+    body = {
+        "metadata": {"name": "svc.1"},
+        "involvedObject": {"kind": "Service", "name": "svc", "namespace": NS},
+        "reason": "VIPFailover", "type": "Warning", "message": "m", "source": {"component": "salt-edge-ha"},
+    }
+    created = raw(core.create_namespaced_event(NS, body, _preload_content=False))
+    assert created["metadata"]["namespace"] == NS and created["reason"] == "VIPFailover"
+    other = dict(body, metadata={"name": "other.1"}, involvedObject={"kind": "Service", "name": "other", "namespace": NS})
+    core.create_namespaced_event(NS, other)
+
+    def names(**kwargs):
+        return [e["metadata"]["name"] for e in raw(core.list_namespaced_event(NS, _preload_content=False, **kwargs))["items"]]
+
+    assert names() == ["other.1", "svc.1"]
+    assert names(field_selector="involvedObject.name=svc") == ["svc.1"]
+    assert names(field_selector="reason=VIPFailover,type=Warning,source=salt-edge-ha") == ["other.1", "svc.1"]
+
+    wrong = dict(body, metadata={"name": "svc.2"}, involvedObject={"kind": "Service", "name": "svc", "namespace": "elsewhere"})
+    with pytest.raises(client.exceptions.ApiException) as info:
+        core.create_namespaced_event(NS, wrong)
+    assert info.value.status == 422
+    assert 'involvedObject.namespace: Invalid value: "elsewhere": does not match event.namespace' in status_of(info)["message"]
+
+
+def test_service_annotations_through_merge_patch(api, core):
+    """Set, change and remove one annotation, others untouched; an unchanged value is no write."""
+    api.add_service(NS, "svc", annotations={"keep": "me"})
+    rv = api.get_object("services", NS, "svc")["metadata"]["resourceVersion"]
+    patch = {"metadata": {"resourceVersion": rv, "annotations": {"edge-ha.salt/vip-owners": '{"198.18.0.100":"edge2"}'}}}
+    first = raw(core.patch_namespaced_service("svc", NS, patch, _content_type=MERGE, _preload_content=False))
+    assert first["metadata"]["annotations"] == {"keep": "me", "edge-ha.salt/vip-owners": '{"198.18.0.100":"edge2"}'}
+    again = dict(patch, metadata=dict(patch["metadata"], resourceVersion=first["metadata"]["resourceVersion"]))
+    same = raw(core.patch_namespaced_service("svc", NS, again, _content_type=MERGE, _preload_content=False))
+    assert same["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    with pytest.raises(client.exceptions.ApiException) as info:  # a number is not a string annotation
+        core.patch_namespaced_service("svc", NS, {"metadata": {"annotations": {"n": 1}}}, _content_type=MERGE)
+    assert info.value.status == 400
+    gone = raw(core.patch_namespaced_service(
+        "svc", NS, {"metadata": {"annotations": {"edge-ha.salt/vip-owners": None}}}, _content_type=MERGE, _preload_content=False
+    ))
+    assert gone["metadata"]["annotations"] == {"keep": "me"}

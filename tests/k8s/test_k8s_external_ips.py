@@ -412,6 +412,9 @@ def test_requests_match_the_api_calls_table(edge_k8s, make_edge, cluster, emulat
     edge_k8s.external_ips(kubernetes=edge.settings)
     edge_k8s.set_external_ips(vips=[VIP], nodes=edge.nodes, reason="table", kubernetes=edge.settings)
     edge_k8s.wait_ingress_ready("edge3", ready=True, timeout=1, nodes=edge.nodes, kubernetes=edge.settings)
+    edge_k8s.set_vip_owners({VIP: "edge1"}, kubernetes=edge.settings)
+    edge_k8s.record_event("VIPFailover", "table", kubernetes=edge.settings)
+    edge_k8s.excluded_nodes(kubernetes=edge.settings)
     seen = {(r.verb, r.resource) for r in emulator.requests}
     table = {(verb, resource) for verb, resource, _scope, _used in edge_k8s.API_CALLS}
     assert seen == table

@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import yaml
+from salt.exceptions import SaltInvocationError
 
 pytestmark = pytest.mark.k8s
 
@@ -92,6 +93,34 @@ def test_module_through_the_loader_reads_the_pillar(salt_loader, edge, cluster):
     assert event["source"]["host"] == "edge1"  # the minion id
     assert "loader test" in event["message"]
     assert funcs["edge_k8s.external_ips"]()["user"] == [USER_IP]
+
+
+def test_owners_events_and_exclusions_through_the_loader(salt_loader, edge, cluster):
+    """The new functions read edge_ha:kubernetes from the pillar (via the edge_ha model); Events carry the minion id."""
+    funcs, _ = salt_loader()
+    result = funcs["edge_k8s.set_vip_owners"]({VIP: "edge2"})
+    assert result["changed"] is True
+    assert cluster.read_service()["metadata"]["annotations"]["edge-ha.salt/vip-owners"] == '{"198.18.0.100":"edge2"}'
+    assert funcs["edge_k8s.set_vip_owners"]({VIP: "edge2"})["changed"] is False
+
+    event = funcs["edge_k8s.record_event"]("VIPFailover", f"{VIP} moved from edge1 to edge2")
+    assert event["created"] is True, event["error"]
+    (stored,) = [e for e in cluster.events() if e["reason"] == "VIPFailover"]
+    assert stored["source"] == {"component": "salt-edge-ha", "host": "edge1"}
+    assert stored["reportingInstance"] == "edge1"
+
+    if not cluster.real:  # a real cluster's nodes are never cordoned by a test
+        cluster.api.cordon(edge.k8s_nodes["edge3"])
+        assert funcs["edge_k8s.excluded_nodes"]() == {edge.k8s_nodes["edge3"]: "cordoned"}
+    else:
+        assert set(funcs["edge_k8s.excluded_nodes"]()) <= set(funcs["edge_k8s.node_addresses"]())
+
+
+def test_an_invalid_pillar_is_reported_by_its_key(salt_loader, pillar, edge):
+    pillar["edge_ha"]["kubernetes"] = dict(edge.settings, external_ips="everything")
+    funcs, _ = salt_loader()
+    with pytest.raises(SaltInvocationError, match=r"edge_ha:kubernetes:external_ips: 'everything' is not allowed"):
+        funcs["edge_k8s.external_ips"]()
 
 
 def test_state_test_mode_shows_before_and_after_and_writes_nothing(salt_loader, edge, cluster):

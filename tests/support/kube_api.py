@@ -30,6 +30,10 @@ Protocol coverage:
   without a resourceVersion is unconditional). Apply patches get 415;
 * a server-assigned ``resourceVersion`` (one global counter, a string) and
   ``uid``; writes that change nothing do not bump the resourceVersion;
+* Go's ``omitempty`` where the plugin reads it: a Node's
+  ``spec.unschedulable: false`` is not stored (cordon/uncordon by any patch
+  type reads back as on a real server); Events get the API server's legacy
+  validation (``involvedObject.namespace`` must be the Event's namespace);
 * the status of Pods, Services and Nodes is kept on PUT/PATCH of the main
   resource (they have a status subresource);
 * errors in the ``Status`` format (``kind: Status``, ``status: Failure``,
@@ -43,7 +47,7 @@ verb/resource pair).
 
 Every request is logged (``requests``: method, path, query, body, verb,
 resource, namespace, name, status); seed helpers add nodes, pods and
-services directly. A tiny "kubelet" marks Pods created *through the API* on a
+services directly (``cordon``/``label_node`` change Nodes). A tiny "kubelet" marks Pods created *through the API* on a
 known node Running, and Ready unless a container declares a readinessProbe.
 
 Usage::
@@ -114,6 +118,10 @@ FIELD_SELECTORS = {
         "type",
     },
 }
+
+# Boolean fields the API server selects on as "true"/"false" (Go's zero value
+# when the field is absent, e.g. a Node that was never cordoned).
+FIELD_DEFAULTS = {("nodes", "spec.unschedulable"): "false", ("pods", "spec.hostNetwork"): "false"}
 
 # Strategic-merge-patch merge keys (path of map keys -> merge key) for the
 # lists of the objects emulated here; lists not named here are replaced.
@@ -301,7 +309,7 @@ def parse_field_selector(text, resource):
             raise ApiError(400, "BadRequest", f"invalid selector: '{part}'; can't understand '{part}'")
         if key not in FIELD_SELECTORS.get(resource, _COMMON_FIELDS):
             raise ApiError(400, "BadRequest", f'field label not supported: {key}')
-        reqs.append((key, "!=" if op == "!=" else "=", value))
+        reqs.append((key, "!=" if op == "!=" else "=", value, FIELD_DEFAULTS.get((resource, key), "")))
     return reqs
 
 
@@ -321,8 +329,8 @@ def _field_value(obj, dotted):
 
 
 def field_selector_matches(reqs, obj):
-    for key, op, value in reqs:
-        actual = _field_value(obj, key)
+    for key, op, value, default in reqs:
+        actual = _field_value(obj, key) or default
         if op == "=" and actual != value:
             return False
         if op == "!=" and actual == value:
@@ -743,7 +751,16 @@ class KubeAPIEmulator:
         ready = not any("readinessProbe" in c for c in pod["spec"].get("containers", []))
         return _pod_status(ready, _internal_ip(node), f"10.244.0.{len(self._objects) % 250 + 2}")
 
+    @staticmethod
+    def _omit_empty(resource, obj):
+        """Fields the API server does not send when empty (Go ``omitempty``): a
+        Node's ``spec.unschedulable: false`` is stored as no field at all, so an
+        uncordon by ``{"spec": {"unschedulable": false}}`` or ``null`` reads the same."""
+        if resource == "nodes" and isinstance(obj.get("spec"), dict) and obj["spec"].get("unschedulable") is False:
+            del obj["spec"]["unschedulable"]
+
     def _validate(self, resource, obj):
+        self._omit_empty(resource, obj)
         meta = obj.get("metadata")
         if not isinstance(meta, dict) or not meta.get("name"):
             raise ApiError(422, "Invalid", f"{RESOURCES[resource]['kind']} is invalid: metadata.name: Required value")
@@ -762,6 +779,18 @@ class KubeAPIEmulator:
                 raise ApiError(
                     400, "BadRequest",
                     f"json: cannot unmarshal into Go struct field ObjectMeta.metadata.{which} of type string",
+                )
+        if resource == "events":
+            # the API server's legacy Event validation (no eventTime): the
+            # involved object's namespace must be the Event's
+            involved = obj.get("involvedObject") or {}
+            wanted = involved.get("namespace") or ""
+            if wanted != meta.get("namespace") and not (wanted == "" and meta.get("namespace") in ("", "default")):
+                raise ApiError(
+                    422, "Invalid",
+                    f'Event "{name}" is invalid: involvedObject.namespace: Invalid value: "{wanted}": '
+                    "does not match event.namespace",
+                    {"name": name, "kind": "Event"},
                 )
         if resource == "services":
             ips = (obj.get("spec") or {}).get("externalIPs")
@@ -840,6 +869,31 @@ class KubeAPIEmulator:
                 },
             },
         )
+
+    def cordon(self, name, unschedulable=True):
+        """Mark a Node unschedulable (``kubectl cordon``) or not (``uncordon``), like another client."""
+
+        def change(node):
+            spec = node.setdefault("spec", {})
+            if unschedulable:
+                spec["unschedulable"] = True
+            else:
+                spec.pop("unschedulable", None)
+
+        return self.mutate("nodes", None, name, change)
+
+    def label_node(self, name, labels):
+        """Set (value) or remove (None) labels of a Node, like ``kubectl label node``."""
+
+        def change(node):
+            current = node["metadata"].setdefault("labels", {})
+            for key, value in labels.items():
+                if value is None:
+                    current.pop(key, None)
+                else:
+                    current[key] = value
+
+        return self.mutate("nodes", None, name, change)
 
     def add_pod(self, namespace, name, node, ready=True, labels=None, phase="Running"):
         """Add a Pod scheduled on ``node`` whose Ready condition is ``ready``."""

@@ -237,10 +237,11 @@ def test_settings_defaults_and_validation(mod):
 
 def test_vips_and_nodes_from_the_example_pillar(mod):
     example = yaml.safe_load((REPO / "pillar" / "edge_ha.sls.example").read_text())["edge_ha"]
-    assert mod.vips_from_pillar(example) == ["198.18.0.100"]
-    nodes = mod.edge_nodes(example["nodes"])
+    model = mod.edge_ha_model.normalize(example)
+    assert mod.vips_from_model(model) == ["198.18.0.100"]
+    nodes = mod.edge_nodes(model["nodes"])
     assert nodes["edge1"] == {"address": "198.18.0.11", "kubernetes_node": "edge1"}
-    assert mod.settings(example["kubernetes"])["service"]["name"] == "ingress-nginx-controller"
+    assert mod.settings(model["kubernetes"])["service"]["name"] == "ingress-nginx-controller"
     assert mod.edge_nodes({"edge1": {"address": "198.18.0.11", "kubernetes_node": "k8s-1"}})["edge1"][
         "kubernetes_node"
     ] == "k8s-1"
@@ -248,21 +249,170 @@ def test_vips_and_nodes_from_the_example_pillar(mod):
         "a": {"address": None, "kubernetes_node": "a"},
         "b": {"address": None, "kubernetes_node": "b"},
     }
-    assert mod.vips_from_pillar(
-        {"vrrp_instances": {"B": {"virtual_ipaddress": ["10.0.0.2/24 dev eth1"]}, "A": {"virtual_ipaddress": ["10.0.0.1"]}}}
-    ) == ["10.0.0.1", "10.0.0.2"]
+    two = {"B": {"vips": ["10.0.0.2", "10.0.0.1"]}, "A": {"vips": ["10.0.0.1"]}}
+    assert mod.vips_from_model({"vrrp_instances": two}) == ["10.0.0.1", "10.0.0.2"]  # by instance name, once
+
+
+PILLAR_NODES = {
+    "edge1": {"address": "198.18.0.11", "interface": "eth0", "kubernetes_node": "k8s-1"},
+    "edge2": {"address": "198.18.0.12", "interface": "eth0"},
+}
+
+
+def test_pillar_is_read_through_the_edge_ha_model(mod, monkeypatch):
+    """With no explicit arguments the pillar goes through edge_ha.normalize(): its defaults, its VIPs and nodes."""
+    pillar = {
+        "edge_ha": {
+            "nodes": PILLAR_NODES,
+            "vrrp_instances": {
+                "VI_2": {"virtual_router_id": 52, "virtual_ipaddress": ["198.18.0.100/24"]},
+                "VI_1": {"virtual_router_id": 51, "virtual_ipaddress": ["198.18.0.102/24", "198.18.0.101"]},
+            },
+            "kubernetes": {"service": {"name": "edge-svc"}, "request_timeout": 3},
+        }
+    }
+    monkeypatch.setattr(mod, "__pillar__", pillar, raising=False)
+    k8s, vips, nodes = mod._resolve(None, need_vips=True)
+    assert vips == ["198.18.0.102", "198.18.0.101", "198.18.0.100"]  # by instance name
+    assert nodes == {
+        "edge1": {"address": "198.18.0.11", "kubernetes_node": "k8s-1"},
+        "edge2": {"address": "198.18.0.12", "kubernetes_node": "edge2"},
+    }
+    assert k8s["service"] == {"namespace": "ingress-nginx", "name": "edge-svc"}
+    assert k8s["request_timeout"] == 3.0 and k8s["conflict_retries"] == 5
+    assert k8s["ingress_pods"] == mod.edge_ha_model.DEFAULT_KUBERNETES["ingress_pods"]
+    # explicit arguments win, and an explicit kubernetes dict is merged over the defaults, not the pillar
+    k8s, vips, nodes = mod._resolve({"request_timeout": 7}, vips=["192.0.2.1/32"], nodes=["x"], need_vips=True)
+    assert (k8s["service"]["name"], k8s["request_timeout"], vips, list(nodes)) == (
+        "ingress-nginx-controller", 7.0, ["192.0.2.1"], ["x"],
+    )
+
+
+def test_invalid_pillar_is_an_error_naming_the_key(mod, monkeypatch):
+    bad = {"edge_ha": {"nodes": PILLAR_NODES, "vrrp_instances": {}, "kubernetes": {"external_ips": "everything"}}}
+    monkeypatch.setattr(mod, "__pillar__", bad, raising=False)
+    with pytest.raises(SaltInvocationError, match=r"edge_ha:kubernetes:external_ips: 'everything' is not allowed"):
+        mod._resolve(None)
+
+
+def test_no_edge_ha_pillar_means_defaults(mod, monkeypatch):
+    monkeypatch.setattr(mod, "__pillar__", {"other": 1}, raising=False)
+    assert mod._resolve(None, need_vips=True) == (mod.settings(None), [], {})
 
 
 def test_event_body(mod):
     service = {"metadata": {"name": "svc", "namespace": "ns", "uid": "u1", "resourceVersion": "7"}}
-    event = mod.event_body(service, ["a"], ["a", VIP], "edge2 ingress ready" + "x" * 2000, "edge1")
+    message = mod.external_ips_message(["a"], ["a", VIP], "edge2 ingress ready" + "x" * 2000)
+    event = mod.event_body(service, mod.EVENT_REASON, message, "edge1")
     assert event["involvedObject"] == {
         "apiVersion": "v1", "kind": "Service", "name": "svc", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
     }
-    assert event["reason"] == mod.EVENT_REASON and event["type"] == "Normal"
+    assert event["metadata"]["namespace"] == "ns"
+    assert event["reason"] == "ExternalIPsUpdated" and event["type"] == "Normal"
     assert f"added {VIP}" in event["message"] and "Reason: edge2 ingress ready" in event["message"]
-    assert len(event["message"]) <= 1024
+    assert len(event["message"]) == 1024
     assert event["metadata"]["name"].startswith("svc.")
+    assert event["source"] == {"component": "salt-edge-ha", "host": "edge1"}
+    assert (event["reportingComponent"], event["reportingInstance"]) == ("salt-edge-ha", "edge1")
+
+    warning = mod.event_body(service, "SplitBrainFenced", "two holders", "master", "Warning")
+    assert (warning["reason"], warning["type"], warning["message"]) == ("SplitBrainFenced", "Warning", "two holders")
+
+
+@pytest.mark.parametrize("reason", ["VIPFailover", "VIPFenced", "StaleVIPRemoved", "SplitBrainFenced",
+                                    "NodeDrained", "NodeUndrained", "RolloutStopped", "ExternalIPsUpdated"])
+def test_runner_event_reasons_are_valid(mod, reason):
+    assert reason in mod.EVENT_REASONS
+    mod.check_event(reason, "Normal")
+    mod.check_event(reason, "Warning")
+
+
+@pytest.mark.parametrize(
+    "reason,event_type,match",
+    [
+        ("vip failover", "Normal", "reason must be an UpperCamelCase word"),
+        ("", "Normal", "reason must be"),
+        (None, "Normal", "reason must be"),
+        ("A" * 129, "Normal", "reason must be"),
+        ("VIPFailover", "Error", "event_type must be one of Normal, Warning, not 'Error'"),
+    ],
+)
+def test_bad_event_arguments(mod, reason, event_type, match):
+    with pytest.raises(SaltInvocationError, match=match):
+        mod.check_event(reason, event_type)
+
+
+# ---------------------------------------------------------------- VIP owners
+
+
+def test_owners_are_normalised(mod):
+    owners = {
+        "198.18.0.100/24": "edge2",
+        "198.18.0.101": None,
+        "198.18.0.102": ["edge3", "edge1", "edge3"],
+        "198.18.0.103": ["edge1"],
+        "198.18.0.104": [],
+    }
+    assert mod.normalize_owners(owners) == {
+        "198.18.0.100": "edge2",
+        "198.18.0.101": None,
+        "198.18.0.102": ["edge1", "edge3"],
+        "198.18.0.103": "edge1",
+        "198.18.0.104": None,
+    }
+    assert mod.normalize_owners({}) == {}
+
+
+def test_owners_annotation_is_compact_sorted_json(mod):
+    value = mod.format_owners(mod.normalize_owners({"198.18.0.101": ["edge2", "edge1"], "198.18.0.100": "edge2", "10.0.0.1": None}))
+    assert value == '{"10.0.0.1":null,"198.18.0.100":"edge2","198.18.0.101":["edge1","edge2"]}'
+    assert mod.parse_owners(value) == {"10.0.0.1": None, "198.18.0.100": "edge2", "198.18.0.101": ["edge1", "edge2"]}
+    assert mod.parse_owners(None) is None
+    assert mod.parse_owners("edge2") == "edge2"  # not JSON: returned as found (and rewritten)
+    assert mod.parse_owners("[1]") == "[1]"
+
+
+@pytest.mark.parametrize(
+    "owners,match",
+    [
+        ("198.18.0.100=edge2", "owners must be a mapping"),
+        ({"vip1": "edge1"}, "not an IP address: 'vip1'"),
+        ({"198.18.0.100": 3}, "owners:198.18.0.100: the owner must be a node name, null or a list"),
+        ({"198.18.0.100": ["edge1", ""]}, "owners:198.18.0.100"),
+        ({"198.18.0.100": "edge1", "198.18.0.100/24": "edge2"}, "VIP 198.18.0.100 is given twice"),
+    ],
+)
+def test_bad_owners_are_rejected(mod, owners, match):
+    with pytest.raises(SaltInvocationError, match=match):
+        mod.normalize_owners(owners)
+
+
+# ---------------------------------------------------------------- excluded nodes
+
+
+def _node(name, unschedulable=None, labels=None):
+    node = {"metadata": {"name": name, "labels": dict(labels or {})}, "spec": {}}
+    if unschedulable is not None:
+        node["spec"]["unschedulable"] = unschedulable
+    return node
+
+
+def test_node_exclusions(mod):
+    label = "node.kubernetes.io/exclude-from-external-load-balancers"
+    nodes = [
+        _node("neither", labels={"kubernetes.io/hostname": "neither"}),
+        _node("cordoned", unschedulable=True),
+        _node("labelled", labels={label: ""}),
+        _node("both", unschedulable=True, labels={label: "true"}),
+        _node("uncordoned", unschedulable=False, labels={"node.kubernetes.io/exclude-from-external": "x"}),
+        {"metadata": {"name": "bare"}},
+    ]
+    assert mod.node_exclusions(nodes) == {
+        "cordoned": "cordoned",
+        "labelled": f"label {label}",
+        "both": f"cordoned; label {label}",
+    }
+    assert mod.node_exclusions([]) == {}
 
 
 def test_backoff_is_bounded(mod):
@@ -302,7 +452,7 @@ def test_rbac_restricts_the_service_and_binds_the_service_account(mod):
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
     (role,) = by_kind["Role"]
-    defaults = mod.DEFAULTS
+    defaults = mod.edge_ha_model.DEFAULT_KUBERNETES
     assert role["metadata"]["namespace"] == defaults["service"]["namespace"] == defaults["ingress_pods"]["namespace"]
     (services_rule,) = [r for r in role["rules"] if "services" in r["resources"]]
     assert services_rule["resourceNames"] == [defaults["service"]["name"]]
