@@ -80,7 +80,17 @@ def convergence_section(res):
                                      for p in parts]
                                   + [f"{fmt(median(total), 3)} / {fmt(summary(total)['p95'], 3)}",
                                      ", ".join(f"{k} {v}" for k, v in sorted(triggers.items()))])
-    out = [table(["setup", "stop", "runs", "VRRP transition after the stop, s", "Service right after the transition, s",
+    checked = [(label, fr) for key, label in [("failover_default", "project defaults"),
+                                              ("failover_watch", "defaults + watch"), ("failover_fast", "fast option")]
+               for fr in [res.get(key)] if fr]
+    notes = []
+    for label, fr in checked:
+        runs = [r for how in fr.values() for r in how if "report_ok" in r]
+        if runs:
+            notes.append(f"{label}: {sum(1 for r in runs if r['report_ok'])} of {len(runs)}")
+    out = [("`edge.vip_report` checked after every fifth run (owner the new node, no flags, Service match): "
+            + "; ".join(notes) + " right.") if notes else "", ""]
+    out += [table(["setup", "stop", "runs", "VRRP transition after the stop, s", "Service right after the transition, s",
                   "report right after the transition, s", "Service right after the stop, s",
                   "report right after the stop, s"], rows), ""]
     out.append("Where the time goes, from the condition to the end of the Service write that made it right "
@@ -115,7 +125,7 @@ def planned_section(res):
                          sum(r["lost"] for r in runs), sum(r["sent"] for r in runs),
                          _msp([r["duration"] for r in runs]) + "; VIP settled " + _msp([r["settled"] for r in runs]),
                          "-", sum(1 for r in runs if r["ok"])])
-    text = table(["operation (second VIP added / removed in turn)", "runs", "requests lost", "requests sent",
+    text = table(["operation (`vrrp_garp_master_refresh 60` in global_defs, added / removed in turn)", "runs", "requests lost", "requests sent",
                   "duration, s (median / p95 / max)", "median vs plain", "runs correct"], rows)
     if "drain" in res and not drain:
         text += ("\n\n`edge.drain` / `edge.undrain`: **not measured** — `_runners/edge.py` on this branch has no "
@@ -159,6 +169,11 @@ def sections(res):
         out["scale"] = scale.markdown(res["scale"], res["command"])
     if "burn" in res:
         out["burn"] = burn_section(res)
+    errors = res.get("block_errors") or {}
+    if errors:
+        note = "\n\nBlocks that failed in this run (the traceback's last line):\n\n" + "\n".join(
+            f"- `{name}`: {text.strip().splitlines()[-1]}" for name, text in errors.items())
+        out["run"] += note
     if res.get("ipvs_markdown"):
         out["ipvs"] = res["ipvs_markdown"]
     return out

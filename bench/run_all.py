@@ -78,7 +78,8 @@ def main(argv=None):
     finally:
         res["seconds"] = round(time.monotonic() - started, 1)
         res["load_end"] = loadavg()
-        out = pathlib.Path(args.json or (work / "results.json" if args.quick else REPO / "bench" / "results" / "last.json"))
+        out = pathlib.Path(args.json or (pathlib.Path(f"/tmp/ehb-quick-{os.getpid()}.json") if args.quick
+                                         else REPO / "bench" / "results" / "last.json"))
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1, default=str))
         log(f"raw results: {out}")
@@ -90,15 +91,75 @@ def main(argv=None):
             log(f"rewrote the tables in {DOC}")
         if args.quick:
             print(report.summary_text(res))
-        shutil.rmtree(work, ignore_errors=True) if args.json is None and not args.quick else None
+        shutil.rmtree(work, ignore_errors=True)
     return 1 if "error" in res else 0
 
 
 def run_lab(res, only, reps, burn, work, pid):
     from bench.edges import PlainEdge, ProjectEdge  # pylint: disable=import-outside-toplevel
 
+    extra = reps if reps < 10 else 10  # the extra columns (watch, fast option): 10 repetitions
+    res["reps_extra"] = extra
     plain = PlainEdge(work / "plain", f"ehp{pid}", label="plain")
     project = ProjectEdge(work / "lab", f"ehb{pid}", work / "events.jsonl", work / "kube-requests.jsonl")
+
+    def guard(name, fn):
+        """Run one block; a failure is recorded (and shown in the docs) and the next block still runs."""
+        try:
+            fn()
+        except Exception:  # pylint: disable=broad-except
+            res.setdefault("block_errors", {})[name] = traceback.format_exc()[-3000:]
+            log(f"block {name} FAILED:\n{res['block_errors'][name]}")
+
+    def failover_default():
+        log("failover: the project's defaults (VRRPv2, advert_int 1, beacons every 1 s)")
+        project.set_variant("default", watch=0)
+        project.label = "default"
+        res["failover_default"] = lab_bench.failover(project, reps, work)
+        res["convergence_default"] = {h: lab_bench.convergence(project, runs)
+                                      for h, runs in res["failover_default"].items()}
+        res["minion_cpu_watch_off"] = lab_bench.minion_cpu(project, 10 if reps < 10 else 60)
+
+    def failover_watch():
+        log("convergence with the vrrp beacon's watch: 0.05 (same VRRP settings)")
+        project.set_variant("default", watch=0.05)
+        project.label = "default+watch"
+        res["minion_cpu_watch_on"] = lab_bench.minion_cpu(project, 10 if reps < 10 else 60)
+        res["failover_watch"] = lab_bench.failover(project, extra, work, hows=("sigkill",))
+        res["convergence_watch"] = {h: lab_bench.convergence(project, runs)
+                                    for h, runs in res["failover_watch"].items()}
+
+    def failover_fast():
+        log("failover: the fast option (VRRPv3, advert_int 0.1, watch 0.05)")
+        project.set_variant("fast", watch=0.05)
+        project.label = "fast"
+        res["failover_fast"] = lab_bench.failover(project, extra, work)
+        res["convergence_fast"] = {h: lab_bench.convergence(project, runs)
+                                   for h, runs in res["failover_fast"].items()}
+
+    def planned():
+        project.set_variant("default", watch=0)
+        project.label = "default"
+        log("planned: re-render with a changed pillar (plain: edit + SIGHUP; project: pillar + edge.reconcile)")
+        res["rerender_plain"] = lab_bench.planned_rerender(plain, reps, work)
+        res["rerender_project"] = lab_bench.planned_rerender(project, reps, work)
+
+    def drain():
+        if lab_bench.drain_available():
+            log("planned: edge.drain / edge.undrain")
+            project.set_variant("default", watch=0)
+            res["drain"] = lab_bench.planned_drain(project, reps, work, max_seconds=900)
+        else:
+            res["drain"] = None
+            log("planned: edge.drain is not in _runners/edge.py on this branch: not measured")
+
+    def cpu_burn():
+        project.set_variant("default", watch=0)
+        log(f"false failovers: {burn} s of CPU burn in the edge namespaces (plain and project side by side)")
+        res["other_load_before_burn"] = other_load([os.getpid()])
+        res["burn"] = lab_bench.cpu_burn([plain, project], burn, burners_per_edge=2)
+        res["burn_idle"] = lab_bench.cpu_burn([plain, project], min(burn, 60), burners_per_edge=0)
+
     try:
         log("building the plain setup and the project's lab")
         t = time.monotonic()
@@ -107,45 +168,15 @@ def run_lab(res, only, reps, burn, work, pid):
         res["lab_up_seconds"] = round(time.monotonic() - t, 1)
         if only & {"failover", "convergence"}:
             log("failover: plain keepalived")
-            res["failover_plain"] = lab_bench.failover(plain, reps, work)
-            log("failover: the project's defaults (VRRPv2, advert_int 1, beacons every 1 s)")
-            project.set_variant("default", watch=0)
-            project.label = "default"
-            res["failover_default"] = lab_bench.failover(project, reps, work)
-            res["convergence_default"] = {h: lab_bench.convergence(project, runs)
-                                          for h, runs in res["failover_default"].items()}
-            res["minion_cpu_watch_off"] = lab_bench.minion_cpu(project, 10 if reps < 10 else 60)
-            log("convergence with the vrrp beacon's watch: 0.05 (same VRRP settings)")
-            project.set_variant("default", watch=0.05)
-            project.label = "default+watch"
-            res["minion_cpu_watch_on"] = lab_bench.minion_cpu(project, 10 if reps < 10 else 60)
-            res["failover_watch"] = lab_bench.failover(project, reps, work, hows=("sigkill",))
-            res["convergence_watch"] = {h: lab_bench.convergence(project, runs)
-                                        for h, runs in res["failover_watch"].items()}
-            log("failover: the fast option (VRRPv3, advert_int 0.1, watch 0.05)")
-            project.set_variant("fast", watch=0.05)
-            project.label = "fast"
-            res["failover_fast"] = lab_bench.failover(project, reps, work)
-            res["convergence_fast"] = {h: lab_bench.convergence(project, runs)
-                                       for h, runs in res["failover_fast"].items()}
+            guard("failover_plain", lambda: res.__setitem__("failover_plain", lab_bench.failover(plain, reps, work)))
+            guard("failover_default", failover_default)
+            guard("failover_watch", failover_watch)
+            guard("failover_fast", failover_fast)
         if "planned" in only:
-            project.set_variant("default", watch=0)
-            project.label = "default"
-            log("planned: re-render with a changed pillar (plain: edit + SIGHUP; project: pillar + edge.reconcile)")
-            res["rerender_plain"] = lab_bench.planned_rerender(plain, reps, work)
-            res["rerender_project"] = lab_bench.planned_rerender(project, reps, work)
-            if lab_bench.drain_available():
-                log("planned: edge.drain / edge.undrain")
-                res["drain"] = lab_bench.planned_drain(project, reps, work)
-            else:
-                res["drain"] = None
-                log("planned: edge.drain is not in _runners/edge.py on this branch: not measured")
+            guard("planned", planned)
+            guard("drain", drain)
         if "burn" in only:
-            project.set_variant("default", watch=0)
-            log(f"false failovers: {burn} s of CPU burn in the edge namespaces (plain and project side by side)")
-            res["other_load_before_burn"] = other_load([os.getpid()])
-            res["burn"] = lab_bench.cpu_burn([plain, project], burn, burners_per_edge=2)
-            res["burn_idle"] = lab_bench.cpu_burn([plain, project], min(burn, 60), burners_per_edge=0)
+            guard("burn", cpu_burn)
     finally:
         log("tearing down")
         project.down()
