@@ -195,8 +195,10 @@ def planned_rerender(edge, reps, workdir):
         if edge.kind == "project":
             edge.extra_vip = extra
             result = edge.apply_pillar()
-            applied = [a for a in result.get("actions", []) if "re-applied" in a]
-            ok = len(applied) == 3 and all("(ok)" in a for a in applied) and not result.get("error")
+            # the re-apply may be done by this reconcile or by one the pillar refresh triggered first (the
+            # beacons restart and fire snapshots); either way no rollout since the change may have failed
+            rollouts = [r for r in edge.lab.reconcile_log() if r.get("kind") == "rollout" and r["time"] >= start]
+            ok = not result.get("error") and not any(r.get("error") for r in rollouts)
         else:
             edge.reload_all(extra)
             ok = True
