@@ -14,7 +14,22 @@ Reads what keepalived's notify FIFO script records in the state directory
   host answers ARP for it too (an RFC 5227 probe every ``conflict_check``
   seconds, default 5; IPv4): ``conflicts`` (VIP -> MAC addresses), ``time``.
 
+Every event carries ``seen``: when the beacon produced it (the minion's
+clock), next to ``time`` (when keepalived's notify script recorded the
+transition).
+
 The events are hints: the master re-reads the node before acting.
+
+Salt runs beacons from a periodic callback of the minion's event loop that is
+fixed at 1 s in Salt 3008 (``loop_interval`` does not change it), so a
+transition waits up to 1 s for the next look. ``watch`` removes that wait: a
+helper thread looks every ``watch`` seconds at two cheap things, the size and
+mtime of ``transitions.log`` and whether the pids in keepalived's pid files
+(process mode, ``keepalived:pid_dir``) are alive, and when either changes it
+schedules one extra run of this beacon on the minion's event loop (the same
+code, between the regular runs, never concurrently with them). The events
+are fired exactly as Salt fires beacon events. Cost: a few system calls per
+look (measured in docs/benchmarks.md).
 
 .. code-block:: yaml
 
@@ -23,16 +38,20 @@ The events are hints: the master re-reads the node before acting.
         - interval: 1          # seconds between looks at the state directory
         - state_dir: /run/edge-ha   # optional, default: keepalived:state_dir
         - conflict_check: 5         # seconds between ARP checks for a second VIP holder (0: off)
+        - watch: 0.05               # optional: react within 50 ms instead of up to 1 s (0: off)
 """
 
+import contextvars
 import os
+import threading
 import time
 
 import salt.utils.beacons
+import salt.utils.event
 
 __virtualname__ = "vrrp"
 
-ALLOWED = ("interval", "state_dir", "conflict_check")
+ALLOWED = ("interval", "state_dir", "conflict_check", "watch")
 
 
 def __virtual__():
@@ -50,6 +69,9 @@ def validate(config):
     check = conf.get("conflict_check", 5)
     if not isinstance(check, (int, float)) or isinstance(check, bool) or check < 0:
         return False, "vrrp beacon: conflict_check must be a number of seconds (0 turns the ARP check off)"
+    watch = conf.get("watch", 0)
+    if not isinstance(watch, (int, float)) or isinstance(watch, bool) or not (watch == 0 or 0.01 <= watch <= 1):
+        return False, "vrrp beacon: watch must be 0 (off) or a number of seconds from 0.01 to 1"
     if "state_dir" in conf and (not isinstance(conf["state_dir"], str) or not conf["state_dir"].startswith("/")):
         return False, "vrrp beacon: state_dir must be an absolute path"
     return True, "valid vrrp beacon configuration"
@@ -104,12 +126,100 @@ def _read(path):
         return ""
 
 
+def watch_signature(log_path, pid_paths):
+    """What the watcher compares between looks: the log's size and mtime, and which keepalived pids are alive."""
+    try:
+        st = os.stat(log_path)
+        sig = [st.st_size, st.st_mtime_ns]
+    except OSError:
+        sig = [None, None]
+    for path in pid_paths:
+        pid = 0
+        try:
+            with open(path, encoding="ascii") as fh:
+                pid = int(fh.read().strip() or 0)
+        except (OSError, ValueError):
+            pass
+        alive = False
+        if pid > 0:
+            try:
+                with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+                    # the state field; Z = zombie: dead, not reaped (a killed keepalived whose parent never waits)
+                    alive = fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except (OSError, IndexError):
+                alive = False
+        sig.append((pid, alive))
+    return sig
+
+
+def _watcher(ctx, log_path, pid_paths, loop, run_now):
+    """Helper thread: look every ctx['watch'] seconds; on a change, schedule a beacon run on the minion's loop."""
+    last = watch_signature(log_path, pid_paths)
+    while ctx.get("watch"):
+        time.sleep(ctx["watch"])
+        sig = watch_signature(log_path, pid_paths)
+        if sig != last:
+            last = sig
+            try:
+                loop.add_callback(run_now)
+            except RuntimeError:  # the loop is closed: the minion is stopping
+                return
+
+
+def _start_watch(conf, ctx, state_dir, mod):
+    """Start the watcher thread once (it ends when ``watch`` is turned off or the minion stops)."""
+    ctx["watch"] = conf.get("watch", 0)
+    thread = ctx.get("watcher")
+    if not ctx["watch"] or (thread and thread.is_alive()):
+        return
+    import tornado.ioloop  # pylint: disable=import-outside-toplevel
+
+    opts = __opts__  # pylint: disable=undefined-variable
+    settings = mod["keepalived.settings"]()
+    pid_paths = []
+    if settings.get("service_mode") == "process":
+        pid_paths = [os.path.join(settings["pid_dir"], "keepalived.pid"),
+                     os.path.join(settings["pid_dir"], "keepalived_vrrp.pid")]
+    loop = tornado.ioloop.IOLoop.current()
+
+    def run_now():
+        # on the minion's event loop, like the regular beacon run
+        events = _look(conf, ctx, mod, state_dir)
+        if not events:
+            return
+        base = f"salt/beacon/{opts['id']}/{__virtualname__}/"
+        beacons = [{"tag": base + ev.pop("tag"), "data": dict(ev, id=opts["id"]), "beacon_name": __virtualname__}
+                   for ev in events]
+        with salt.utils.event.get_event("minion", opts=opts, listen=False) as bus:
+            bus.fire_event({"beacons": beacons}, "__beacons_return")
+
+    # the thread runs in a copy of this call's context, so the scheduled runs see this module's loader context
+    thread = threading.Thread(target=contextvars.copy_context().run,
+                              args=(_watcher, ctx, os.path.join(state_dir, "transitions.log"), pid_paths, loop,
+                                    run_now),
+                              name="edge-ha-vrrp-watch", daemon=True)
+    ctx["watcher"] = thread
+    thread.start()
+
+
 def beacon(config):
     """Fire the snapshot once, then one event per recorded transition."""
     conf = salt.utils.beacons.list_to_dict(config)
     mod = __salt__  # pylint: disable=undefined-variable
     ctx = __context__.setdefault("edge_ha_vrrp", {})  # pylint: disable=undefined-variable
     state_dir = conf.get("state_dir") or mod["keepalived.settings"]()["state_dir"]
+    events = _look(conf, ctx, mod, state_dir)
+    _start_watch(conf, ctx, state_dir, mod)
+    return events
+
+
+def _look(conf, ctx, mod, state_dir):
+    """One look at the node: the events to fire (each stamped with ``seen``)."""
+    seen_at = time.time()
+    return [dict(ev, seen=seen_at) for ev in _events(conf, ctx, mod, state_dir)]
+
+
+def _events(conf, ctx, mod, state_dir):
     log_text = _read(os.path.join(state_dir, "transitions.log"))
     if "started" not in ctx:
         status = mod["keepalived.status"]()

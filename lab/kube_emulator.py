@@ -19,6 +19,7 @@ import signal
 import socketserver
 import sys
 import threading
+import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -46,6 +47,24 @@ def seed(api, data):
                            {"name": "https", "port": 443, "protocol": "TCP", "targetPort": 443}])
 
 
+def log_requests(api, path):
+    """Append one JSON line per request (method, path, start, end: wall-clock seconds) to ``path``
+    (set EDGE_HA_KUBE_REQUEST_LOG; the benchmarks use it to time the Kubernetes calls)."""
+    handle = api.handle
+    lock = threading.Lock()
+
+    def logged(handler):
+        start = time.time()
+        try:
+            return handle(handler)
+        finally:
+            line = json.dumps({"method": handler.command, "path": handler.path, "start": start, "end": time.time()})
+            with lock, open(path, "a", encoding="utf-8") as fh:
+                fh.write(line + "\n")
+
+    api.handle = logged
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", required=True)
@@ -55,6 +74,8 @@ def main():
     args = parser.parse_args()
     api = KubeAPIEmulator(port=args.port).start()
     seed(api, json.loads(pathlib.Path(args.seed).read_text()))
+    if os.environ.get("EDGE_HA_KUBE_REQUEST_LOG"):
+        log_requests(api, os.environ["EDGE_HA_KUBE_REQUEST_LOG"])
     api.write_kubeconfig(args.kubeconfig)
     if os.path.exists(args.socket):
         os.unlink(args.socket)

@@ -201,3 +201,38 @@ def test_split_brain_fences_the_lower_priority_holder_then_lifts_after_hold():
     assert "edge2" not in early["service_nodes"]
     late = runner.plan(model, reports, now=1021.0, split_hold=30)
     assert late["unfence"] == ["edge2"] and "edge2" in late["service_nodes"]
+
+
+def test_vrrp_watch_option_validation():
+    assert vrrp.validate([{"interval": 1}, {"watch": 0.05}])[0]
+    assert vrrp.validate([{"watch": 0}])[0]
+    for bad in (0.001, 2, True, "fast"):
+        ok, msg = vrrp.validate([{"watch": bad}])
+        assert not ok and "watch must be 0 (off)" in msg
+
+
+def test_vrrp_watch_signature_sees_log_growth_and_process_death(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    log = tmp_path / "transitions.log"
+    pidfile = tmp_path / "keepalived.pid"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])  # pylint: disable=consider-using-with
+    try:
+        pidfile.write_text(str(child.pid))
+        first = vrrp.watch_signature(str(log), [str(pidfile)])
+        assert first[:2] == [None, None] and first[2] == (child.pid, True)
+        log.write_text("1.0 VI_1 MASTER 150\n")
+        second = vrrp.watch_signature(str(log), [str(pidfile)])
+        assert second != first and second[0] == len("1.0 VI_1 MASTER 150\n")
+        child.kill()
+        child.wait()
+        third = vrrp.watch_signature(str(log), [str(pidfile)])
+        assert third[2] == (child.pid, False) and third[:2] == second[:2]
+        assert vrrp.watch_signature(str(log), [str(tmp_path / "missing.pid")])[2] == (0, False)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert os.path.exists(log)

@@ -1,0 +1,364 @@
+"""
+The lab benchmarks (items 1, 2, 3, 5 of docs/benchmarks.md): failover, the
+convergence of the Service and the report, planned operations, false
+failovers under CPU load, and the cost of the vrrp beacon's ``watch``.
+Called by bench/run_all.py, which builds and tears down the edges.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import log, summary  # noqa: E402
+from bench.edges import ADDR, NODES, VIP, addresses, wait_for  # noqa: E402
+
+PROBE_RATE = 20  # requests per second, each with a 2 s deadline
+TAIL = 1.5  # seconds of probing after the last thing measured
+
+
+# --------------------------------------------------------------------------- 1. failover
+
+
+def failover_rep(edge, how, workdir, rep):
+    """One stop of the VIP owner under probing. Times are seconds after the signal."""
+    edge.restore(how) if rep.get("restore_first") else None
+    prober = edge.prober(workdir / f"probe-{edge.label}-{how}-{rep['n']}.json", PROBE_RATE)
+    time.sleep(0.7)
+    t0 = time.time()
+    edge.stop_owner(how)
+    res = {"t0": t0, "how": how, "n": rep["n"]}
+    project = edge.kind == "project"
+    want = {"moved": None, "single": None}
+    if project:
+        want.update(service=None, report=None)
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        now = time.time() - t0
+        holders = edge.holders()
+        if want["moved"] is None and any(b in holders for b in edge.backups):
+            want["moved"] = now
+        if want["single"] is None and len(holders) == 1 and holders[0] != edge.owner:
+            want["single"] = now
+        if project:
+            if want["service"] is None and edge.lab.external_ips() == edge.expected_ips(without=[edge.owner]):
+                want["service"] = now
+            if want["report"] is None and want["single"] is not None and want["service"] is not None:
+                want["report"] = now
+        if all(v is not None for v in want.values()):
+            break
+        if not project and want["moved"] is not None and now > want["moved"] + 3:
+            break  # the plain setup never removes a SIGKILL's stale VIP
+        time.sleep(0.02)
+    res.update(want)
+    last = max(v for v in want.values() if v is not None) if any(v is not None for v in want.values()) else 0
+    time.sleep(max(0.0, t0 + last + TAIL - time.time()))
+    probe = prober.stop()
+    res["sent"] = probe["requests"]
+    res["lost"] = probe["lost"]
+    res["lost_before_fault"] = sum(1 for t, _ in probe["lost_at"] if t < t0)
+    res["answers"] = probe["answers"]
+    if project:
+        trans = [t for t, inst, state in edge.transitions_log("edge2") + edge.transitions_log("edge3")
+                 if t > t0 and state == "MASTER"]
+        res["transition"] = (min(trans) - t0) if trans else None
+        if rep["n"] % 5 == 0:  # check the report itself now and then (a salt-run costs ~3 s)
+            row = edge.lab.report()["vips"][0]
+            res["report_ok"] = row["owner"] == ["edge2"] and row["flags"] == [] and row["service_match"] is True
+    edge.restore(how)
+    return res
+
+
+def failover(edge, reps, workdir, hows=("graceful", "sigkill")):
+    out = {}
+    for how in hows:
+        runs = []
+        for n in range(reps):
+            res = failover_rep(edge, how, workdir, {"n": n})
+            log(f"  {edge.label} {how} #{n + 1}: moved {res['moved']}, lost {res['lost']}/{res['sent']}"
+                + (f", service {res.get('service')}, report {res.get('report')}" if edge.kind == "project" else ""))
+            runs.append(res)
+        out[how] = runs
+    return out
+
+
+def failover_summary(runs):
+    return {
+        "moved": summary([r["moved"] for r in runs]),
+        "single": summary([r["single"] for r in runs]),
+        "lost": summary([r["lost"] for r in runs]),
+        "lost_total": sum(r["lost"] for r in runs),
+        "sent_total": sum(r["sent"] for r in runs),
+        "lost_before_fault": sum(r["lost_before_fault"] for r in runs),
+        "service": summary([r.get("service") for r in runs]) if "service" in runs[0] else None,
+        "report": summary([r.get("report") for r in runs]) if "report" in runs[0] else None,
+        "report_ok": sum(1 for r in runs if r.get("report_ok")) if "report_ok" in runs[0] else None,
+        "report_checked": sum(1 for r in runs if "report_ok" in r),
+    }
+
+
+# --------------------------------------------------------------------------- 2. convergence
+
+
+def _stamp(iso):
+    import datetime  # pylint: disable=import-outside-toplevel
+
+    try:
+        return datetime.datetime.fromisoformat(iso).replace(tzinfo=datetime.timezone.utc).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def convergence_split(run, events, requests, history):
+    """
+    Follow the Service write that made the Service right back to what caused it:
+
+    beacon   the condition began (the transition's time in transitions.log; for a
+             SIGKILL's stale_vip event: the kill) -> the beacon produced the event ('seen')
+    bus      'seen' -> the event arrived on the master's event bus (bench/bus_listener.py)
+    reactor  arrival -> the edge.trigger runner job started (salt/run/<jid>/new)
+    runner   job start -> the runner's Service read before its write (pillar, coalescing,
+             gathering every node's report, pods, keepalived.plan)
+    k8s      that read -> the end of the Service write (emulator request log)
+    """
+    t0 = run["t0"]
+    end = t0 + 40
+    svc = "/services/ingress-nginx-controller"
+    seen_right = t0 + run["service"] + 0.02 if run.get("service") is not None else end
+    # the write that made it right: the last Service write that ended before the poll saw the Service right
+    # (the reconcile also PATCHes the Service for other reasons, e.g. annotations)
+    writes = [r for r in requests if t0 <= r["start"] and r["end"] <= seen_right and r["method"] in ("PATCH", "PUT")
+              and r["path"].split("?")[0].endswith(svc)]
+    if not writes:
+        return None
+    write = writes[-1]
+    reads = [r for r in requests if t0 <= r["start"] <= write["start"] and r["method"] == "GET"
+             and r["path"].split("?")[0].endswith(svc)]
+    read = reads[-1] if reads else write
+    recs = [h for h in history if h.get("kind") == "reconcile" and h["time"] >= write["end"] - 0.01
+            and any(a.startswith("service externalIPs") for a in h.get("actions", []))]
+    reason = recs[0]["reason"] if recs else None
+    rec_start = recs[0]["time"] - recs[0]["seconds"] if recs else None
+    beacons = [e for e in events if e["tag"] == reason and t0 - 1 <= e["recv"] <= (rec_start or write["start"])]
+    if not beacons:
+        return {"write_end": write["end"] - t0, "reason": reason}
+    ev = beacons[-1]
+    jobs = [e for e in events if e["tag"].startswith("salt/run/") and e["tag"].endswith("/new")
+            and "edge.trigger" in str(e.get("fun")) and e["recv"] >= ev["recv"] - 0.001
+            and e["recv"] <= read["start"]]
+    job = jobs[0] if jobs else None
+    job_start = job["recv"] if job else None  # both ends seen by the same listener
+    began = ev.get("time") if ev["tag"].endswith("/transition") else t0
+    seen = ev.get("seen")
+    parts = {
+        "beacon": (seen - began) if seen and began else None,
+        "bus": (ev["recv"] - seen) if seen else None,
+        "reactor": (job_start - ev["recv"]) if job_start else None,
+        "runner": (read["start"] - job_start) if job_start else None,
+        "k8s": write["end"] - read["start"],
+    }
+    return dict(parts, trigger=ev["tag"], began=began - t0 if began else None, write_end=write["end"] - t0)
+
+
+def convergence(edge, runs):
+    events, requests, history = edge.events(), edge.kube_requests(), edge.lab.reconcile_log()
+    out = []
+    for run in runs:
+        split = convergence_split(run, events, requests, history)
+        trans = run.get("transition")
+        out.append({
+            "service_from_fault": run.get("service"),
+            "report_from_fault": run.get("report"),
+            "transition": trans,
+            "service_from_transition": (run["service"] - trans) if run.get("service") is not None and trans else None,
+            "report_from_transition": (run["report"] - trans) if run.get("report") is not None and trans else None,
+            "split": split,
+        })
+    return out
+
+
+# --------------------------------------------------------------------------- 3. planned operations
+
+
+def planned_rerender(edge, reps, workdir):
+    """Change the pillar (a second VIP added, then removed again) and apply it under probing."""
+    runs = []
+    for n in range(reps):
+        extra = n % 2 == 0
+        prober = edge.prober(workdir / f"probe-{edge.label}-rerender-{n}.json", PROBE_RATE)
+        time.sleep(1.0)
+        start = time.time()
+        if edge.kind == "project":
+            edge.extra_vip = extra
+            result = edge.apply_pillar()
+            # the re-apply may be done by this reconcile or by one the pillar refresh triggered first (the
+            # beacons restart and fire snapshots); either way no rollout since the change may have failed
+            rollouts = [r for r in edge.lab.reconcile_log() if r.get("kind") == "rollout" and r["time"] >= start]
+            ok = not result.get("error") and not any(r.get("error") for r in rollouts)
+        else:
+            edge.reload_all(extra)
+            ok = True
+        done = all(edge.changed(n, extra) for n in (NODES if edge.kind == "project" else ["e1"]))
+        duration = time.time() - start
+        settled = wait_for(lambda: edge.holders() == [edge.owner], 60, 0.05)
+        time.sleep(TAIL)
+        probe = prober.stop()
+        ok = ok and bool(done) and bool(settled)
+        runs.append({"duration": duration, "lost": probe["lost"], "sent": probe["requests"], "ok": ok,
+                     "answers": probe["answers"]})
+        log(f"  {edge.label} re-render #{n + 1}: {duration:.2f}s, lost {probe['lost']}/{probe['requests']}, ok {ok}")
+    if edge.kind == "project":
+        edge.extra_vip = False
+        edge.apply_pillar()
+        edge.baseline()
+    elif reps % 2:
+        edge.reload_all(False)
+    return runs
+
+
+def drain_available():
+    text = (REPO / "_runners" / "edge.py").read_text()
+    return "def drain(" in text and "def undrain(" in text
+
+
+def planned_drain(edge, reps, workdir, max_seconds=None):
+    """salt-run edge.drain edge1 (the VIP owner), then edge.undrain edge1, each under probing
+    (stops early after ``max_seconds``, keeping the repetitions done)."""
+    runs = []
+    begun = time.monotonic()
+    for n in range(reps):
+        if max_seconds and time.monotonic() - begun > max_seconds:
+            log(f"  drain: stopping after {n} repetitions ({max_seconds} s budget)")
+            break
+        for op in ("drain", "undrain"):
+            prober = edge.prober(workdir / f"probe-drain-{op}-{n}.json", PROBE_RATE)
+            time.sleep(1.0)
+            start = time.time()
+            result = edge.lab.run(f"edge.{op}", "edge1", timeout=300)
+            duration = time.time() - start
+            ok = isinstance(result, dict) and bool(result.get("ok"))
+            if op == "drain":
+                settled = wait_for(lambda: "edge1" not in edge.holders() and len(edge.holders()) == 1, 30, 0.05)
+            else:
+                settled = wait_for(lambda: edge.holders() == ["edge1"], 60, 0.05)
+            settle = time.time() - start
+            time.sleep(TAIL)
+            probe = prober.stop()
+            runs.append({"op": op, "duration": duration, "settled": settle if settled else None,
+                         "lost": probe["lost"], "sent": probe["requests"], "ok": ok and bool(settled),
+                         "result": {k: v for k, v in result.items() if k in ("ok", "comment", "error")}
+                         if isinstance(result, dict) else str(result)[:300]})
+            log(f"  drain {op} #{n + 1}: {duration:.2f}s (VIP settled {settle:.2f}s), lost {probe['lost']}/"
+                f"{probe['requests']}, ok {runs[-1]['ok']}")
+    edge.baseline()
+    return runs
+
+
+# --------------------------------------------------------------------------- 5. false failovers
+
+
+def cpu_burn(edges, seconds, burners_per_edge=1):
+    """Burn CPU in the edge namespaces for ``seconds``; count VRRP state changes and VIP holder changes."""
+    before = {e.label: _transition_counts(e) for e in edges}
+    burners = []
+    try:
+        for edge in edges:
+            nodes = list(NODES) if edge.kind == "project" else ["e1", "e2", "e3"]
+            for node in nodes[:burners_per_edge]:
+                cmd = (sys.executable, "-c", "while True: pass")
+                if edge.kind == "project":
+                    proc = edge.lab._spawn(node, f"bench-burn{len(burners)}", *cmd)
+                    burners.append((edge, proc, f"{node}-bench-burn{len(burners)}"))
+                else:
+                    burners.append((edge, edge.topo.spawn(node, *cmd), None))
+        samples = {e.label: {"samples": 0, "not_single_owner": 0, "owner_changes": 0} for e in edges}
+        last = {e.label: e.holders() for e in edges}
+        start = time.monotonic()
+        loads = []
+        while time.monotonic() - start < seconds:
+            for edge in edges:
+                holders = edge.holders()
+                s = samples[edge.label]
+                s["samples"] += 1
+                if holders != [edge.owner]:
+                    s["not_single_owner"] += 1
+                if holders != last[edge.label]:
+                    s["owner_changes"] += 1
+                    last[edge.label] = holders
+            if int(time.monotonic() - start) % 30 == 0:
+                loads.append(open("/proc/loadavg", encoding="ascii").read().split()[0])
+            time.sleep(0.25)
+    finally:
+        from tests.support.netns import kill_pids  # pylint: disable=import-outside-toplevel
+
+        for edge, proc, name in burners:
+            kill_pids([proc.pid], timeout=5)
+            proc.wait(timeout=10)
+            if name:
+                (edge.lab.dir / "pids" / f"{name}.pid").unlink(missing_ok=True)
+            elif proc in edge.topo.procs:
+                edge.topo.procs.remove(proc)
+    after = {e.label: _transition_counts(e) for e in edges}
+    out = {}
+    for edge in edges:
+        out[edge.label] = dict(samples[edge.label], transitions=after[edge.label] - before[edge.label],
+                               burners=burners_per_edge)
+    out["_loadavg"] = sorted(set(loads))
+    return out
+
+
+def _transition_counts(edge):
+    logs = edge.keepalived_log_transitions() if edge.kind == "project" else edge.transitions()
+    return sum(len(v) for v in logs.values())
+
+
+# --------------------------------------------------------------------------- cost of the beacon's watch
+
+
+def _cpu_seconds(pids):
+    total = 0.0
+    tick = 100.0
+    for pid in pids:
+        for p in [pid] + _descendants(pid):
+            try:
+                fields = open(f"/proc/{p}/stat", encoding="ascii").read().rsplit(")", 1)[1].split()
+                comm = open(f"/proc/{p}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"salt-minion" in comm:
+                total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def _descendants(pid):
+    out = subprocess.run(["ps", "-eo", "pid,ppid"], capture_output=True, text=True, check=False).stdout.split("\n")[1:]
+    children = {}
+    for line in out:
+        parts = line.split()
+        if len(parts) == 2:
+            children.setdefault(int(parts[1]), []).append(int(parts[0]))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def minion_cpu(edge, seconds):
+    pids = list(edge.minion_pids().values())
+    start_cpu, start = _cpu_seconds(pids), time.monotonic()
+    time.sleep(seconds)
+    return (_cpu_seconds(pids) - start_cpu) / (time.monotonic() - start) / len(pids)
+
+
+def results_json(path, data):
+    pathlib.Path(path).write_text(json.dumps(data, indent=1, default=str))
+
+
+__all__ = ["failover", "failover_summary", "convergence", "planned_rerender", "planned_drain", "drain_available",
+           "cpu_burn", "minion_cpu", "ADDR", "VIP"]

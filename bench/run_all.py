@@ -1,0 +1,187 @@
+"""
+Run the benchmarks and rewrite their tables in docs/benchmarks.md
+(between the ``<!-- bench:NAME -->`` markers; the rest of the file is kept).
+
+    .venv/bin/python bench/run_all.py            # everything (about 45 min on 2 cores)
+    .venv/bin/python bench/run_all.py --quick    # 3 repetitions, 20 s of CPU burn: a smoke run
+    .venv/bin/python bench/run_all.py --with-ipvs   # also bench/ipvs_sync.py in the qemu VM (slow)
+
+Needs root (network namespaces) and keepalived (make bootstrap). Namespaces
+are ``ehb<pid>-*`` (the project's lab) and ``ehp<pid>-*`` (the plain setup),
+the work directory /tmp/ehb-<pid>; all are removed at the end, also after a
+failure. A quick run writes its tables to the JSON only unless --doc is given.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench import lab_bench, report, scale  # noqa: E402
+from bench.common import DOC, loadavg, log, machine, other_load, replace_section  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="salt-edge-ha benchmarks")
+    parser.add_argument("--quick", action="store_true", help="3 repetitions, short CPU burn (smoke run)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 20, quick 3)")
+    parser.add_argument("--burn", type=int, default=None, help="CPU burn seconds (default 300, quick 20)")
+    parser.add_argument("--only", default="", help="comma-separated: scale,failover,convergence,planned,burn")
+    parser.add_argument("--with-ipvs", action="store_true", help="also run bench/ipvs_sync.py (qemu VM, slow)")
+    parser.add_argument("--doc", action="store_true", help="rewrite docs/benchmarks.md even in --quick mode")
+    parser.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
+    parser.add_argument("--json", default=None, help="raw results (default bench/results/last.json, quick: /tmp)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the lab benchmarks need root (network namespaces)", file=sys.stderr)
+        return 1
+    if not shutil.which("keepalived"):
+        print("keepalived is not installed (make bootstrap)", file=sys.stderr)
+        return 1
+    reps = args.reps or (3 if args.quick else 20)
+    burn = args.burn or (20 if args.quick else 300)
+    only = set(filter(None, args.only.split(","))) or {"scale", "failover", "convergence", "planned", "burn"}
+    command = "make bench" if not argv and not sys.argv[1:] else \
+        ".venv/bin/python bench/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    pid = os.getpid() % 10000
+    work = pathlib.Path(f"/tmp/ehb-{os.getpid()}")
+    work.mkdir(parents=True, exist_ok=True)
+    res = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+           "reps": reps, "burn_seconds": burn, "quick": args.quick, "load_start": loadavg(),
+           "other_load_start": other_load([os.getpid()])}
+    started = time.monotonic()
+    try:
+        if "scale" in only:
+            log("scale (pure Python)")
+            res["scale"] = scale.run(args.quick, log=log)
+        if only & {"failover", "convergence", "planned", "burn"}:
+            run_lab(res, only, reps, burn, work, pid)
+        if args.with_ipvs:
+            log("IPVS sync in the VM (bench/ipvs_sync.py)")
+            ipvs_json = work / "ipvs.json"
+            subprocess.run([sys.executable, str(REPO / "bench" / "ipvs_sync.py"), "--json", str(ipvs_json)],
+                           check=True)
+            res["ipvs_markdown"] = subprocess.run(
+                [sys.executable, str(REPO / "bench" / "ipvs_sync.py"), "--markdown-from", str(ipvs_json)],
+                check=True, capture_output=True, text=True).stdout
+    except BaseException:
+        res["error"] = traceback.format_exc()
+        log(f"FAILED:\n{res['error']}")
+    finally:
+        res["seconds"] = round(time.monotonic() - started, 1)
+        res["load_end"] = loadavg()
+        out = pathlib.Path(args.json or (pathlib.Path(f"/tmp/ehb-quick-{os.getpid()}.json") if args.quick
+                                         else REPO / "bench" / "results" / "last.json"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1, default=str))
+        log(f"raw results: {out}")
+        if not args.no_doc and (args.doc or not args.quick) and "error" not in res:
+            text = DOC.read_text()
+            for name, body in report.sections(res).items():
+                text = replace_section(text, name, body)
+            DOC.write_text(text)
+            log(f"rewrote the tables in {DOC}")
+        if args.quick:
+            print(report.summary_text(res))
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if "error" in res else 0
+
+
+def run_lab(res, only, reps, burn, work, pid):
+    from bench.edges import PlainEdge, ProjectEdge  # pylint: disable=import-outside-toplevel
+
+    extra = reps if reps < 10 else 10  # the extra columns (watch, fast option): 10 repetitions
+    res["reps_extra"] = extra
+    plain = PlainEdge(work / "plain", f"ehp{pid}", label="plain")
+    project = ProjectEdge(work / "lab", f"ehb{pid}", work / "events.jsonl", work / "kube-requests.jsonl")
+
+    def guard(name, fn):
+        """Run one block; a failure is recorded (and shown in the docs) and the next block still runs."""
+        try:
+            fn()
+        except Exception:  # pylint: disable=broad-except
+            res.setdefault("block_errors", {})[name] = traceback.format_exc()[-3000:]
+            log(f"block {name} FAILED:\n{res['block_errors'][name]}")
+
+    def failover_default():
+        log("failover: the project's defaults (VRRPv2, advert_int 1, beacons every 1 s)")
+        project.set_variant("default", watch=0)
+        project.label = "default"
+        res["failover_default"] = lab_bench.failover(project, reps, work)
+        res["convergence_default"] = {h: lab_bench.convergence(project, runs)
+                                      for h, runs in res["failover_default"].items()}
+        res["minion_cpu_watch_off"] = lab_bench.minion_cpu(project, 10 if reps < 10 else 60)
+
+    def failover_watch():
+        log("convergence with the vrrp beacon's watch: 0.05 (same VRRP settings)")
+        project.set_variant("default", watch=0.05)
+        project.label = "default+watch"
+        res["minion_cpu_watch_on"] = lab_bench.minion_cpu(project, 10 if reps < 10 else 60)
+        res["failover_watch"] = lab_bench.failover(project, extra, work, hows=("sigkill",))
+        res["convergence_watch"] = {h: lab_bench.convergence(project, runs)
+                                    for h, runs in res["failover_watch"].items()}
+
+    def failover_fast():
+        log("failover: the fast option (VRRPv3, advert_int 0.1, watch 0.05)")
+        project.set_variant("fast", watch=0.05)
+        project.label = "fast"
+        res["failover_fast"] = lab_bench.failover(project, extra, work)
+        res["convergence_fast"] = {h: lab_bench.convergence(project, runs)
+                                   for h, runs in res["failover_fast"].items()}
+
+    def planned():
+        project.set_variant("default", watch=0)
+        project.label = "default"
+        log("planned: re-render with a changed pillar (plain: edit + SIGHUP; project: pillar + edge.reconcile)")
+        res["rerender_plain"] = lab_bench.planned_rerender(plain, reps, work)
+        res["rerender_project"] = lab_bench.planned_rerender(project, reps, work)
+
+    def drain():
+        if lab_bench.drain_available():
+            log("planned: edge.drain / edge.undrain")
+            project.set_variant("default", watch=0)
+            res["drain"] = lab_bench.planned_drain(project, reps, work, max_seconds=900)
+        else:
+            res["drain"] = None
+            log("planned: edge.drain is not in _runners/edge.py on this branch: not measured")
+
+    def cpu_burn():
+        project.set_variant("default", watch=0)
+        log(f"false failovers: {burn} s of CPU burn in the edge namespaces (plain and project side by side)")
+        res["other_load_before_burn"] = other_load([os.getpid()])
+        res["burn"] = lab_bench.cpu_burn([plain, project], burn, burners_per_edge=2)
+        res["burn_idle"] = lab_bench.cpu_burn([plain, project], min(burn, 60), burners_per_edge=0)
+
+    try:
+        log("building the plain setup and the project's lab")
+        t = time.monotonic()
+        plain.up()
+        project.up()
+        res["lab_up_seconds"] = round(time.monotonic() - t, 1)
+        if only & {"failover", "convergence"}:
+            log("failover: plain keepalived")
+            guard("failover_plain", lambda: res.__setitem__("failover_plain", lab_bench.failover(plain, reps, work)))
+            guard("failover_default", failover_default)
+            guard("failover_watch", failover_watch)
+            guard("failover_fast", failover_fast)
+        if "planned" in only:
+            guard("planned", planned)
+            guard("drain", drain)
+        if "burn" in only:
+            guard("burn", cpu_burn)
+    finally:
+        log("tearing down")
+        project.down()
+        plain.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
