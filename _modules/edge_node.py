@@ -24,7 +24,7 @@ from salt.exceptions import CommandExecutionError
 __virtualname__ = "edge_node"
 
 __load__ = ["probe_ingress", "ingress_health", "record_ingress_health", "report", "vip_conflicts",
-            "quiesce", "vip_connections"]
+            "quiesce", "vip_connections", "release_when_taken_over"]
 
 QUIESCE_TABLE = "edge_ha_quiesce"
 
@@ -280,3 +280,34 @@ def vip_connections():
     if proc.returncode != 0:
         raise CommandExecutionError(f"ss failed: {proc.stderr.strip()}")
     return count_connections(proc.stdout, vips)
+
+
+def release_when_taken_over(timeout=15, interval=0.1):
+    """
+    After keepalived died without cleaning up (SIGKILL), this node still has
+    its VIPs and still answers for them, which is right until a backup takes
+    over. Wait (up to ``timeout`` s) until another host answers ARP for every
+    one of them (an RFC 5227 probe, IPv4), then remove them here
+    (``keepalived.release_stale_vips``). Does nothing while keepalived runs.
+    Returns the addresses removed.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_node.release_when_taken_over timeout=10
+    """
+    mod = __salt__  # pylint: disable=undefined-variable
+    deadline = time.monotonic() + float(timeout)
+    while True:
+        status = mod["keepalived.status"]()
+        if status["running"]:
+            return []
+        stale = [(i["interface"], v) for i in status["instances"].values() for v in i["vips_present"]]
+        if not stale:
+            return []
+        if all(":" in vip or arp_probe(iface, vip, timeout=0.1) for iface, vip in stale):
+            return mod["keepalived.release_stale_vips"]()
+        if time.monotonic() > deadline:
+            return []
+        time.sleep(float(interval))

@@ -179,25 +179,6 @@ def stale_vips_of(report):
     return sorted({v for i in report["keepalived"]["instances"].values() for v in i.get("vips_present", [])})
 
 
-def stale_copy_releasable(node, statuses):
-    """
-    Fast path for a stale VIP: ``statuses`` is ``{node: keepalived.status}``.
-    True when ``node``'s keepalived is not running, it still has VIPs, and
-    every one of them is held by another node whose keepalived runs (before
-    that, the stale copy is what still answers clients).
-    """
-    mine = statuses.get(node)
-    if not isinstance(mine, dict) or mine.get("running"):
-        return False
-    vips = {v for i in mine["instances"].values() for v in i.get("vips_present", [])}
-    held = {
-        v for n, st in statuses.items()
-        if n != node and isinstance(st, dict) and st.get("running")
-        for i in st["instances"].values() for v in i.get("vips_present", [])
-    }
-    return bool(vips) and vips <= held
-
-
 def vip_holders(model, reports, running_only=True):
     """``{vip: [nodes that have it on their interface]}`` (only nodes whose keepalived runs, by default)."""
     out = {}
@@ -1356,21 +1337,12 @@ def trigger(source="", claimed_id="", event_time=0, transition=None):
     if source.endswith("/vrrp/split_brain"):
         _record("conflict", node=claimed_id, why=source, seen=event_time)
     if source.endswith("/vrrp/stale_vip"):
-        # fast path: remove the stale copy as soon as a live node holds the VIP (before that, the
-        # killed node is what still answers). The node itself refuses while its keepalived runs,
-        # so a forged event cannot take a live VIP away.
-        released = None
-        deadline = time.monotonic() + float(__opts__.get("edge_ha_handover_timeout") or 15)  # pylint: disable=undefined-variable
-        client = _client()
-        while time.monotonic() < deadline:
-            statuses = client.cmd(sorted(nodes), "keepalived.status", tgt_type="list", timeout=5)
-            mine = statuses.get(claimed_id)
-            if not isinstance(mine, dict) or mine.get("running") or not stale_vips_of({"keepalived": mine}):
-                break  # restarted, or already gone
-            if stale_copy_releasable(claimed_id, statuses):
-                released = client.cmd(claimed_id, "keepalived.release_stale_vips", timeout=10).get(claimed_id)
-                break
-            time.sleep(0.2)
+        # fast path: the node removes its stale copy as soon as another host answers ARP for the
+        # VIP (before that, the killed node is what still answers). It refuses while its keepalived
+        # runs, so a forged event cannot take a live VIP away.
+        wait = float(__opts__.get("edge_ha_handover_timeout") or 15)  # pylint: disable=undefined-variable
+        released = _client().cmd(claimed_id, "edge_node.release_when_taken_over", [wait],
+                                 timeout=wait + 10).get(claimed_id)
         if released:
             _record("fence", node=claimed_id, action=f"stale VIPs removed: {released}", why=source,
                     seen=event_time)  # when the beacon saw it (as the minion says)

@@ -171,13 +171,3 @@ def test_stale_copy_stays_until_a_live_node_holds_the_vip():
     assert any(n.startswith("edge1: keepalived is not running; it still answers for 198.18.0.100") for n in wanted["notes"])
     after = dict(before, edge2=report("edge2", "MASTER", 140, [VIP]))
     assert runner.plan(model, after)["release"] == ["edge1"]
-
-    def status(rep):
-        return rep["keepalived"]
-
-    statuses = {n: status(r) for n, r in before.items()}
-    assert runner.stale_copy_releasable("edge1", statuses) is False
-    statuses["edge2"] = status(after["edge2"])
-    assert runner.stale_copy_releasable("edge1", statuses) is True
-    statuses["edge1"] = status(report("edge1", "MASTER", 150, [VIP]))  # keepalived runs: never
-    assert runner.stale_copy_releasable("edge1", statuses) is False
