@@ -192,14 +192,16 @@ def vip_holders(model, reports, running_only=True):
     return out
 
 
-def handover_state(model, reports, node):
+def handover_state(model, reports, node, vips=None):
     """
     Whether ``node`` has handed its VIPs over: it holds none of the VIPs of its
-    instances, and each of them is held by exactly one other node with a
-    running keepalived. Returns ``(done, {vip: holders})``.
+    instances (or of ``vips``: the ones it held when the handover began; a VIP
+    just added to the pillar has no holder yet), and each of them is held by
+    exactly one other node with a running keepalived. Returns ``(done, {vip: holders})``.
     """
     holders = vip_holders(model, reports, running_only=False)
-    mine = {v: holders[v] for inst in model["vrrp_instances"].values() if node in inst["nodes"] for v in inst["vips"]}
+    mine = {v: holders[v] for inst in model["vrrp_instances"].values() if node in inst["nodes"] for v in inst["vips"]
+            if vips is None or v in vips}
     live = vip_holders(model, reports)
     done = all(node not in h and len(live[v]) == 1 for v, h in mine.items())
     return done, mine
@@ -658,11 +660,12 @@ def _handover(model, node, reason, client):
     Standby on ``node`` (priority 1) and wait until other nodes hold its VIPs.
     Returns ``(done, holders, reports)``.
     """
+    held = {v for v, h in vip_holders(model, _gather(model), running_only=False).items() if node in h}
     client.cmd(node, "keepalived.standby", [True, reason], timeout=10)
     deadline = time.monotonic() + _handover_timeout(model, node)
     while True:
         reports = _gather(model)
-        done, holders = handover_state(model, reports, node)
+        done, holders = handover_state(model, reports, node, held)
         if done or time.monotonic() > deadline:
             return done, holders, reports
         time.sleep(0.3)
@@ -695,6 +698,7 @@ def _release(model, node, client, reason, standby_after, before=None, quiesce_ti
     steps.append(f"requests in flight finished in {time.monotonic() - start:.1f}s" if left == 0
                  else f"{left} connections still open after {timeout:.0f}s (edge_ha_quiesce_timeout); going on")
     oos = client.cmd(node, "keepalived.out_of_service_state", timeout=10).get(node) or {}
+    held = {v for v, h in vip_holders(model, _gather(model), running_only=False).items() if node in h}
     try:
         if before:
             before()
@@ -702,7 +706,7 @@ def _release(model, node, client, reason, standby_after, before=None, quiesce_ti
         deadline = time.monotonic() + _handover_timeout(model, node)
         while True:
             reports = _gather(model)
-            done, holders = handover_state(model, reports, node)
+            done, holders = handover_state(model, reports, node, held)
             if done or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -715,12 +719,12 @@ def _release(model, node, client, reason, standby_after, before=None, quiesce_ti
     return done, steps, holders, reports
 
 
-def _all_held(model, timeout=10):
-    """Wait until every VIP is held by a node with a running keepalived; returns (ok, holders, reports)."""
+def _all_held(model, vips, timeout=10):
+    """Wait until each of ``vips`` is held by a node with a running keepalived; returns (ok, holders, reports)."""
     deadline = time.monotonic() + timeout
     while True:
         reports = _gather(model)
-        holders = vip_holders(model, reports)
+        holders = {v: h for v, h in vip_holders(model, reports).items() if v in vips}
         if all(holders.values()) or time.monotonic() > deadline:
             return all(holders.values()), holders, reports
         time.sleep(0.3)
@@ -756,6 +760,8 @@ def _rollout(model, reports, plans, client, reason, retry_failed=False):
         info["held"], todo = sorted(todo), []
     info["order"] = order = rollout_order(todo, reports)
     drained = _drained()
+    # the VIPs that had an owner before: a VIP the change adds has none until its owner is reloaded (last)
+    held_before = {v for v, h in vip_holders(model, reports).items() if h}
     for node in order:
         digest = _config_hash(plans[node].get("new"))
         holds = any(i["vips_present"] for i in reports[node]["keepalived"]["instances"].values())
@@ -783,7 +789,7 @@ def _rollout(model, reports, plans, client, reason, retry_failed=False):
             if not (isinstance(check, dict) and check.get("running") and not check.get("diff")):
                 error = "keepalived is not running with the new config after the reload"
         if error is None:
-            held, holders, reports = _all_held(model)
+            held, holders, reports = _all_held(model, held_before)
             if not held:
                 error = f"a VIP has no owner after the reload: {holders}"
         if error:

@@ -121,6 +121,7 @@ def test_staged_reload_rolls_back_the_owner_and_stops(baseline):
     before = (lab.node_dir("edge1") / "keepalived.conf").read_text()
     changed = lab_pillar(lab.dir / "kubeconfig")
     changed["vrrp_instances"]["VI_INGRESS"]["garp_master_delay"] = 3
+    changed["vrrp_instances"]["VI_INGRESS"]["virtual_ipaddress"].append("198.18.0.101/24")  # a VIP added
     changed["nodes"]["edge1"]["interface"] = "eth9"
     with VipMonitor(lab, ["edge1", "edge2", "edge3"]) as monitor:
         result = reconcile_after(lab, lambda: (lab.set_fault_t_passes("edge1"), lab.set_pillar(changed)))
@@ -134,7 +135,8 @@ def test_staged_reload_rolls_back_the_owner_and_stops(baseline):
         assert (lab.node_dir("edge1") / "keepalived.conf").read_text() == before, "edge1 back on its previous config"
         assert os.path.exists(f"/proc/{lab.keepalived_pid('edge1')}"), "keepalived runs again on edge1"
         for node in ("edge2", "edge3"):
-            assert "garp_master_delay 3" in (lab.node_dir(node) / "keepalived.conf").read_text()
+            conf = (lab.node_dir(node) / "keepalived.conf").read_text()
+            assert "garp_master_delay 3" in conf and "198.18.0.101/24 dev eth0" in conf, conf
         # standby lifted after the rollback: edge1 (highest priority) takes the VIP back
         assert wait_for(lambda: lab.holders() == ["edge1"], 15), lab.holders()
         # the failed config is not retried by the next reconcile

@@ -171,3 +171,17 @@ def test_stale_copy_stays_until_a_live_node_holds_the_vip():
     assert any(n.startswith("edge1: keepalived is not running; it still answers for 198.18.0.100") for n in wanted["notes"])
     after = dict(before, edge2=report("edge2", "MASTER", 140, [VIP]))
     assert runner.plan(model, after)["release"] == ["edge1"]
+
+
+def test_handover_ignores_a_vip_nobody_held_when_it_began():
+    data = copy.deepcopy(EXAMPLE["edge_ha"])
+    data["nodes"]["edge3"] = {"address": "198.18.0.13", "interface": "eth0"}
+    del data["vrrp_instances"]["VI_INGRESS"]["priority"]
+    data["vrrp_instances"]["VI_INGRESS"]["virtual_ipaddress"].append("198.18.0.101/24")  # just added
+    model = edge_ha.normalize(data)
+    moved = {"edge1": report("edge1", prio=1), "edge2": report("edge2", "MASTER", 140, [VIP]),
+             "edge3": report("edge3", prio=130)}
+    assert runner.handover_state(model, moved, "edge1")[0] is False  # every VIP of the instance
+    assert runner.handover_state(model, moved, "edge1", {VIP}) == (True, {VIP: ["edge2"]})
+    gap = dict(moved, edge2=report("edge2", prio=140))  # released, nobody took it yet: not done
+    assert runner.handover_state(model, gap, "edge1", {VIP})[0] is False
