@@ -188,6 +188,7 @@ def test_history_and_metrics(baseline):
     # the stale VIP is removed by the fast path (a "fence" entry) or by a reconcile that got there first
     assert wait_for(lambda: any((r["kind"] == "fence" or (r["kind"] == "reconcile" and any(
         "stale VIPs removed" in a for a in r["actions"]))) and r["time"] > mark for r in lab.reconcile_log()), 30)
+    assert wait_for(lambda: any(r["kind"] == "reconcile" and r["time"] > mark for r in lab.reconcile_log()), 30)
     lab.wait_reconcile_idle()
     rows = lab.run("edge.history", "limit=100")
     recent = [r for r in rows if r["time"] > mark]
