@@ -39,7 +39,6 @@ callable without Salt; only the names in ``__load__`` are Salt functions.
 """
 
 import datetime
-import importlib.util
 import ipaddress
 import json
 import logging
@@ -47,9 +46,9 @@ import os
 import random
 import re
 import socket
-import sys
 import time
 
+from edge_ha_core import model as edge_ha_model
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 try:
@@ -69,25 +68,6 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
 log = logging.getLogger(__name__)
 
 
-def _load_model_module():
-    """``edge_ha.py`` (the pillar model), imported from beside this file.
-
-    Salt's loader offers it only as functions (``__salt__["edge_ha.model"]``);
-    the pure helpers here need its defaults and ``normalize()`` without Salt
-    too. Both files are in ``_modules`` (and in the minion's extmods after a
-    sync), so the sibling file is always there.
-    """
-    name = "edge_ha_model_for_edge_k8s"
-    if name not in sys.modules:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "edge_ha.py")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
-
-
-edge_ha_model = _load_model_module()
 
 __virtualname__ = "edge_k8s"
 

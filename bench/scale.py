@@ -27,7 +27,7 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "_utils")]  # the repo and the pure core (edge_ha_core)
 
 VIPS_PER_INSTANCE = 5
 # (VIPs, nodes): a VIP series at 50 nodes and a node series at 1,000 VIPs
@@ -90,7 +90,7 @@ def timed(fn):
 def one(vips, nodes):
     from tests.support.modload import load  # pylint: disable=import-outside-toplevel
 
-    edge_ha = load("_modules/edge_ha.py")
+    from edge_ha_core import model as edge_ha
     keepalived = load("_modules/keepalived.py")
     runner = load("_runners/edge.py")
     k8s = load("_modules/edge_k8s.py")

@@ -2,8 +2,10 @@ import pathlib
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+# the repo (tests.support, lab) and the pure core (edge_ha_core, in _utils as Salt ships it)
+for _path in (REPO / "_utils", REPO):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 def pytest_addoption(parser):

@@ -5,6 +5,9 @@ import pathlib
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# the loader modules import the pure core (edge_ha_core), which Salt finds in _utils
+if str(REPO / "_utils") not in sys.path:
+    sys.path.insert(0, str(REPO / "_utils"))
 
 
 def load(relpath, name=None):

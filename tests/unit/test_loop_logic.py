@@ -7,7 +7,7 @@ import yaml
 
 from tests.support.modload import load
 
-edge_ha = load("_modules/edge_ha.py")
+from edge_ha_core import model as edge_ha
 vrrp = load("_beacons/vrrp.py")
 ingress = load("_beacons/ingress_health.py")
 runner = load("_runners/edge.py")

@@ -8,7 +8,7 @@ import yaml
 
 from tests.support.modload import load
 
-edge_ha = load("_modules/edge_ha.py")
+from edge_ha_core import model as edge_ha
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "pillar" / "edge_ha.sls.example"
 
 

@@ -10,7 +10,7 @@ import yaml
 
 from tests.support.modload import load
 
-edge_ha = load("_modules/edge_ha.py")
+from edge_ha_core import model as edge_ha
 keepalived = load("_modules/keepalived.py")
 HERE = pathlib.Path(__file__).resolve().parent
 EXAMPLE = HERE.parents[1] / "pillar" / "edge_ha.sls.example"

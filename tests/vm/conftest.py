@@ -27,7 +27,7 @@ def _render(virtual_servers, nodes=None, state_dir="/run/edge-ha-vm", drained=()
     sys.path.insert(0, str(REPO))
     from tests.support.modload import load  # pylint: disable=import-outside-toplevel
 
-    edge_ha = load("_modules/edge_ha.py")
+    from edge_ha_core import model as edge_ha
     keepalived = load("_modules/keepalived.py")
     node_map = {name: dict(node, interface=VRRP_IF) for name, node in sorted((nodes or {}).items())}
     vips = sorted({vs["address"] for vs in virtual_servers.values()})

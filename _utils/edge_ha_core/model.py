@@ -1,0 +1,846 @@
+"""
+The ``edge_ha`` pillar model: validation and normalisation.
+
+Every other module of salt-edge-ha reads the pillar key ``edge_ha`` through this
+module. The model mirrors keepalived.conf keywords (``vrrp_instances`` ->
+``vrrp_instance`` blocks, ``virtual_servers`` -> ``virtual_server`` blocks,
+``vrrp_scripts`` -> ``vrrp_script``, ``vrrp_track_files`` -> ``vrrp_track_file``)
+so that a hand-written keepalived.conf maps over one to one. See
+``docs/pillar.md`` for every key and ``pillar/edge_ha.sls.example`` for a full
+example.
+
+This is plain Python (``validate_model``, ``normalize``, ``view_for_node``),
+imported by the execution modules, states, runner, beacons and tests alike
+(``import edge_ha_core.model``). The Salt-facing functions are the thin
+``edge_ha.validate``, ``edge_ha.model`` and ``edge_ha.node_view`` in
+``_modules/edge_ha.py``.
+
+Validation reports every error at once, each naming its pillar path
+(``edge_ha:vrrp_instances:VI_1:virtual_router_id``) and, where it applies, the
+allowed values. Nothing on a node is changed unless the model is valid.
+"""
+
+import ipaddress
+import numbers
+import re
+
+from salt.exceptions import CommandExecutionError
+from salt.exceptions import SaltInvocationError
+
+
+ROOT = "edge_ha"
+
+LB_ALGOS = ("rr", "wrr", "lc", "wlc", "lblc", "sh", "mh", "dh", "fo", "ovf", "lblcr", "sed", "nq")
+LB_KINDS = ("NAT", "DR", "TUN")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+AUTH_TYPES = ("PASS", "AH")
+STATES = ("MASTER", "BACKUP")
+MANAGED_BY = ("keepalived", "salt")
+CHECK_TYPES = ("TCP_CHECK", "HTTP_GET", "SSL_GET")
+EXTERNAL_IPS_POLICIES = ("vips_and_healthy_nodes", "vips_only")
+DERIVED_PRIORITY_TOP = 150
+DERIVED_PRIORITY_STEP = 10
+
+DEFAULT_KUBERNETES = {
+    "kubeconfig": None,
+    "context": None,
+    "service": {"namespace": "ingress-nginx", "name": "ingress-nginx-controller"},
+    "ingress_pods": {
+        "namespace": "ingress-nginx",
+        "label_selector": "app.kubernetes.io/component=controller",
+    },
+    "external_ips": "vips_and_healthy_nodes",
+    "request_timeout": 10,
+    "conflict_retries": 5,
+}
+
+
+
+class _Errors:
+    """Collects errors as ``path: message`` strings."""
+
+    def __init__(self):
+        self.items = []
+
+    def add(self, path, message):
+        self.items.append(f"{path}: {message}")
+
+
+def _path(*parts):
+    return ":".join(str(p) for p in parts)
+
+
+def _choices(values):
+    return "one of " + "|".join(str(v) for v in values)
+
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _check_names(errors, path, data):
+    """Names that become keepalived identifiers or file names."""
+    for name in data:
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            errors.add(_path(path, name), "name must be 1-64 characters of A-Z a-z 0-9 _ . -")
+
+
+def _check_keys(errors, path, data, allowed, required=()):
+    """Unknown keys and missing required keys of one mapping."""
+    if not isinstance(data, dict):
+        errors.add(path, f"must be a mapping, got {type(data).__name__}")
+        return False
+    for key in data:
+        if key not in allowed:
+            errors.add(
+                _path(path, key),
+                f"unknown key; allowed keys here: {', '.join(sorted(allowed))}",
+            )
+    for key in required:
+        if key not in data:
+            errors.add(_path(path, key), "is required")
+    return True
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(errors, path, value, low, high):
+    if not _is_int(value):
+        errors.add(path, f"must be an integer from {low} to {high}, got {value!r}")
+        return False
+    if not low <= value <= high:
+        errors.add(path, f"must be from {low} to {high}, got {value}")
+        return False
+    return True
+
+
+def _check_bool(errors, path, value):
+    if not isinstance(value, bool):
+        errors.add(path, f"must be true or false, got {value!r}")
+        return False
+    return True
+
+
+def _check_str(errors, path, value):
+    if not isinstance(value, str) or not value:
+        errors.add(path, f"must be a non-empty string, got {value!r}")
+        return False
+    if any(c in value for c in "\n\r{}\"#!"):
+        errors.add(path, "must not contain newlines, braces, quotes, '#' or '!'")
+        return False
+    return True
+
+
+def _check_choice(errors, path, value, choices):
+    if value not in choices:
+        errors.add(path, f"{value!r} is not allowed; {_choices(choices)}")
+        return False
+    return True
+
+
+def _ip(errors, path, value):
+    """An address without prefix length, or None after reporting."""
+    try:
+        return ipaddress.ip_address(str(value))
+    except ValueError:
+        errors.add(path, f"{value!r} is not an IPv4 or IPv6 address")
+        return None
+
+
+def _vip(errors, path, value):
+    """A virtual_ipaddress entry ``ADDR[/PREFIX]`` -> ip_interface, or None."""
+    if not isinstance(value, str):
+        errors.add(path, f"must be a string 'ADDRESS[/PREFIX]', got {value!r}")
+        return None
+    try:
+        return ipaddress.ip_interface(value.strip())
+    except ValueError:
+        errors.add(path, f"{value!r} is not an address with optional /prefix (e.g. 198.18.0.100/24)")
+        return None
+
+
+NODE_KEYS = ("address", "address6", "interface", "priority", "kubernetes_node")
+GLOBAL_DEFS_KEYS = (
+    "router_id",
+    "enable_script_security",
+    "script_user",
+    "vrrp_garp_master_delay",
+    "vrrp_garp_master_repeat",
+    "vrrp_garp_master_refresh",
+    "vrrp_garp_interval",
+    "vrrp_gna_interval",
+    "lvs_sync_daemon",
+)
+SYNC_DAEMON_KEYS = ("interface", "instance", "id")
+SCRIPT_KEYS = ("script", "interval", "timeout", "weight", "rise", "fall", "user", "init_fail")
+TRACK_FILE_KEYS = ("file", "weight", "init_file")
+INSTANCE_KEYS = (
+    "interface",
+    "virtual_router_id",
+    "priority",
+    "state",
+    "advert_int",
+    "vrrp_version",
+    "authentication",
+    "virtual_ipaddress",
+    "nopreempt",
+    "preempt_delay",
+    "unicast",
+    "track_script",
+    "track_file",
+    "track_interface",
+    "garp_master_delay",
+    "nodes",
+)
+VS_KEYS = (
+    "address",
+    "port",
+    "protocol",
+    "lb_algo",
+    "lb_kind",
+    "persistence_timeout",
+    "delay_loop",
+    "managed_by",
+    "real_servers",
+    "health_check",
+)
+RS_KEYS = ("address", "port", "weight", "health_check")
+CHECK_KEYS = (
+    "type",
+    "connect_timeout",
+    "connect_port",
+    "retry",
+    "delay_before_retry",
+    "path",
+    "status_code",
+)
+KUBE_KEYS = tuple(DEFAULT_KUBERNETES)
+DEFAULT_INGRESS = {
+    "health_url": "http://127.0.0.1:10254/healthz",
+    "timeout": 1,
+    "fall": 3,
+    "rise": 2,
+    "interval": 1,
+}
+INGRESS_KEYS = tuple(DEFAULT_INGRESS)
+TOP_KEYS = (
+    "ingress",
+    "nodes",
+    "global_defs",
+    "vrrp_scripts",
+    "vrrp_track_files",
+    "vrrp_instances",
+    "virtual_servers",
+    "kubernetes",
+)
+
+
+def _validate_nodes(errors, nodes):
+    path = _path(ROOT, "nodes")
+    addresses = {}
+    if not isinstance(nodes, dict) or not nodes:
+        errors.add(path, "must be a non-empty mapping of node name -> {address, interface}")
+        return addresses
+    _check_names(errors, path, nodes)
+    for name, node in nodes.items():
+        npath = _path(path, name)
+        if not _check_keys(errors, npath, node, NODE_KEYS, required=("address", "interface")):
+            continue
+        if "address" in node:
+            addr = _ip(errors, _path(npath, "address"), node["address"])
+            if addr is not None:
+                addresses[name] = [addr]
+        if "address6" in node:
+            addr6 = _ip(errors, _path(npath, "address6"), node["address6"])
+            if addr6 is not None and addr6.version != 6:
+                errors.add(_path(npath, "address6"), f"{addr6} is not an IPv6 address")
+            elif addr6 is not None:
+                addresses.setdefault(name, []).append(addr6)
+        if "interface" in node:
+            _check_str(errors, _path(npath, "interface"), node["interface"])
+        if "priority" in node:
+            _check_int(errors, _path(npath, "priority"), node["priority"], 1, 254)
+        if "kubernetes_node" in node:
+            _check_str(errors, _path(npath, "kubernetes_node"), node["kubernetes_node"])
+    seen = {}
+    for name, addrs in addresses.items():
+        for addr in addrs:
+            if addr in seen:
+                errors.add(
+                    _path(path, name, "address"),
+                    f"{addr} is also the address of node {seen[addr]}",
+                )
+            seen[addr] = name
+    return addresses
+
+
+def _validate_global_defs(errors, data):
+    path = _path(ROOT, "global_defs")
+    if not _check_keys(errors, path, data, GLOBAL_DEFS_KEYS):
+        return
+    for key, value in data.items():
+        kpath = _path(path, key)
+        if key in ("router_id", "script_user"):
+            _check_str(errors, kpath, value)
+        elif key == "enable_script_security":
+            _check_bool(errors, kpath, value)
+        elif key == "lvs_sync_daemon":
+            if _check_keys(errors, kpath, value, SYNC_DAEMON_KEYS, required=("instance",)):
+                if "interface" in value:
+                    _check_str(errors, _path(kpath, "interface"), value["interface"])
+                if "id" in value:
+                    _check_int(errors, _path(kpath, "id"), value["id"], 0, 255)
+        elif key in GLOBAL_DEFS_KEYS:
+            _check_int(errors, kpath, value, 0, 86400)
+
+
+def _validate_scripts(errors, scripts):
+    path = _path(ROOT, "vrrp_scripts")
+    if not _check_keys(errors, path, scripts, tuple(scripts) if isinstance(scripts, dict) else ()):
+        return
+    _check_names(errors, path, scripts)
+    for name, script in scripts.items():
+        spath = _path(path, name)
+        if not _check_keys(errors, spath, script, SCRIPT_KEYS, required=("script",)):
+            continue
+        if "script" in script:
+            value = script["script"]
+            if not isinstance(value, str) or not value.strip() or "\n" in value or '"' in value:
+                errors.add(
+                    _path(spath, "script"),
+                    "must be a one-line command without double quotes",
+                )
+        for key, low, high in (
+            ("interval", 1, 3600),
+            ("timeout", 1, 3600),
+            ("rise", 1, 1000),
+            ("fall", 1, 1000),
+            ("weight", -253, 253),
+        ):
+            if key in script:
+                _check_int(errors, _path(spath, key), script[key], low, high)
+        if "user" in script:
+            _check_str(errors, _path(spath, "user"), script["user"])
+        if "init_fail" in script:
+            _check_bool(errors, _path(spath, "init_fail"), script["init_fail"])
+
+
+def _validate_track_files(errors, files):
+    path = _path(ROOT, "vrrp_track_files")
+    if not _check_keys(errors, path, files, tuple(files) if isinstance(files, dict) else ()):
+        return
+    _check_names(errors, path, files)
+    for name, entry in files.items():
+        if str(name).startswith("edge_ha_"):
+            errors.add(_path(path, name), "names starting with edge_ha_ are reserved for the plugin")
+        fpath = _path(path, name)
+        if not _check_keys(errors, fpath, entry, TRACK_FILE_KEYS, required=("file",)):
+            continue
+        if "file" in entry:
+            if _check_str(errors, _path(fpath, "file"), entry["file"]) and not entry[
+                "file"
+            ].startswith("/"):
+                errors.add(_path(fpath, "file"), "must be an absolute path")
+        if "weight" in entry:
+            _check_int(errors, _path(fpath, "weight"), entry["weight"], -254, 254)
+        if "init_file" in entry:
+            _check_bool(errors, _path(fpath, "init_file"), entry["init_file"])
+
+
+def _name_list(errors, path, value, known, what):
+    """A list of names that must exist in ``known``."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        errors.add(path, f"must be a list of {what} names")
+        return []
+    out = []
+    for i, name in enumerate(value):
+        if name not in known:
+            errors.add(
+                _path(path, i),
+                f"{name!r} is not defined; defined {what}: {', '.join(sorted(known)) or 'none'}",
+            )
+        else:
+            out.append(name)
+    return out
+
+
+def _validate_instances(errors, instances, data, node_addresses):
+    path = _path(ROOT, "vrrp_instances")
+    nodes = data.get("nodes") if isinstance(data.get("nodes"), dict) else {}
+    vips = {}
+    if not isinstance(instances, dict):
+        errors.add(path, "must be a mapping of instance name -> settings")
+        return vips
+    vrids = {}
+    _check_names(errors, path, instances)
+    for name, inst in instances.items():
+        ipath = _path(path, name)
+        if not _check_keys(errors, ipath, inst, INSTANCE_KEYS, required=("virtual_router_id", "virtual_ipaddress")):
+            continue
+        version = inst.get("vrrp_version", 2)
+        if "vrrp_version" in inst:
+            _check_choice(errors, _path(ipath, "vrrp_version"), version, (2, 3))
+        vrid = inst.get("virtual_router_id")
+        if "virtual_router_id" in inst and _check_int(errors, _path(ipath, "virtual_router_id"), vrid, 1, 255):
+            members = inst.get("nodes", list(nodes))
+            for node in members if isinstance(members, list) else []:
+                iface = inst.get("interface") or (nodes.get(node) or {}).get("interface")
+                key = (node, iface, vrid)
+                if key in vrids:
+                    errors.add(
+                        _path(ipath, "virtual_router_id"),
+                        f"VRID {vrid} is already used by instance {vrids[key]} on interface "
+                        f"{iface} of node {node}; VRIDs must be unique per interface",
+                    )
+                else:
+                    vrids[key] = name
+        if "interface" in inst:
+            _check_str(errors, _path(ipath, "interface"), inst["interface"])
+        if "nodes" in inst:
+            _name_list(errors, _path(ipath, "nodes"), inst["nodes"], nodes, "node")
+        if "state" in inst:
+            _check_choice(errors, _path(ipath, "state"), inst["state"], STATES)
+        prio = inst.get("priority")
+        if "priority" in inst:
+            if isinstance(prio, dict):
+                for node, value in prio.items():
+                    if node not in nodes:
+                        errors.add(
+                            _path(ipath, "priority", node),
+                            f"{node!r} is not a node; nodes: {', '.join(nodes)}",
+                        )
+                    _check_int(errors, _path(ipath, "priority", node), value, 1, 254)
+            else:
+                _check_int(errors, _path(ipath, "priority"), prio, 1, 254)
+        advert = inst.get("advert_int", 1)
+        if "advert_int" in inst:
+            if not isinstance(advert, numbers.Real) or isinstance(advert, bool) or not 0 < advert <= 255:
+                errors.add(_path(ipath, "advert_int"), f"must be a number of seconds above 0 and up to 255, got {advert!r}")
+            elif advert < 1 and version != 3:
+                errors.add(
+                    _path(ipath, "advert_int"),
+                    f"{advert} is below 1 s, which needs vrrp_version: 3 (VRRPv2 adverts are whole seconds)",
+                )
+            elif version == 3 and round(advert * 100) != advert * 100:
+                errors.add(_path(ipath, "advert_int"), "VRRPv3 advert_int has a resolution of 0.01 s")
+        if "authentication" in inst:
+            auth = inst["authentication"]
+            apath = _path(ipath, "authentication")
+            if _check_keys(errors, apath, auth, ("auth_type", "auth_pass"), required=("auth_type", "auth_pass")):
+                if version == 3:
+                    errors.add(apath, "VRRPv3 has no authentication (RFC 5798); remove it or use vrrp_version: 2")
+                if "auth_type" in auth:
+                    _check_choice(errors, _path(apath, "auth_type"), auth["auth_type"], AUTH_TYPES)
+                if "auth_pass" in auth:
+                    pw = auth["auth_pass"]
+                    if _check_str(errors, _path(apath, "auth_pass"), str(pw) if isinstance(pw, (int, str)) else pw):
+                        if len(str(pw)) > 8:
+                            errors.add(
+                                _path(apath, "auth_pass"),
+                                f"is {len(str(pw))} characters; keepalived uses only the first 8 and "
+                                "silently drops the rest, so give at most 8",
+                            )
+        for key in ("nopreempt", "unicast"):
+            if key in inst:
+                _check_bool(errors, _path(ipath, key), inst[key])
+        if "preempt_delay" in inst:
+            _check_int(errors, _path(ipath, "preempt_delay"), inst["preempt_delay"], 0, 1000)
+        if inst.get("nopreempt") is True and inst.get("state", "BACKUP") != "BACKUP":
+            errors.add(_path(ipath, "state"), "nopreempt needs state BACKUP (keepalived ignores nopreempt on MASTER)")
+        if "garp_master_delay" in inst:
+            _check_int(errors, _path(ipath, "garp_master_delay"), inst["garp_master_delay"], 0, 255)
+        if "track_script" in inst:
+            _name_list(errors, _path(ipath, "track_script"), inst["track_script"], data.get("vrrp_scripts") or {}, "vrrp_scripts")
+        if "track_file" in inst:
+            _name_list(errors, _path(ipath, "track_file"), inst["track_file"], data.get("vrrp_track_files") or {}, "vrrp_track_files")
+        if "track_interface" in inst:
+            ti = inst["track_interface"]
+            if not isinstance(ti, list):
+                errors.add(_path(ipath, "track_interface"), "must be a list of interface names")
+            else:
+                for i, iface in enumerate(ti):
+                    _check_str(errors, _path(ipath, "track_interface", i), iface)
+        # virtual_ipaddress: all of one family, never a node's address.
+        vlist = inst.get("virtual_ipaddress")
+        vpath = _path(ipath, "virtual_ipaddress")
+        if isinstance(vlist, str):
+            vlist = [vlist]
+        if "virtual_ipaddress" in inst and (not isinstance(vlist, list) or not vlist):
+            errors.add(vpath, "must be a non-empty list of 'ADDRESS[/PREFIX]'")
+            continue
+        family = None
+        node_owner = {a: n for n, addrs in node_addresses.items() for a in addrs}
+        for i, entry in enumerate(vlist or []):
+            vip = _vip(errors, _path(vpath, i), entry)
+            if vip is None:
+                continue
+            if family is None:
+                family = vip.version
+            elif vip.version != family:
+                errors.add(
+                    _path(vpath, i),
+                    f"{vip.ip} is IPv{vip.version} but this instance is IPv{family} (from its first "
+                    "address); put each family in its own vrrp_instance",
+                )
+                continue
+            if vip.ip in node_owner:
+                errors.add(
+                    _path(vpath, i),
+                    f"{vip.ip} is the address of node {node_owner[vip.ip]}; a VIP must not be a node address",
+                )
+            if vip.ip in vips:
+                errors.add(_path(vpath, i), f"{vip.ip} is already a VIP of instance {vips[vip.ip]}")
+            vips[vip.ip] = name
+        if family == 6 and version != 3:
+            errors.add(_path(ipath, "vrrp_version"), "IPv6 virtual addresses need vrrp_version: 3")
+        if family == 6 and inst.get("unicast"):
+            for node in inst.get("nodes", list(nodes)) if isinstance(inst.get("nodes", []), list) else []:
+                if "address6" not in (nodes.get(node) or {}):
+                    errors.add(
+                        _path(ROOT, "nodes", node, "address6"),
+                        f"is required: instance {name} is IPv6 with unicast: true",
+                    )
+    return vips
+
+
+def _validate_check(errors, path, check):
+    if not _check_keys(errors, path, check, CHECK_KEYS, required=("type",)):
+        return
+    if "type" in check:
+        _check_choice(errors, _path(path, "type"), check["type"], CHECK_TYPES)
+    for key, low, high in (
+        ("connect_timeout", 1, 3600),
+        ("connect_port", 1, 65535),
+        ("retry", 0, 100),
+        ("delay_before_retry", 0, 3600),
+        ("status_code", 100, 599),
+    ):
+        if key in check:
+            _check_int(errors, _path(path, key), check[key], low, high)
+    if "path" in check:
+        if check.get("type") not in ("HTTP_GET", "SSL_GET"):
+            errors.add(_path(path, "path"), "only applies to type HTTP_GET or SSL_GET")
+        elif _check_str(errors, _path(path, "path"), check["path"]) and not check["path"].startswith("/"):
+            errors.add(_path(path, "path"), "must start with /")
+    elif check.get("type") in ("HTTP_GET", "SSL_GET"):
+        errors.add(_path(path, "path"), f"is required for type {check['type']}")
+
+
+def _validate_virtual_servers(errors, servers, vips):
+    path = _path(ROOT, "virtual_servers")
+    if not isinstance(servers, dict):
+        errors.add(path, "must be a mapping of name -> virtual server")
+        return
+    seen = {}
+    _check_names(errors, path, servers)
+    for name, vs in servers.items():
+        vpath = _path(path, name)
+        if not _check_keys(errors, vpath, vs, VS_KEYS, required=("address", "port")):
+            continue
+        addr = _ip(errors, _path(vpath, "address"), vs["address"]) if "address" in vs else None
+        if addr is not None and addr not in vips:
+            errors.add(
+                _path(vpath, "address"),
+                f"{addr} is not a virtual_ipaddress of any vrrp_instance; "
+                f"VIPs: {', '.join(str(v) for v in vips) or 'none'}",
+            )
+        if "port" in vs:
+            _check_int(errors, _path(vpath, "port"), vs["port"], 1, 65535)
+        proto = vs.get("protocol", "TCP")
+        if "protocol" in vs:
+            _check_choice(errors, _path(vpath, "protocol"), proto, PROTOCOLS)
+        key = (str(addr), vs.get("port"), proto)
+        if addr is not None and key in seen:
+            errors.add(vpath, f"{addr} port {vs.get('port')} {proto} is already virtual server {seen[key]}")
+        seen[key] = name
+        if "lb_algo" in vs:
+            _check_choice(errors, _path(vpath, "lb_algo"), vs["lb_algo"], LB_ALGOS)
+        if "lb_kind" in vs:
+            _check_choice(errors, _path(vpath, "lb_kind"), vs["lb_kind"], LB_KINDS)
+        if "managed_by" in vs:
+            _check_choice(errors, _path(vpath, "managed_by"), vs["managed_by"], MANAGED_BY)
+        if "persistence_timeout" in vs:
+            _check_int(errors, _path(vpath, "persistence_timeout"), vs["persistence_timeout"], 0, 2678400)
+        if "delay_loop" in vs:
+            _check_int(errors, _path(vpath, "delay_loop"), vs["delay_loop"], 1, 3600)
+        if "health_check" in vs:
+            _validate_check(errors, _path(vpath, "health_check"), vs["health_check"])
+        rs = vs.get("real_servers", "auto")
+        rpath = _path(vpath, "real_servers")
+        if rs == "auto":
+            continue
+        if not isinstance(rs, list) or not rs:
+            errors.add(rpath, "must be 'auto' (the edge nodes) or a non-empty list of {address, port, weight}")
+            continue
+        for i, real in enumerate(rs):
+            rspath = _path(rpath, i)
+            if not _check_keys(errors, rspath, real, RS_KEYS, required=("address",)):
+                continue
+            raddr = _ip(errors, _path(rspath, "address"), real["address"]) if "address" in real else None
+            if raddr is not None and addr is not None and raddr.version != addr.version:
+                errors.add(_path(rspath, "address"), f"{raddr} is IPv{raddr.version} but the virtual server is IPv{addr.version}")
+            if "port" in real:
+                _check_int(errors, _path(rspath, "port"), real["port"], 1, 65535)
+            if "weight" in real:
+                _check_int(errors, _path(rspath, "weight"), real["weight"], 0, 65535)
+            if "health_check" in real:
+                _validate_check(errors, _path(rspath, "health_check"), real["health_check"])
+
+
+def _validate_kubernetes(errors, kube):
+    path = _path(ROOT, "kubernetes")
+    if not _check_keys(errors, path, kube, KUBE_KEYS):
+        return
+    for key in ("kubeconfig", "context"):
+        if kube.get(key) is not None:
+            _check_str(errors, _path(path, key), kube[key])
+    for key, sub in (("service", ("namespace", "name")), ("ingress_pods", ("namespace", "label_selector"))):
+        if key in kube:
+            kpath = _path(path, key)
+            if _check_keys(errors, kpath, kube[key], sub):
+                for skey, value in kube[key].items():
+                    if skey in sub and (not isinstance(value, str) or not value):
+                        errors.add(_path(kpath, skey), f"must be a non-empty string, got {value!r}")
+    if "external_ips" in kube:
+        _check_choice(errors, _path(path, "external_ips"), kube["external_ips"], EXTERNAL_IPS_POLICIES)
+    if "request_timeout" in kube:
+        _check_int(errors, _path(path, "request_timeout"), kube["request_timeout"], 1, 300)
+    if "conflict_retries" in kube:
+        _check_int(errors, _path(path, "conflict_retries"), kube["conflict_retries"], 0, 50)
+
+
+def _validate_ingress(errors, ingress):
+    path = _path(ROOT, "ingress")
+    if not _check_keys(errors, path, ingress, INGRESS_KEYS):
+        return
+    url = ingress.get("health_url")
+    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+        errors.add(_path(path, "health_url"), f"must be an http:// or https:// URL, got {url!r}")
+    for key, low, high in (("fall", 1, 100), ("rise", 1, 100)):
+        if key in ingress:
+            _check_int(errors, _path(path, key), ingress[key], low, high)
+    for key in ("timeout", "interval"):
+        value = ingress.get(key)
+        if key in ingress and (not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value <= 60):
+            errors.add(_path(path, key), f"must be a number of seconds above 0 and up to 60, got {value!r}")
+
+
+def validate_model(data):
+    """
+    Validate the ``edge_ha`` pillar value. Returns a list of error strings,
+    each ``pillar:path: message``; empty when the model is valid.
+    """
+    errors = _Errors()
+    if not isinstance(data, dict):
+        errors.add(ROOT, "must be a mapping (is the pillar key edge_ha missing?)")
+        return errors.items
+    _check_keys(errors, ROOT, data, TOP_KEYS, required=("nodes", "vrrp_instances"))
+    node_addresses = _validate_nodes(errors, data.get("nodes"))
+    if "global_defs" in data:
+        _validate_global_defs(errors, data["global_defs"])
+    if "vrrp_scripts" in data:
+        _validate_scripts(errors, data["vrrp_scripts"])
+    if "vrrp_track_files" in data:
+        _validate_track_files(errors, data["vrrp_track_files"])
+    vips = {}
+    if "vrrp_instances" in data:
+        vips = _validate_instances(errors, data["vrrp_instances"], data, node_addresses)
+    sync = (data.get("global_defs") or {}).get("lvs_sync_daemon") if isinstance(data.get("global_defs"), dict) else None
+    if isinstance(sync, dict) and "instance" in sync and sync["instance"] not in (data.get("vrrp_instances") or {}):
+        errors.add(
+            _path(ROOT, "global_defs", "lvs_sync_daemon", "instance"),
+            f"{sync['instance']!r} is not a vrrp_instance; instances: {', '.join(data.get('vrrp_instances') or {}) or 'none'}",
+        )
+    if "virtual_servers" in data:
+        _validate_virtual_servers(errors, data["virtual_servers"], vips)
+    if "kubernetes" in data:
+        _validate_kubernetes(errors, data["kubernetes"])
+    if "ingress" in data:
+        _validate_ingress(errors, data["ingress"])
+    return errors.items
+
+
+def derived_priorities(nodes):
+    """
+    Base priority per node: the node's own ``priority`` if set, otherwise
+    150, 140, 130, ... in node-name order (floor 1).
+    """
+    out = {}
+    for i, name in enumerate(sorted(nodes)):
+        derived = max(1, DERIVED_PRIORITY_TOP - DERIVED_PRIORITY_STEP * i)
+        out[name] = nodes[name].get("priority", derived)
+    return out
+
+
+def _merge(defaults, value):
+    out = dict(defaults)
+    for key, val in (value or {}).items():
+        if isinstance(out.get(key), dict) and isinstance(val, dict):
+            out[key] = _merge(out[key], val)
+        else:
+            out[key] = val
+    return out
+
+
+def normalize(data):
+    """
+    Turn a validated ``edge_ha`` value into the normalised model: every default
+    filled in, priorities resolved per node, ``auto`` real servers resolved to
+    the edge nodes, VIPs as ``ADDR/PREFIX`` strings. Raises
+    ``SaltInvocationError`` listing every error if the data is invalid.
+    """
+    errors = validate_model(data)
+    if errors:
+        raise SaltInvocationError(
+            "edge_ha pillar is invalid ({} error{}):\n  ".format(len(errors), "" if len(errors) == 1 else "s")
+            + "\n  ".join(errors)
+        )
+    nodes = {
+        name: {
+            "name": name,
+            "address": str(ipaddress.ip_address(n["address"])),
+            "address6": str(ipaddress.ip_address(n["address6"])) if n.get("address6") else None,
+            "interface": n["interface"],
+            "kubernetes_node": n.get("kubernetes_node", name),
+        }
+        for name, n in data["nodes"].items()
+    }
+    base = derived_priorities(data["nodes"])
+    for name in nodes:
+        nodes[name]["priority"] = base[name]
+    instances = {}
+    for name, inst in data["vrrp_instances"].items():
+        vlist = inst["virtual_ipaddress"]
+        if isinstance(vlist, str):
+            vlist = [vlist]
+        vips = [ipaddress.ip_interface(v.strip()) for v in vlist]
+        members = inst.get("nodes", sorted(nodes))
+        prio = inst.get("priority")
+        priorities = {}
+        for node in members:
+            if isinstance(prio, dict) and node in prio:
+                priorities[node] = prio[node]
+            elif _is_int(prio):
+                priorities[node] = prio
+            else:
+                priorities[node] = base[node]
+        track_script = inst.get("track_script", [])
+        track_file = inst.get("track_file", [])
+        instances[name] = {
+            "name": name,
+            "interface": inst.get("interface"),
+            "virtual_router_id": inst["virtual_router_id"],
+            "priorities": priorities,
+            "state": inst.get("state", "BACKUP"),
+            "advert_int": inst.get("advert_int", 1),
+            "vrrp_version": inst.get("vrrp_version", 2),
+            "authentication": inst.get("authentication"),
+            "family": vips[0].version,
+            "virtual_ipaddress": [
+                f"{v.ip}/{v.network.prefixlen}" for v in vips
+            ],
+            "vips": [str(v.ip) for v in vips],
+            "nopreempt": inst.get("nopreempt", False),
+            "preempt_delay": inst.get("preempt_delay"),
+            "unicast": inst.get("unicast", False),
+            "track_script": [track_script] if isinstance(track_script, str) else list(track_script),
+            "track_file": [track_file] if isinstance(track_file, str) else list(track_file),
+            "track_interface": list(inst.get("track_interface", [])),
+            "garp_master_delay": inst.get("garp_master_delay"),
+            "nodes": list(members),
+        }
+    servers = {}
+    for name, vs in (data.get("virtual_servers") or {}).items():
+        health = vs.get("health_check")
+        rs = vs.get("real_servers", "auto")
+        if rs == "auto":
+            reals = [
+                {"address": nodes[n]["address"], "port": vs["port"], "weight": 1, "health_check": health, "node": n}
+                for n in sorted(nodes)
+            ]
+        else:
+            by_addr = {n["address"]: n["name"] for n in nodes.values()}
+            reals = [
+                {
+                    "address": str(ipaddress.ip_address(r["address"])),
+                    "port": r.get("port", vs["port"]),
+                    "weight": r.get("weight", 1),
+                    "health_check": r.get("health_check", health),
+                    "node": by_addr.get(str(ipaddress.ip_address(r["address"]))),
+                }
+                for r in rs
+            ]
+        servers[name] = {
+            "name": name,
+            "address": str(ipaddress.ip_address(vs["address"])),
+            "port": vs["port"],
+            "protocol": vs.get("protocol", "TCP"),
+            "lb_algo": vs.get("lb_algo", "rr"),
+            "lb_kind": vs.get("lb_kind", "NAT"),
+            "persistence_timeout": vs.get("persistence_timeout", 0),
+            "delay_loop": vs.get("delay_loop", 6),
+            "managed_by": vs.get("managed_by", "keepalived"),
+            "real_servers": reals,
+        }
+    return {
+        "nodes": nodes,
+        "global_defs": dict(data.get("global_defs") or {}),
+        "vrrp_scripts": {k: dict(v) for k, v in (data.get("vrrp_scripts") or {}).items()},
+        "vrrp_track_files": {k: dict(v) for k, v in (data.get("vrrp_track_files") or {}).items()},
+        "vrrp_instances": instances,
+        "virtual_servers": servers,
+        "kubernetes": _merge(DEFAULT_KUBERNETES, data.get("kubernetes")),
+        "ingress": _merge(DEFAULT_INGRESS, data.get("ingress")),
+    }
+
+
+def view_for_node(model, node, drained=()):
+    """
+    What one node needs to render its keepalived.conf: its own entry, its
+    instances with this node's priority, interface and unicast peers, and the
+    virtual servers keepalived owns. Real servers of ``drained`` nodes get
+    weight 0 (IPVS sends them no new connections; established ones go on).
+    """
+    if node not in model["nodes"]:
+        raise CommandExecutionError(
+            f"{node!r} is not a node of edge_ha:nodes (nodes: {', '.join(sorted(model['nodes']))}); "
+            "the minion id must match a node name"
+        )
+    me = model["nodes"][node]
+    instances = []
+    for inst in model["vrrp_instances"].values():
+        if node not in inst["nodes"]:
+            continue
+        own = me["address6"] if inst["family"] == 6 else me["address"]
+        peers = []
+        if inst["unicast"]:
+            for peer in inst["nodes"]:
+                if peer != node:
+                    p = model["nodes"][peer]
+                    peers.append(p["address6"] if inst["family"] == 6 else p["address"])
+        instances.append(
+            dict(
+                inst,
+                interface=inst["interface"] or me["interface"],
+                priority=inst["priorities"][node],
+                unicast_src_ip=own if inst["unicast"] else None,
+                unicast_peer=peers,
+            )
+        )
+    used_scripts = {s for i in instances for s in i["track_script"]}
+    used_files = {f for i in instances for f in i["track_file"]}
+    return {
+        "node": node,
+        "me": me,
+        "global_defs": dict({"router_id": node}, **model["global_defs"]),
+        "vrrp_scripts": {k: v for k, v in model["vrrp_scripts"].items() if k in used_scripts},
+        "vrrp_track_files": {k: v for k, v in model["vrrp_track_files"].items() if k in used_files},
+        "vrrp_instances": instances,
+        "virtual_servers": [
+            dict(vs, real_servers=[dict(rs, weight=0) if rs.get("node") in drained else rs for rs in vs["real_servers"]])
+            for vs in model["virtual_servers"].values() if vs["managed_by"] == "keepalived"
+        ],
+    }
