@@ -79,7 +79,6 @@ log = logging.getLogger(__name__)
 __virtualname__ = "edge"
 
 LOCK_WAIT = 600  # seconds edge.reconcile/drain/undrain wait for another one to finish
-MINE_KEY = "edge_ha_report"  # edge_node.MINE_KEY
 DIGEST_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -231,59 +230,31 @@ def _cache():
         return _PROCESS["cache"]
 
 
-def _mine_entry(node):
-    """``(report dict or None, when the master stored it)`` from the mine (Salt 3008 bank, then the older one)."""
-    cache = _cache()
-    for bank, key in (("mine", node), (f"minions/{node}", "mine")):
-        try:
-            data = cache.fetch(bank, key)
-        except Exception as exc:  # pylint: disable=broad-except
-            log.warning("edge: cannot read the mine of %s: %s", node, exc)
-            return None, None
-        if isinstance(data, dict) and MINE_KEY in data:
-            try:
-                stamp = cache.updated(bank, key)
-            except Exception:  # pylint: disable=broad-except
-                stamp = None
-            return data[MINE_KEY], stamp
-    return None, None
-
-
 def _reports(model):
     """
-    ``{node: NodeReport or None}`` from the mine: None when the node has not
-    published, its report is older than ``edge_ha_report_max_age`` (default
-    35 s: three heartbeats and a margin), or it names another node.
+    ``{node: NodeReport or None}`` from the mine (``fleet.read_reports``):
+    None when the node has not published, its report is older than
+    ``edge_ha_report_max_age`` (default 35 s: three heartbeats and a margin),
+    or it names another node.
     """
     max_age = float(__opts__.get("edge_ha_report_max_age", 35))  # pylint: disable=undefined-variable
-    now = time.time()
-    reports = {}
-    for node in sorted(model["nodes"]):
-        data, stamp = _mine_entry(node)
-        if not isinstance(data, dict) or data.get("node") != node or (stamp is not None and now - stamp > max_age):
-            reports[node] = None
-            continue
-        try:
-            reports[node] = fleet.NodeReport.from_dict(dict(data, received=stamp))
-        except (ValueError, TypeError):
-            log.warning("edge: the report of %s is not one", node)
-            reports[node] = None
-    return reports
+    return fleet.read_reports(_cache(), model["nodes"], time.time(), max_age)
 
 
-def _report_digest(node):
-    data, _ = _mine_entry(node)
-    return data.get("digest") if isinstance(data, dict) else None
-
-
-def _await_report(node, digest, timeout):
-    """Wait (bounded) until ``node``'s report in the mine is the one with ``digest`` (an event's hint)."""
+def _await_report(node, digest, seen, timeout):
+    """
+    Wait (bounded) until the mine holds ``node``'s report named by an event
+    (``digest``) or a later one (built at or after the event's ``seen``, both
+    the node's clock). An event is only a hint: this is all it can cost.
+    """
     deadline = time.monotonic() + timeout
-    while _report_digest(node) != digest:
+    while True:
+        data, _ = fleet.mine_entry(_cache(), node)
+        if isinstance(data, dict) and (data.get("digest") == digest or float(data.get("time") or 0) >= seen):
+            return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
-    return True
 
 
 def _pods_ready(model):
@@ -1101,6 +1072,13 @@ def _settle(pending):
         time.sleep(FOLLOW_UP_QUIET - idle)
 
 
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _first_time(node, transition, event_time):
     """False for a transition this process has recorded already (a beacon event delivered twice)."""
     key = (node, str(transition.get("instance")), str(transition.get("old")), str(transition.get("new")), event_time)
@@ -1113,7 +1091,7 @@ def _first_time(node, transition, event_time):
     return True
 
 
-def trigger(source="", claimed_id="", event_time=0, transition=None, report=None):
+def trigger(source="", claimed_id="", event_time=0, transition=None, report=None, seen=0):
     """
     Called by the reactor on a beacon event: drop events claiming to come from
     a minion that is not an edge node, wait (at most ``edge_ha_report_wait``
@@ -1162,7 +1140,7 @@ def trigger(source="", claimed_id="", event_time=0, transition=None, report=None
         _desired(refresh=True)  # the pillar compiled outside the reconcile lock
     elif isinstance(report, str) and DIGEST_RE.match(report):
         # the event is a hint only: what counts is the report Salt stored under the node's verified id
-        _await_report(claimed_id, report, float(__opts__.get("edge_ha_report_wait", 1)))  # pylint: disable=undefined-variable
+        _await_report(claimed_id, report, _number(seen), float(__opts__.get("edge_ha_report_wait", 1)))  # pylint: disable=undefined-variable
     pending = os.path.join(_state_dir(), "reconcile.pending")
     with open(pending, "w", encoding="utf-8") as fh:
         fh.write(source)
