@@ -53,6 +53,7 @@ Master settings (master config, all optional):
 """
 
 import contextlib
+import contextvars
 import fcntl
 import json
 import logging
@@ -782,6 +783,8 @@ def reconcile(reason="manual", test=False, retry_failed=False):
     with _locked():
         result = _reconcile(reason, retry_failed=bool(retry_failed), refresh=True)
     _run_pending()  # triggers that arrived meanwhile
+    if (result.get("rollout") or {}).get("error") or result["service"].get("error"):
+        result["retcode"] = 1
     return result
 
 
@@ -909,6 +912,24 @@ def _undrain(model, node, reason):
             "seconds": round(time.time() - started, 3)}
 
 
+def _exit_code(result):
+    """``retcode: 1`` in a result that says it failed: ``salt-run`` then exits 1."""
+    if not result.get("ok", True) or result.get("error"):
+        result["retcode"] = 1
+    return result
+
+
+def _seconds(name, value):
+    """A positive number of seconds, or SaltInvocationError naming the argument (checked before anything is touched)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise SaltInvocationError(f"{name} must be a positive number of seconds, not {value!r}")
+    return number
+
+
 def _check_node(model, node):
     if node not in model["nodes"]:
         raise SaltInvocationError(f"{node!r} is not an edge node (edge_ha:nodes: {', '.join(sorted(model['nodes']))})")
@@ -944,6 +965,7 @@ def drain(node, reason="maintenance", drain_timeout=None):
         salt-run edge.drain edge1
         salt-run edge.drain edge1 reason="kernel update" drain_timeout=120
     """
+    drain_timeout = None if drain_timeout is None else _seconds("drain_timeout", drain_timeout)
     model = _model()
     _check_node(model, node)
     with _locked():
@@ -951,7 +973,7 @@ def drain(node, reason="maintenance", drain_timeout=None):
         if result["ok"]:
             result["reconcile"] = _reconcile(f"drain {node}", refresh=True)["actions"]
     _run_pending()
-    return result
+    return _exit_code(result)
 
 
 def undrain(node, reason="maintenance done"):
@@ -974,7 +996,7 @@ def undrain(node, reason="maintenance done"):
         result = _undrain(model, node, reason)
         result["reconcile"] = _reconcile(f"undrain {node}", refresh=True)["actions"]
     _run_pending()
-    return result
+    return _exit_code(result)
 
 
 def drained():
@@ -1045,7 +1067,13 @@ def history(limit=50, kind=None):
         salt-run edge.history limit=200 kind=fence,transition --out=json
     """
     kinds = set(kind.split(",")) if isinstance(kind, str) else (set(kind) if kind else None)
-    rows = views.history_rows(_history_entries(), int(limit), kinds)
+    try:
+        limit = int(limit)
+    except (TypeError, ValueError):
+        raise SaltInvocationError(f"limit must be a whole number of entries, not {limit!r}") from None
+    if limit < 1:
+        raise SaltInvocationError(f"limit must be at least 1, not {limit}")
+    rows = views.history_rows(_history_entries(), limit, kinds)
     if __opts__.get("output"):  # pylint: disable=undefined-variable
         return rows
     lines = []
@@ -1070,6 +1098,20 @@ def _settle(pending):
         if idle >= FOLLOW_UP_QUIET:
             return
         time.sleep(FOLLOW_UP_QUIET - idle)
+
+
+def _release_when_taken_over(node, source, event_time):
+    wait = float(__opts__.get("edge_ha_handover_timeout") or 15)  # pylint: disable=undefined-variable
+    try:
+        released = salt.client.get_local_client(__opts__["conf_file"]).cmd(  # pylint: disable=undefined-variable
+            node, "edge_node.release_when_taken_over", [wait], timeout=wait + 10).get(node)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("edge: stale VIP fast path on %s failed: %s", node, exc)
+        return
+    if released:
+        _record("fence", node=node, action=f"stale VIPs removed: {released}", why=source,
+                seen=event_time)  # when the beacon saw it (as the minion says)
+        _event("StaleVIPRemoved", f"{node}: stale VIPs removed (keepalived not running): {released}", "Warning")
 
 
 def _number(value):
@@ -1125,17 +1167,14 @@ def trigger(source="", claimed_id="", event_time=0, transition=None, report=None
     if source.endswith("/vrrp/split_brain"):
         _record("conflict", node=claimed_id, why=source, seen=event_time)
     if source.endswith("/vrrp/stale_vip"):
-        # fast path: the node removes its stale copy as soon as another host answers ARP for the
-        # VIP (before that, the killed node is what still answers). It refuses while its keepalived
-        # runs, so a forged event cannot take a live VIP away.
-        wait = float(__opts__.get("edge_ha_handover_timeout") or 15)  # pylint: disable=undefined-variable
-        released = salt.client.get_local_client(__opts__["conf_file"]).cmd(  # pylint: disable=undefined-variable
-            claimed_id, "edge_node.release_when_taken_over", [wait], timeout=wait + 10).get(claimed_id)
-        if released:
-            _record("fence", node=claimed_id, action=f"stale VIPs removed: {released}", why=source,
-                    seen=event_time)  # when the beacon saw it (as the minion says)
-            _event("StaleVIPRemoved", f"{claimed_id}: stale VIPs removed (keepalived not running): {released}",
-                   "Warning")
+        # fast path, beside the reconcile (which drops the node from the Service meanwhile): the node
+        # removes its stale copy as soon as another host answers ARP for the VIP (before that, the
+        # killed node is what still answers). It refuses while its keepalived runs, so a forged event
+        # cannot take a live VIP away.
+        # (the thread runs in a copy of this call's context: the loader's dunders live there)
+        threading.Thread(target=contextvars.copy_context().run,
+                         args=(_release_when_taken_over, claimed_id, source, event_time),
+                         name="edge-ha-stale-vip", daemon=True).start()
     if source == "schedule":
         _desired(refresh=True)  # the pillar compiled outside the reconcile lock
     elif isinstance(report, str) and DIGEST_RE.match(report):

@@ -16,6 +16,7 @@ import pytest
 from lab.lab import NODES, lab_pillar
 
 from tests.support.labtools import ADDR, ALL_IPS, wait_for
+from tests.support.netns import alive
 
 pytestmark = [
     pytest.mark.lab,
@@ -145,7 +146,7 @@ def test_service_right_soon_after_the_transition(baseline, how):
         now = time.monotonic() - start
         if moved is None and "edge2" in lab.holders():
             moved = now
-        if stopped is None and not all(p and os.path.exists(f"/proc/{p}") for p in pids):
+        if stopped is None and not all(p and alive(p) for p in pids):
             stopped = now
         if service is None and ADDR["edge1"] not in lab.external_ips():
             service = now

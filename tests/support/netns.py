@@ -42,7 +42,7 @@ def kill_pids(pids, timeout=5.0):
     deadline = time.monotonic() + timeout
     alive = list(pids)
     while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if _alive(p)]
+        alive = [p for p in alive if alive(p)]
         time.sleep(0.05)
     for pid in alive:
         try:
@@ -51,7 +51,8 @@ def kill_pids(pids, timeout=5.0):
             pass
 
 
-def _alive(pid):
+def alive(pid):
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
