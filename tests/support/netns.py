@@ -40,11 +40,11 @@ def kill_pids(pids, timeout=5.0):
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + timeout
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if alive(p)]
+    left = list(pids)
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if alive(p)]
         time.sleep(0.05)
-    for pid in alive:
+    for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
