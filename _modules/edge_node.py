@@ -15,14 +15,16 @@ adds a live probe beside it.
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import subprocess
 import time
+import threading
 import urllib.error
 import urllib.request
 
-import salt.utils.event
+import salt.channel.client
 from edge_ha_core import desired
 from salt.exceptions import CommandExecutionError
 
@@ -34,6 +36,9 @@ __load__ = ["probe_ingress", "ingress_health", "record_ingress_health", "report"
 MINE_KEY = "edge_ha_report"  # the mine entry the master reads
 HEARTBEAT = 10  # seconds between publications of an unchanged report
 QUIESCE_MARK = "quiesced.json"
+SEND_TIMEOUT = 5  # seconds one report may take to reach the master
+
+log = logging.getLogger(__name__)
 
 QUIESCE_TABLE = "edge_ha_quiesce"
 
@@ -171,6 +176,24 @@ def report_digest(data):
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _send_mine(opts, load, timeout):
+    """
+    Send a ``_mine`` load to the master over a request channel of its own
+    (one try, ``timeout`` s), so that a master that is down holds neither the
+    minion's event loop nor its main request channel (Salt sends those
+    requests one at a time: a report retried there would delay every job
+    return after a master restart). The master stores it under the id its
+    request channel verified.
+    """
+    try:
+        with salt.channel.client.ReqChannel.factory(opts) as channel:
+            channel.send(load, timeout=timeout, tries=1)
+        return True
+    except Exception as exc:  # pylint: disable=broad-except
+        log.debug("edge_node: report not sent to the master: %s", exc)
+        return False
+
+
 def publish(force=False, heartbeat=HEARTBEAT):
     """
     Push this node's report (``report probe=False``) into the master's mine
@@ -194,11 +217,16 @@ def publish(force=False, heartbeat=HEARTBEAT):
     due = time.monotonic() - ctx.get("at", 0.0) >= float(heartbeat)
     if opts.get("file_client") == "local" or not (force or changed or due):
         return {"published": False, "changed": changed, "digest": digest}
+    sending = ctx.get("sending")
+    if sending and sending.is_alive():  # the last one is still on its way (master slow or down): next look
+        return {"published": False, "changed": changed, "digest": digest}
     load = {"cmd": "_mine", "data": {MINE_KEY: data}, "id": opts["id"], "clear": False}
-    # what mine.send does, without its half-second sleep: the minion process sends it over its
-    # authenticated request channel, in order with the beacon events fired after this call
-    with salt.utils.event.get_event("minion", opts=opts, listen=False) as bus:
-        bus.fire_event(load, "_minion_mine")
+    def send():
+        if not _send_mine(opts, load, SEND_TIMEOUT):
+            ctx["at"] = 0.0  # not delivered: the next look sends again
+
+    ctx["sending"] = thread = threading.Thread(target=send, name="edge-ha-publish", daemon=True)
+    thread.start()
     ctx.update(digest=digest, at=time.monotonic())
     return {"published": True, "changed": changed, "digest": digest}
 

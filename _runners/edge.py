@@ -411,6 +411,8 @@ def _job(nodes, fun, args=(), timeout=None):
     """One job for ``nodes`` (a list; one node: a str); returns ``{node: return}`` (the returns are not state)."""
     if not nodes:
         return {}
+    with _PROCESS["lock"]:
+        _PROCESS["jobs"] = _PROCESS.get("jobs", 0) + 1
     timeout = timeout or __opts__.get("edge_ha_timeout", 10)  # pylint: disable=undefined-variable
     if isinstance(nodes, str):
         return _client().cmd(nodes, fun, list(args), timeout=timeout)
@@ -689,7 +691,7 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
                                "the last good model stays in force")
     events = []
     rollout = None
-    jobs = wanted.node_jobs if not test else 0
+    jobs_before = _PROCESS.get("jobs", 0)
     if not test:
         _apply_safety(wanted, actions, events)
         _apply_flags(wanted, actions, drains)
@@ -730,7 +732,7 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         "pillar_errors": state.get("errors") or [],
         "rollout": rollout,
         "actions": actions,
-        "minion_jobs": jobs,
+        "minion_jobs": _PROCESS.get("jobs", 0) - jobs_before,  # jobs this reconcile sent (one per _job call)
         "service": service,
         "seconds": round(time.monotonic() - started, 3),
     }
