@@ -35,6 +35,7 @@ the functional tests use it, since they have no init system.
 """
 
 import difflib
+import functools
 import ipaddress
 import json
 import logging
@@ -271,10 +272,15 @@ def __virtual__():
 # ---------------------------------------------------------------- pure logic
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(template):
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(template)
+
+
 def render_config(view, paths, template=None):
     """Render keepalived.conf text for one node view (from ``edge_ha.view_for_node``)."""
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    text = env.from_string(template or KEEPALIVED_TEMPLATE).render(view=view, paths=paths)
+    text = _compiled(template or KEEPALIVED_TEMPLATE).render(view=view, paths=paths)
     lines = [line.rstrip() for line in text.splitlines()]
     out = []
     for line in lines:  # collapse runs of blank lines left by the template

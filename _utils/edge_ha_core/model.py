@@ -274,6 +274,14 @@ GLOBAL_DEFS_KEYS = (
     "vrrp_gna_interval",
     "lvs_sync_daemon",
 )
+# keepalived 2.2.7's own ranges (seconds, or a count for the repeat)
+GLOBAL_DEFS_RANGES = {
+    "vrrp_garp_master_delay": (0, 4294),
+    "vrrp_garp_master_repeat": (1, 86400),
+    "vrrp_garp_master_refresh": (0, 86400),
+    "vrrp_garp_interval": (1, 4294),
+    "vrrp_gna_interval": (1, 4294),
+}
 SYNC_DAEMON_KEYS = ("interface", "instance", "id")
 SCRIPT_KEYS = ("script", "interval", "timeout", "weight", "rise", "fall", "user", "init_fail")
 TRACK_FILE_KEYS = ("file", "weight", "init_file")
@@ -409,8 +417,8 @@ def _validate_global_defs(errors, data, instance_names):
                         _path(kpath, "instance"),
                         f"{describe(value['instance'])} is not a vrrp_instance; instances: {_known(instance_names)}",
                     )
-        elif key in GLOBAL_DEFS_KEYS:
-            _check_int(errors, kpath, value, 0, 86400)
+        elif key in GLOBAL_DEFS_RANGES:
+            _check_int(errors, kpath, value, *GLOBAL_DEFS_RANGES[key])
 
 
 def _named_mapping(errors, path, data):
@@ -432,9 +440,19 @@ def _validate_scripts(errors, scripts):
             continue
         if "script" in script:
             value = script["script"]
-            if _check_str(errors, _path(spath, "script"), value, max_len=MAX_SCRIPT, spaces=True, special=False) \
-                    and '"' in value:
-                errors.add(_path(spath, "script"), "must be a one-line command without double quotes")
+            if _check_str(errors, _path(spath, "script"), value, max_len=MAX_SCRIPT, spaces=True, special=False):
+                if '"' in value or "\\" in value:
+                    errors.add(
+                        _path(spath, "script"),
+                        "must be a one-line command without double quotes or backslashes "
+                        "(keepalived reads the script as a quoted string with escapes)",
+                    )
+                elif not value.startswith("/"):
+                    errors.add(
+                        _path(spath, "script"),
+                        f"must start with the absolute path of the command (keepalived does not search PATH), "
+                        f"got {describe(value)}",
+                    )
         for key, low, high in (
             ("interval", 1, 3600),
             ("timeout", 1, 3600),
@@ -510,13 +528,16 @@ def _check_advert_int(errors, path, advert, version):
         errors.add(path, f"{advert} is above 40.95 s, the VRRPv3 maximum (12 bits of centiseconds)")
 
 
-def _check_auth(errors, apath, auth, version):
+def _check_auth(errors, apath, auth, version, state):
     if not _check_keys(errors, apath, auth, ("auth_type", "auth_pass"), required=("auth_type", "auth_pass")):
         return
     if version == 3:
         errors.add(apath, "VRRPv3 has no authentication (RFC 5798); remove it or use vrrp_version: 2")
     if "auth_type" in auth:
-        _check_choice(errors, _path(apath, "auth_type"), auth["auth_type"], AUTH_TYPES)
+        if _check_choice(errors, _path(apath, "auth_type"), auth["auth_type"], AUTH_TYPES) \
+                and auth["auth_type"] == "AH" and state == "MASTER":
+            errors.add(_path(apath, "auth_type"), "AH does not go with state MASTER (keepalived rejects both); "
+                                                  "use state BACKUP")
     if "auth_pass" in auth:
         # never echo the value: errors reach job returns and logs
         pw = auth["auth_pass"]
@@ -577,12 +598,16 @@ def _validate_instance(errors, name, inst, ctx):
     if "advert_int" in inst:
         _check_advert_int(errors, _path(ipath, "advert_int"), inst["advert_int"], version)
     if "authentication" in inst:
-        _check_auth(errors, _path(ipath, "authentication"), inst["authentication"], version)
+        _check_auth(errors, _path(ipath, "authentication"), inst["authentication"], version, inst.get("state"))
     for key in ("nopreempt", "unicast"):
         if key in inst:
             _check_bool(errors, _path(ipath, key), inst[key])
     if "preempt_delay" in inst:
-        _check_int(errors, _path(ipath, "preempt_delay"), inst["preempt_delay"], 0, 1000)
+        if _check_int(errors, _path(ipath, "preempt_delay"), inst["preempt_delay"], 0, 1000) \
+                and inst.get("nopreempt") is True:
+            errors.add(_path(ipath, "preempt_delay"), "does not go with nopreempt: true (keepalived rejects both)")
+        elif inst.get("state") == "MASTER":
+            errors.add(_path(ipath, "preempt_delay"), "needs state BACKUP (keepalived ignores it with state MASTER)")
     if inst.get("nopreempt") is True and inst.get("state", "BACKUP") != "BACKUP":
         errors.add(_path(ipath, "state"), "nopreempt needs state BACKUP (keepalived ignores nopreempt on MASTER)")
     if "garp_master_delay" in inst:
@@ -591,13 +616,28 @@ def _validate_instance(errors, name, inst, ctx):
         _name_list(errors, _path(ipath, "track_script"), inst["track_script"], ctx["scripts"], "vrrp_scripts")
     if "track_file" in inst:
         _name_list(errors, _path(ipath, "track_file"), inst["track_file"], ctx["files"], "vrrp_track_files")
+    tracked = {}
     if "track_interface" in inst:
         ti = inst["track_interface"]
         if not isinstance(ti, list):
             errors.add(_path(ipath, "track_interface"), f"must be a list of interface names, got {describe(ti)}")
         else:
             for i, item in enumerate(ti):
-                _check_problem(errors, _path(ipath, "track_interface", i), interface_problem(item))
+                if not _check_problem(errors, _path(ipath, "track_interface", i), interface_problem(item)):
+                    continue
+                if item in tracked:
+                    errors.add(_path(ipath, "track_interface", i), f"{item!r} is listed twice")
+                tracked[item] = i
+    if members is not None:
+        for node in members:
+            node_iface = iface or nodes[node]["interface"]
+            if node_iface in tracked:
+                errors.add(
+                    _path(ipath, "track_interface", tracked[node_iface]),
+                    f"{node_iface} is the instance's own interface on node {node}; keepalived tracks that "
+                    "one anyway and rejects it here",
+                )
+                break
     # virtual_ipaddress: all of one family, never a node's address, never another instance's VIP
     vlist = inst.get("virtual_ipaddress")
     vpath = _path(ipath, "virtual_ipaddress")
@@ -634,6 +674,11 @@ def _validate_instance(errors, name, inst, ctx):
     if family is None or members is None:
         return
     if inst.get("unicast") is True:
+        if len(members) < 2:
+            errors.add(
+                _path(ipath, "unicast"),
+                f"needs at least two nodes in the instance (unicast_peer would be empty); nodes: {_known(members)}",
+            )
         for node in members:
             own = nodes[node]
             if family == 6 and own["address6"] is None:
@@ -766,6 +811,9 @@ def _validate_virtual_servers(errors, servers, vips, nodes):
         if not isinstance(rs, list) or not rs:
             errors.add(rpath, "must be 'auto' (the edge nodes) or a non-empty list of {address, port, weight}")
             continue
+        if all(isinstance(r, dict) and r.get("weight") == 0 for r in rs):
+            errors.add(rpath, "every real server has weight 0; keepalived rejects a virtual server "
+                              "without weight (quorum 1), give at least one a weight above 0")
         reals = {}
         for i, real in enumerate(rs):
             rspath = _path(rpath, i)
@@ -777,6 +825,9 @@ def _validate_virtual_servers(errors, servers, vips, nodes):
             rport = port
             if "port" in real:
                 rport = real["port"] if _check_int(errors, _path(rspath, "port"), real["port"], 1, 65535) else None
+                if rport is not None and port is not None and rport != port and vs.get("lb_kind", "NAT") in ("DR", "TUN"):
+                    errors.add(_path(rspath, "port"), f"must be the virtual server's port {port} with lb_kind "
+                                                      f"{vs['lb_kind']} (only NAT translates ports)")
             if raddr is not None and rport is not None:
                 if (raddr, rport) in reals:
                     errors.add(rspath, f"{raddr} port {rport} is already real server {reals[(raddr, rport)]}")

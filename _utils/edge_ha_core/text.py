@@ -37,7 +37,7 @@ def bad_char(value):
     """The first character of ``value`` that may not reach a config file, as a readable description, or None."""
     for pos, char in enumerate(value):
         if not char.isprintable():
-            return f"control or line-break character U+{ord(char):04X} at position {pos}"
+            return f"control, line-break or other non-printing character U+{ord(char):04X} at position {pos}"
     return None
 
 

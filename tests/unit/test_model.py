@@ -209,6 +209,21 @@ HOSTILE_CASES = [
      "edge_ha:vrrp_scripts:chk_ingress:script", "U+2029"),
     ("script-too-long", [(("vrrp_scripts", "chk_ingress", "script"), "/bin/true " + "a" * 600)],
      "edge_ha:vrrp_scripts:chk_ingress:script", "at most 512"),
+    ("script-relative", [(("vrrp_scripts", "chk_ingress", "script"), "curl -f http://127.0.0.1/")],
+     "edge_ha:vrrp_scripts:chk_ingress:script", "absolute path of the command"),
+    ("unicast-single-node", [(VI + ("nodes",), ["edge1"])], "edge_ha:vrrp_instances:VI_INGRESS:unicast", "at least two nodes"),
+    ("preempt-delay-with-nopreempt", [(VI + ("nopreempt",), True), (VI + ("preempt_delay",), 5)],
+     "edge_ha:vrrp_instances:VI_INGRESS:preempt_delay", "does not go with nopreempt"),
+    ("preempt-delay-master", [(VI + ("state",), "MASTER"), (VI + ("preempt_delay",), 5)],
+     "edge_ha:vrrp_instances:VI_INGRESS:preempt_delay", "needs state BACKUP"),
+    ("real-servers-all-weight-0", [(HTTP + ("real_servers",), [{"address": "198.18.0.21", "weight": 0}])],
+     "edge_ha:virtual_servers:http:real_servers", "every real server has weight 0"),
+    ("real-server-port-dr", [(HTTP + ("real_servers",), [{"address": "198.18.0.21", "port": 8080}])],
+     "edge_ha:virtual_servers:http:real_servers:0:port", "must be the virtual server's port 80 with lb_kind DR"),
+    ("script-backslash", [(("vrrp_scripts", "chk_ingress", "script"), "/bin/true \\")],
+     "edge_ha:vrrp_scripts:chk_ingress:script", "without double quotes or backslashes"),
+    ("ah-master", [(VI + ("authentication", "auth_type"), "AH"), (VI + ("state",), "MASTER")],
+     "edge_ha:vrrp_instances:VI_INGRESS:authentication:auth_type", "AH does not go with state MASTER"),
     ("script-quote", [(("vrrp_scripts", "chk_ingress", "script"), '/bin/echo "x"')],
      "edge_ha:vrrp_scripts:chk_ingress:script", "without double quotes"),
     ("router-id-brace", [(("global_defs",), {"router_id": "x}"})], "edge_ha:global_defs:router_id", "braces"),
@@ -319,9 +334,9 @@ def test_no_control_character_reaches_the_config(pillar, char, where):
         target = target.setdefault(part, {})
     if key == "path":
         target["type"] = "HTTP_GET"
-    target[key] = f"/x{char}vrrp_instance X {{"[:3] + "y"
+    target[key] = f"/x{char}y"
     errors = edge_ha.validate_model(pillar)
-    assert any(e.startswith(path + ": must not contain a control or line-break character") for e in errors), errors
+    assert any(e.startswith(path + ": must not contain a control, line-break or other non-printing character") for e in errors), errors
 
 
 def test_auth_pass_is_never_echoed(pillar):
@@ -350,3 +365,21 @@ def test_same_vrid_on_one_interface_for_ipv4_and_ipv6_is_fine(pillar):
     """VRRP over IPv4 and over IPv6 are separate protocols: a VRID is unique per interface and family."""
     pillar["vrrp_instances"]["VI6"] = {"virtual_router_id": 51, "vrrp_version": 3, "virtual_ipaddress": ["2001:db8::100/64"]}
     assert edge_ha.validate_model(pillar) == []
+
+
+def test_track_interface_may_not_be_the_own_interface(pillar):
+    """keepalived -t rejects it ("Ignoring track_interface eth0 since own interface"); found by the property test."""
+    pillar["vrrp_instances"]["VI_INGRESS"]["track_interface"] = ["eth1", "eth0"]
+    assert edge_ha.validate_model(pillar) == [
+        "edge_ha:vrrp_instances:VI_INGRESS:track_interface:1: eth0 is the instance's own interface on node edge1; "
+        "keepalived tracks that one anyway and rejects it here"]
+
+
+@pytest.mark.parametrize("key,value,text", [
+    ("vrrp_gna_interval", 0, "from 1 to 4294"), ("vrrp_garp_interval", 4295, "from 1 to 4294"),
+    ("vrrp_garp_master_delay", 86400, "from 0 to 4294"), ("vrrp_garp_master_repeat", 0, "from 1 to 86400"),
+])
+def test_global_defs_ranges_are_keepalived_s(pillar, key, value, text):
+    """keepalived -t rejects these values ("number '0' outside range [0.000001, 4294.967295]"); found by the property test."""
+    pillar["global_defs"] = {key: value}
+    assert edge_ha.validate_model(pillar) == [f"edge_ha:global_defs:{key}: must be {text.replace('from', 'from', 1)}, got {value}"]
