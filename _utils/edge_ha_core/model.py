@@ -447,6 +447,11 @@ def _validate_scripts(errors, scripts):
                         "must be a one-line command without double quotes or backslashes "
                         "(keepalived reads the script as a quoted string with escapes)",
                     )
+                elif value.count("'") % 2:
+                    errors.add(
+                        _path(spath, "script"),
+                        "has an unbalanced single quote (keepalived groups arguments in single quotes)",
+                    )
                 elif not value.startswith("/"):
                     errors.add(
                         _path(spath, "script"),

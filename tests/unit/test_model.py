@@ -224,6 +224,8 @@ HOSTILE_CASES = [
      "edge_ha:vrrp_scripts:chk_ingress:script", "without double quotes or backslashes"),
     ("ah-master", [(VI + ("authentication", "auth_type"), "AH"), (VI + ("state",), "MASTER")],
      "edge_ha:vrrp_instances:VI_INGRESS:authentication:auth_type", "AH does not go with state MASTER"),
+    ("script-single-quote", [(("vrrp_scripts", "chk_ingress", "script"), "/bin/true '0")],
+     "edge_ha:vrrp_scripts:chk_ingress:script", "unbalanced single quote"),
     ("script-quote", [(("vrrp_scripts", "chk_ingress", "script"), '/bin/echo "x"')],
      "edge_ha:vrrp_scripts:chk_ingress:script", "without double quotes"),
     ("router-id-brace", [(("global_defs",), {"router_id": "x}"})], "edge_ha:global_defs:router_id", "braces"),
