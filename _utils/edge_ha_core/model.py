@@ -172,7 +172,7 @@ def _check_str(errors, path, value, max_len=MAX_STRING, spaces=False, special=Tr
         errors.add(path, f"is {len(value)} characters; at most {max_len}")
         return False
     if special and any(c in KEEPALIVED_SPECIAL for c in value):
-        errors.add(path, "must not contain braces, quotes, '#' or '!'")
+        errors.add(path, "must not contain braces, quotes, '#', '!' or backslashes")
         return False
     if not spaces and " " in value:
         errors.add(path, f"must be one word without spaces, got {describe(value)}")
@@ -554,7 +554,7 @@ def _check_auth(errors, apath, auth, version, state):
         elif any(not (c.isascii() and c.isprintable()) or c == " " or c in KEEPALIVED_SPECIAL for c in pw):
             errors.add(
                 ppath,
-                "must be printable ASCII without spaces, braces, quotes, '#' or '!' (value not shown)",
+                "must be printable ASCII without spaces, braces, quotes, '#', '!' or backslashes (value not shown)",
             )
         elif len(pw) > 8:
             errors.add(

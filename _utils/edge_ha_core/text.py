@@ -17,8 +17,9 @@ functions, no Salt.
 
 import re
 
-# keepalived's own syntax characters: blocks, quotes, comments
-KEEPALIVED_SPECIAL = '{}"#!'
+# keepalived's own syntax characters: blocks, quotes, comments, and the
+# backslash (an escape; at the end of a line it joins the next one)
+KEEPALIVED_SPECIAL = '{}"#!\\'
 
 # A rendered line must stay well below keepalived's line buffer (1024 bytes in
 # 2.2.7, longer lines make `keepalived -t` segfault).
@@ -61,7 +62,7 @@ def interface_problem(value):
     if any(c.isspace() or c in "/:" for c in value):
         return f"{describe(value)} is not a valid interface name: no whitespace, '/' or ':'"
     if any(c in KEEPALIVED_SPECIAL for c in value):
-        return f"{describe(value)} is not a valid interface name here: no braces, quotes, '#' or '!'"
+        return f"{describe(value)} is not a valid interface name here: no braces, quotes, '#', '!' or backslashes"
     return None
 
 

@@ -268,6 +268,8 @@ HOSTILE_CASES = [
      "edge_ha:vrrp_instances:VI_INGRESS:authentication:auth_pass", "printable ASCII without spaces"),
     ("auth-pass-nul", [(VI + ("authentication", "auth_pass"), "ab\x00cd")],
      "edge_ha:vrrp_instances:VI_INGRESS:authentication:auth_pass", "printable ASCII without spaces"),
+    ("auth-pass-backslash", [(VI + ("authentication", "auth_pass"), "ab\\")],
+     "edge_ha:vrrp_instances:VI_INGRESS:authentication:auth_pass", "or backslashes (value not shown)"),
     ("auth-pass-empty", [(VI + ("authentication", "auth_pass"), "")],
      "edge_ha:vrrp_instances:VI_INGRESS:authentication:auth_pass", "must not be empty"),
     ("vrrp-version-float", [(VI + ("vrrp_version",), 3.0)], "edge_ha:vrrp_instances:VI_INGRESS:vrrp_version", "3.0 is not allowed; one of 2|3"),

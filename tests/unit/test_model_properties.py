@@ -53,7 +53,7 @@ free_text = st.one_of(
     st.text(printable_ascii, max_size=30),
     st.text(any_char, max_size=12),
 )
-word = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters='{}"#!'), min_size=1, max_size=12)
+word = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E, blacklist_characters='{}"#!\\'), min_size=1, max_size=12)
 
 INTERESTING = [
     "0.0.0.0", "0.0.0.0/0", "224.0.0.18/32", "127.0.0.1/8", "198.18.1.255/24", "198.18.1.0/24", "::ffff:198.18.1.5/120",
@@ -79,7 +79,7 @@ def health_checks(draw, http_ok=True):
     check = {"type": kind}
     if kind != "TCP_CHECK":
         check["path"] = "/" + draw(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E,
-                                                          blacklist_characters='{}"#!'), max_size=20))
+                                                          blacklist_characters='{}"#!\\'), max_size=20))
         if draw(st.booleans()):
             check["status_code"] = draw(st.integers(100, 599))
     for key, low, high in (("connect_timeout", 1, 3600), ("connect_port", 1, 65535), ("retry", 0, 100),
@@ -152,7 +152,7 @@ def pillars(draw):
         if version == 2 and draw(st.booleans()):
             inst["authentication"] = {"auth_type": draw(st.sampled_from(["PASS", "AH"])),
                                       "auth_pass": draw(st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E,
-                                                                              blacklist_characters='{}"#!'),
+                                                                              blacklist_characters='{}"#!\\'),
                                                                 min_size=1, max_size=8))}
         members = sorted(nodes)
         if draw(st.booleans()):
