@@ -78,15 +78,19 @@ class _Errors:
         self.items.append(f"{path}: {message}")
 
 
+class _Path(str):
+    """A pillar path already made safe by ``_path``."""
+
+
 def _part(part):
     """One path element: as written when it is a plain printable key, else its repr (never a line break)."""
-    if isinstance(part, str) and part and len(part) <= 100 and not bad_char(part):
+    if isinstance(part, _Path) or (isinstance(part, str) and part and len(part) <= 100 and not bad_char(part)):
         return part
     return describe(part)
 
 
 def _path(*parts):
-    return ":".join(_part(p) for p in parts)
+    return _Path(":".join(_part(p) for p in parts))
 
 
 def _choices(values):

@@ -387,3 +387,11 @@ def test_global_defs_ranges_are_keepalived_s(pillar, key, value, text):
     """keepalived -t rejects these values ("number '0' outside range [0.000001, 4294.967295]"); found by the property test."""
     pillar["global_defs"] = {key: value}
     assert edge_ha.validate_model(pillar) == [f"edge_ha:global_defs:{key}: must be {text.replace('from', 'from', 1)}, got {value}"]
+
+
+def test_a_long_hostile_name_is_quoted_once_in_the_path():
+    """Found by the 5000-example property run: a path longer than 100 characters was quoted a second time."""
+    name = "\x1f\x08" + "\U00012544" * 60
+    errors = edge_ha.validate_model({"nodes": {name: {}}, "vrrp_instances": {name: {}}})
+    assert errors and all(e.startswith("edge_ha:") for e in errors), errors
+    assert f"edge_ha:vrrp_instances:{edge_ha.describe(name)}:virtual_ipaddress: is required" in errors

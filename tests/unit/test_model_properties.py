@@ -328,7 +328,7 @@ def check_property(pillar):
     errors = edge_ha.validate_model(pillar)
     assert isinstance(errors, list)
     for error in errors:
-        assert isinstance(error, str) and error.startswith("edge_ha"), error
+        assert isinstance(error, str) and error.startswith("edge_ha:"), error
         assert len(error.splitlines()) == 1 and error.isprintable(), repr(error)
         assert edge_ha.INTERNAL_ERROR not in error, error
     if errors:
@@ -377,7 +377,7 @@ def test_any_value_gives_path_errors(value):
     """Whatever the types, validation returns path errors (never raises)."""
     for pillar in (value, {"nodes": value, "vrrp_instances": value}, {"nodes": {"edge1": value}, "vrrp_instances": {"VI": value}}):
         errors = edge_ha.validate_model(pillar)
-        assert errors and all(e.startswith("edge_ha") and edge_ha.INTERNAL_ERROR not in e for e in errors), errors
+        assert errors and all(e.startswith("edge_ha:") and edge_ha.INTERNAL_ERROR not in e for e in errors), errors
 
 
 @pytest.mark.parametrize("address", ["198.18.1.5/24", "2001:db8:1::5/64"])
