@@ -37,7 +37,7 @@ from edge_ha_core import model as edge_ha
 
 keepalived = load("_modules/keepalived.py")
 
-EXAMPLES = int(os.environ.get("EDGE_HA_HYPOTHESIS_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("EDGE_HA_HYPOTHESIS_EXAMPLES", "300"))
 PATHS = {"state_dir": "/run/edge-ha", "notify_script": "/usr/local/sbin/edge-ha-notify"}
 HAS_KEEPALIVED = shutil.which("keepalived") is not None
 HOST_INTERFACES = {name for _, name in socket.if_nameindex()}
