@@ -51,6 +51,8 @@ import time
 from edge_ha_core import model as edge_ha_model
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
+import yaml
+
 try:
     import urllib3
     from kubernetes import client as k8s_client
@@ -618,7 +620,12 @@ def _load_configuration(k8s):
             source = "in-cluster service account"
             attempts = ["edge_ha:kubernetes:kubeconfig is unset", "KUBECONFIG is unset", "~/.kube/config is missing"]
             k8s_config.load_incluster_config(client_configuration=configuration)
-    except (ConfigException, OSError, ValueError, TypeError, KeyError) as exc:
+    except (ConfigException, OSError, ValueError, TypeError, KeyError, AttributeError, yaml.YAMLError) as exc:
+        if isinstance(exc, yaml.YAMLError):
+            # the problem and where, never the parser's excerpt of the file (it may hold a token)
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            exc = f"not valid YAML ({getattr(exc, 'problem', None) or type(exc).__name__}{where})"
         if attempts:
             raise CommandExecutionError(
                 f"cannot load Kubernetes configuration: {', '.join(attempts)}, and the in-cluster "

@@ -35,10 +35,13 @@ the functional tests use it, since they have no init system.
 """
 
 import difflib
+import functools
+import hashlib
 import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -60,7 +63,7 @@ log = logging.getLogger(__name__)
 __virtualname__ = "keepalived"
 
 __load__ = [
-    "render", "validate", "plan", "write_config", "install_notify_script",
+    "render", "validate", "plan", "write_config", "write_rendered", "check_file", "install_notify_script",
     "status", "reload", "version", "running", "start", "stop", "settings", "log_tail",
     "out_of_service", "out_of_service_state", "release_stale_vips",
     "standby", "standby_state", "drained_nodes", "set_drained_nodes", "rollback",
@@ -272,14 +275,19 @@ def __virtual__():
 # ---------------------------------------------------------------- pure logic
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(template):
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(template)
+
+
 def render_config(view, paths, template=None):
     """
     Render keepalived.conf text for one node view (from ``edge_ha.view_for_node``).
     The first line names the view's digest (``edge_ha_core.desired``), whatever the
     template: the master compares it with its own to know which nodes need a re-render.
     """
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    text = env.from_string(template or KEEPALIVED_TEMPLATE).render(view=view, paths=paths)
+    text = _compiled(template or KEEPALIVED_TEMPLATE).render(view=view, paths=paths)
     lines = [desired.header_line(view)] + [line.rstrip() for line in text.splitlines()]
     out = []
     for line in lines:  # collapse runs of blank lines left by the template
@@ -300,35 +308,165 @@ def unified_diff(old, new, path):
     )
 
 
+def _run_check(path, binary):
+    """``keepalived -t -f path`` -> (ok, output). A crash or hang is a failure with a clear message."""
+    try:
+        proc = subprocess.run(
+            [binary, "-t", "-f", path],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=30,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CommandExecutionError(f"keepalived binary {binary!r} not found: install keepalived") from exc
+    except subprocess.TimeoutExpired:
+        return False, "keepalived -t did not finish within 30 s: the config is not accepted"
+    output = mask_secrets((proc.stdout + proc.stderr).strip())
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        return False, (
+            f"keepalived -t crashed ({name}) on this config: keepalived itself fails on it, so it is "
+            "not accepted" + (f":\n{output}" if output else "")
+        )
+    return proc.returncode == 0, f"keepalived -t exit {proc.returncode}" + (f":\n{output}" if output else "")
+
+
 def check_config(text, binary="keepalived"):
     """
-    Run ``keepalived -t`` on ``text`` in a temporary file.
-    Returns (ok, output). Any non-zero exit is a failure.
+    Run ``keepalived -t`` on ``text`` in a temporary file (mode 0600: it
+    holds auth_pass). Returns (ok, output), secrets masked. Any non-zero
+    exit is a failure; so is a crash (keepalived 2.2.7 segfaults on some
+    inputs) or a hang.
     """
     fd, path = tempfile.mkstemp(prefix="keepalived-check-", suffix=".conf")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-        try:
-            proc = subprocess.run(
-                [binary, "-t", "-f", path],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-        except FileNotFoundError as exc:
-            raise CommandExecutionError(f"keepalived binary {binary!r} not found: install keepalived") from exc
-        output = (proc.stdout + proc.stderr).replace(path, "<new config>").strip()
-        return proc.returncode == 0, f"keepalived -t exit {proc.returncode}" + (f":\n{output}" if output else "")
+        ok, output = _run_check(path, binary)
+        return ok, output.replace(path, "<new config>")
     finally:
         os.unlink(path)
 
 
-def write_atomic(path, text, mode=0o644, backup=None):
+SECRET_MASK = "********"
+_SECRET_RE = re.compile(r"(\bauth_pass[ \t]+)[^\s'\"]+")
+
+
+def mask_secrets(text):
+    """``text`` (a config, a diff, keepalived output) with every auth_pass value replaced by ********."""
+    return _SECRET_RE.sub(r"\g<1>" + SECRET_MASK, text or "")
+
+
+def config_digest(text):
+    """sha256 of a config text (None when there is no text): what plans report instead of the text."""
+    return hashlib.sha256(text.encode()).hexdigest() if text else None
+
+
+def masked_diff(old, new, path):
+    """The unified diff of two configs with auth_pass values masked (a changed password still shows as a change)."""
+    return mask_secrets(unified_diff(old, new, path))
+
+
+# pillar keys of the keepalived keywords inside each block (for mapping keepalived -t messages back)
+_KEYWORD_KEYS = {
+    "vrrp_instance": {
+        "interface": "interface", "virtual_router_id": "virtual_router_id", "priority": "priority",
+        "state": "state", "advert_int": "advert_int", "version": "vrrp_version", "nopreempt": "nopreempt",
+        "preempt_delay": "preempt_delay", "garp_master_delay": "garp_master_delay",
+        "authentication": "authentication", "auth_type": "authentication:auth_type",
+        "auth_pass": "authentication:auth_pass", "unicast_src_ip": "unicast", "unicast_peer": "unicast",
+        "virtual_ipaddress": "virtual_ipaddress", "virtual_ipaddress_excluded": "virtual_ipaddress",
+        "track_script": "track_script", "track_file": "track_file", "track_interface": "track_interface",
+    },
+    "vrrp_script": {k: k for k in ("script", "interval", "timeout", "weight", "rise", "fall", "user", "init_fail")},
+    "vrrp_track_file": {k: k for k in ("file", "weight", "init_file")},
+    "global_defs": {k: k for k in (
+        "router_id", "script_user", "enable_script_security", "lvs_sync_daemon", "vrrp_garp_master_delay",
+        "vrrp_garp_master_repeat", "vrrp_garp_master_refresh", "vrrp_garp_interval", "vrrp_gna_interval")},
+    "virtual_server": {
+        "delay_loop": "delay_loop", "lb_algo": "lb_algo", "lb_kind": "lb_kind",
+        "persistence_timeout": "persistence_timeout", "protocol": "protocol", "real_server": "real_servers",
+    },
+}
+
+
+def _block_path(header, view):
+    kind, name = header[0], header[1] if len(header) > 1 else ""
+    if kind == "global_defs":
+        return "edge_ha:global_defs"
+    if kind == "vrrp_instance":
+        return f"edge_ha:vrrp_instances:{name}"
+    if kind == "vrrp_script":
+        return f"edge_ha:vrrp_scripts:{name}"
+    if kind == "vrrp_track_file" and not name.startswith("edge_ha_"):
+        return f"edge_ha:vrrp_track_files:{name}"
+    if kind == "virtual_server" and len(header) > 2:
+        return _server_path(name, header[2], view)
+    return None
+
+
+def _server_path(address, port, view):
+    for vs in view.get("virtual_servers", []):
+        if vs["address"] == address and str(vs["port"]) == str(port):
+            return f"edge_ha:virtual_servers:{vs['name']}"
+    return None
+
+
+def explain_check_output(output, text, view):
+    """
+    Map ``keepalived -t`` messages back to pillar paths: by the line number
+    keepalived gives (the block and keyword on that line of ``text``), else by
+    the instance, script or virtual server a message names. Returns
+    ``[(path, message)]``; messages naming nothing of the pillar are left out.
+    """
+    where = {}
+    header, depth = None, 0
+    for number, line in enumerate(text.splitlines(), 1):
+        bare = re.sub(r'"[^"]*"', '""', line.strip())
+        words = line.split()
+        if depth == 0 and bare.endswith("{"):
+            header = bare[:-1].split()
+        if header and words:
+            where[number] = (header, words[0])
+        depth = max(0, depth + bare.count("{") - bare.count("}"))
+    instances = {i["name"] for i in view.get("vrrp_instances", [])}
+    out = []
+    for raw in output.splitlines()[1:]:
+        message = re.sub(r"^\((?:<new config>|[^)]*): Line \d+\)\s*|^\(Line \d+\)\s*", "", raw.strip())
+        path = None
+        line = re.search(r"Line (\d+)\)", raw)
+        if line and int(line.group(1)) in where:
+            head, keyword = where[int(line.group(1))]
+            path = _block_path(head, view)
+            key = _KEYWORD_KEYS.get(head[0], {}).get(keyword)
+            if path and key:
+                path = f"{path}:{key}"
+        if path is None and (match := re.match(r"\((\S+)\)", message)) and match.group(1) in instances:
+            path = f"edge_ha:vrrp_instances:{match.group(1)}"
+        if path is None and (match := re.search(r"\bscript (\S+)", message)) and \
+                match.group(1) in view.get("vrrp_scripts", {}):
+            path = f"edge_ha:vrrp_scripts:{match.group(1)}:script"
+        for match in re.finditer(r"\[([^\]]+)\]:(?:tcp|udp|sctp):(\d+)", message) if path is None else ():
+            path = path or _server_path(match.group(1), match.group(2), view)
+        if path and (path, message) not in out:
+            out.append((path, message))
+    return out
+
+
+CONFIG_MODE = 0o600  # keepalived.conf and its .bak/.failed copies hold auth_pass
+
+
+def write_atomic(path, text, mode=CONFIG_MODE, backup=None):
     """
     Write ``text`` to ``path`` through a temporary file in the same directory
-    and a rename. With ``backup``, the previous file is first copied there.
+    and a rename, then fsync the directory. With ``backup``, the previous file
+    is first copied there (same mode). The mode is set before the rename, so
+    the file is never readable by others, not even for a moment.
     """
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
@@ -343,16 +481,21 @@ def _write_bytes(path, data, mode):
     directory = os.path.dirname(path) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def read_text(path):
@@ -451,7 +594,19 @@ def _paths(conf):
     return {"state_dir": conf["state_dir"], "notify_script": conf["notify_script"]}
 
 
-def render(node=None, template=None, pillar=None):
+def _render(node=None, template=None, pillar=None):
+    """(view, config text) for this minion or ``node``."""
+    view = __salt__["edge_ha.node_view"](node=node, pillar=pillar, drained=drained_nodes())  # pylint: disable=undefined-variable
+    text = None
+    if template:
+        cached = __salt__["cp.cache_file"](template)  # pylint: disable=undefined-variable
+        if not cached:
+            raise SaltInvocationError(f"template {template!r} not found")
+        text = read_text(cached)
+    return view, render_config(view, _paths(settings()), text)
+
+
+def render(node=None, template=None, pillar=None, show_secrets=False):
     """
     Render keepalived.conf for this minion (or ``node``) from the edge_ha
     pillar. The pillar is validated first; an invalid one raises an error
@@ -460,6 +615,10 @@ def render(node=None, template=None, pillar=None):
     template
         Optional ``salt://`` path (or local path) of a Jinja template to use
         instead of the built-in one; it gets ``view`` and ``paths``.
+
+    show_secrets
+        ``auth_pass`` values are masked (``********``) unless this is True:
+        the return of a remote call lands in the job cache.
 
     CLI Example:
 
@@ -470,14 +629,8 @@ def render(node=None, template=None, pillar=None):
 
     ``pillar``: the pillar data to render from instead of this minion's (see ``plan``).
     """
-    view = __salt__["edge_ha.node_view"](node=node, pillar=pillar, drained=drained_nodes())  # pylint: disable=undefined-variable
-    text = None
-    if template:
-        cached = __salt__["cp.cache_file"](template)  # pylint: disable=undefined-variable
-        if not cached:
-            raise SaltInvocationError(f"template {template!r} not found")
-        text = read_text(cached)
-    return render_config(view, _paths(settings()), text)
+    text = _render(node=node, template=template, pillar=pillar)[1]
+    return text if show_secrets else mask_secrets(text)
 
 
 def log_tail(lines=15):
@@ -514,11 +667,44 @@ def validate(node=None, template=None):
     return {"valid": result["valid"], "errors": result["errors"], "output": result["check_output"]}
 
 
+def _plan(node=None, template=None, pillar=None):
+    """Like ``plan`` but with the config texts (``old``, ``new``): for this module only, never returned to Salt."""
+    conf = settings()
+    path = conf["config_file"]
+    out = {
+        "config_file": path, "valid": False, "errors": [], "check_output": "",
+        "old": read_text(path), "new": "", "diff": "",
+    }
+    errors = __salt__["edge_ha.validate"](pillar=pillar)  # pylint: disable=undefined-variable
+    if errors:
+        out["errors"] = ["edge_ha pillar is invalid:"] + errors
+        return out
+    view, out["new"] = _render(node=node, template=template, pillar=pillar)
+    ok, out["check_output"] = check_config(out["new"], conf["binary"])
+    if not ok:
+        out["errors"] = ["rendered keepalived.conf fails validation: " + out["check_output"]] + [
+            f"{where}: keepalived -t: {message}" for where, message in explain_check_output(out["check_output"], out["new"], view)
+        ]
+        return out
+    out["valid"] = True
+    out["diff"] = masked_diff(out["old"], out["new"], path)
+    out["notify_script_current"] = read_text(conf["notify_script"]) == NOTIFY_SCRIPT
+    out["running"] = running()
+    return out
+
+
 def plan(node=None, template=None, fresh_pillar=False):
     """
     What applying the pillar would change, without changing anything:
-    ``{valid, errors, config_file, old, new, diff, notify_script_current,
-    running}``. ``valid`` covers the pillar model and ``keepalived -t``.
+    ``{valid, errors, check_output, config_file, old_hash, new_hash, changed,
+    diff, notify_script_current, running}``. ``valid`` covers the pillar model
+    and ``keepalived -t``.
+
+    No secret is returned (the master's reconcile calls this on every node, so
+    the return lands in the job cache and on the event bus): the configs are
+    reported by their sha256 (``old_hash`` is None when there is no file), and
+    ``auth_pass`` values in ``diff`` and ``check_output`` read ``********``.
+    ``changed`` (and a non-empty ``diff``) also when only a password changed.
 
     fresh_pillar
         compile the pillar now (``pillar.items``) instead of using the
@@ -533,32 +719,53 @@ def plan(node=None, template=None, fresh_pillar=False):
         salt edge1 keepalived.plan fresh_pillar=True
     """
     pillar = __salt__["pillar.items"](unmask=True) if fresh_pillar else None  # pylint: disable=undefined-variable
-    conf = settings()
-    path = conf["config_file"]
-    out = {
-        "config_file": path, "valid": False, "errors": [], "check_output": "",
-        "old": read_text(path), "new": "", "diff": "",
-    }
-    errors = __salt__["edge_ha.validate"](pillar=pillar)  # pylint: disable=undefined-variable
-    if errors:
-        out["errors"] = ["edge_ha pillar is invalid:"] + errors
-        return out
-    out["new"] = render(node=node, template=template, pillar=pillar)
-    ok, out["check_output"] = check_config(out["new"], conf["binary"])
-    if not ok:
-        out["errors"] = ["rendered keepalived.conf fails validation: " + out["check_output"]]
-        return out
-    out["valid"] = True
-    out["diff"] = unified_diff(out["old"], out["new"], path)
-    out["notify_script_current"] = read_text(conf["notify_script"]) == NOTIFY_SCRIPT
-    out["running"] = running()
+    return _public_plan(_plan(node=node, template=template, pillar=pillar))
+
+
+def _public_plan(full):
+    out = {key: value for key, value in full.items() if key not in ("old", "new")}
+    out["errors"] = [mask_secrets(e) for e in full["errors"]]
+    out["old_hash"] = config_digest(full["old"])
+    out["new_hash"] = config_digest(full["new"])
+    out["changed"] = bool(full["valid"] and full["old"] != full["new"])
     return out
+
+
+def write_rendered(node=None, template=None, expected_hash=None, backup=True):
+    """
+    Render this node's config again, check it (pillar model and ``keepalived
+    -t``) and write it atomically (mode 0600), the previous file kept as
+    ``<config_file>.bak``. With ``expected_hash`` (a plan's ``new_hash``),
+    refuse if the rendered config is not the one planned (the pillar changed
+    in between). Does not reload. Returns ``{config_file, written, hash}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.write_rendered
+    """
+    full = _plan(node=node, template=template)
+    if not full["valid"]:
+        raise CommandExecutionError(mask_secrets("\n  ".join(full["errors"])))
+    digest = config_digest(full["new"])
+    if expected_hash and digest != expected_hash:
+        raise CommandExecutionError(
+            f"the rendered config ({digest[:16]}) is not the planned one ({str(expected_hash)[:16]}): "
+            "the pillar changed in between; nothing written"
+        )
+    path = full["config_file"]
+    if full["old"] == full["new"]:
+        return {"config_file": path, "written": False, "hash": digest}
+    write_atomic(path, full["new"], backup=(path + ".bak") if backup and full["old"] else None)
+    return {"config_file": path, "written": True, "hash": digest}
 
 
 def write_config(text, backup=True):
     """
-    Write ``text`` as keepalived.conf atomically; with ``backup`` the previous
-    file is kept as ``<config_file>.bak``. Does not reload.
+    Write ``text`` as keepalived.conf atomically (mode 0600: it holds
+    auth_pass); with ``backup`` the previous file is kept as
+    ``<config_file>.bak``. Does not reload.
 
     CLI Example:
 
@@ -769,7 +976,7 @@ def rollback():
     current = read_text(path)
     if current == previous:
         return {"rolled_back": False, "running": running(), "config_file": path}
-    write_atomic(path + ".failed", current)
+    write_atomic(path + ".failed", current)  # both hold auth_pass: 0600 like the config
     write_atomic(path, previous)
     alive = reload() if running() else start()
     return {"rolled_back": True, "running": alive, "config_file": path}
@@ -862,11 +1069,31 @@ def stop():
     return not running()
 
 
+def check_file():
+    """
+    Check the config file on disk with keepalived's own config test
+    (``keepalived -t``, ``--config-test`` in keepalived 2.x); raises with its
+    (masked) output when keepalived rejects it. ``reload`` runs this first.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.check_file
+    """
+    conf = settings()
+    ok, output = _run_check(conf["config_file"], conf["binary"])
+    if not ok:
+        raise CommandExecutionError(f"{conf['config_file']} fails keepalived's config test; not reloading: {output}")
+    return True
+
+
 def reload():
     """
     Reload keepalived's configuration (SIGHUP; VRRP state is kept for
-    instances whose VRID and interface are unchanged). Returns True when
-    keepalived still runs after the settle time.
+    instances whose VRID and interface are unchanged), after keepalived's own
+    config test of the file (``check_file``): a file keepalived rejects is
+    never loaded. Returns True when keepalived still runs after the settle time.
 
     CLI Example:
 
@@ -875,6 +1102,7 @@ def reload():
         salt-call keepalived.reload
     """
     conf = settings()
+    check_file()
     if conf["service_mode"] != "process":
         __salt__["service.reload"](conf["service_name"])  # pylint: disable=undefined-variable
         return _settled(conf)

@@ -15,7 +15,10 @@ after the reload (or start), the previous file is restored and loaded again,
 and the state fails saying so.
 
 With ``test=True`` it returns ``result: None`` and the unified diff; nothing is
-written. An invalid pillar gives ``result: False`` with every error in the
+written. Diffs show ``auth_pass ********``, never the password (state returns
+land in the job cache). The config and its ``.bak``/``.failed`` copies are
+written with mode 0600, and keepalived's own config test (``keepalived -t``)
+passes before every reload. An invalid pillar gives ``result: False`` with every error in the
 comment; the config file and the running daemon are not touched.
 """
 
@@ -64,13 +67,13 @@ def managed(name="keepalived", node=None, template=None):
 
     path = plan["config_file"]
     changes = {}
-    if plan["diff"]:
-        changes["config"] = plan["diff"]
+    if plan["changed"]:
+        changes["config"] = plan["diff"]  # auth_pass masked: state returns land in the job cache
     if not plan["notify_script_current"]:
         changes["notify_script"] = "installed"
     if not plan["running"]:
         changes["service"] = "started"
-    elif plan["diff"]:
+    elif plan["changed"]:
         changes["service"] = "reloaded"
 
     if not changes:
@@ -86,22 +89,20 @@ def managed(name="keepalived", node=None, template=None):
 
     try:
         mod["keepalived.install_notify_script"]()
-        if plan["diff"]:
-            mod["keepalived.write_config"](plan["new"], backup=bool(plan["old"]))
+        if plan["changed"]:
+            # renders and checks again, and writes only the config planned above (mode 0600, .bak kept)
+            mod["keepalived.write_rendered"](node=node, template=template, expected_hash=plan["new_hash"])
         if plan["running"]:
-            alive = mod["keepalived.reload"]() if plan["diff"] else True
+            alive = mod["keepalived.reload"]() if plan["changed"] else True
         else:
             alive = mod["keepalived.start"]()
         if not alive:
             msg = f"keepalived is not running after loading the new {path}"
-            if plan["old"] and plan["diff"]:
-                mod["keepalived.write_config"](plan["old"], backup=False)
-                if mod["keepalived.running"]():
-                    back = mod["keepalived.reload"]()
-                else:
-                    back = mod["keepalived.start"]()
+            if plan["old_hash"] and plan["changed"]:
+                # the previous file (.bak) goes back and is loaded; the new one is kept as .failed
+                back = mod["keepalived.rollback"]()
                 msg += "; the previous config was restored and " + (
-                    "keepalived runs with it again" if back else "keepalived does not run with it either"
+                    "keepalived runs with it again" if back["running"] else "keepalived does not run with it either"
                 )
             tail = mod["keepalived.log_tail"]()
             ret["comment"] = msg + ("\n" + tail if tail else "")

@@ -21,11 +21,23 @@ allowed values. Nothing on a node is changed unless the model is valid.
 """
 
 import ipaddress
+import math
 import numbers
 import re
 
 from salt.exceptions import CommandExecutionError
 from salt.exceptions import SaltInvocationError
+
+from edge_ha_core.text import KEEPALIVED_SPECIAL
+from edge_ha_core.text import MAX_SCRIPT
+from edge_ha_core.text import MAX_STRING
+from edge_ha_core.text import bad_char
+from edge_ha_core.text import describe
+from edge_ha_core.text import dns1035_label_problem
+from edge_ha_core.text import dns1123_label_problem
+from edge_ha_core.text import dns1123_subdomain_problem
+from edge_ha_core.text import interface_problem
+from edge_ha_core.text import label_selector_problem
 
 
 ROOT = "edge_ha"
@@ -66,21 +78,41 @@ class _Errors:
         self.items.append(f"{path}: {message}")
 
 
+class _Path(str):
+    """A pillar path already made safe by ``_path``."""
+
+
+def _part(part):
+    """One path element: as written when it is a plain printable key, else its repr (never a line break)."""
+    if isinstance(part, _Path) or (isinstance(part, str) and part and len(part) <= 100 and not bad_char(part)):
+        return part
+    return describe(part)
+
+
 def _path(*parts):
-    return ":".join(str(p) for p in parts)
+    return _Path(":".join(_part(p) for p in parts))
 
 
 def _choices(values):
     return "one of " + "|".join(str(v) for v in values)
 
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+def _known(names):
+    return ", ".join(sorted(str(n) for n in names)) or "none"
+
+
+# \Z, not $: "$" also matches before a trailing newline
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+
+
+def _valid_name(name):
+    return isinstance(name, str) and NAME_RE.match(name) is not None
 
 
 def _check_names(errors, path, data):
     """Names that become keepalived identifiers or file names."""
     for name in data:
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not _valid_name(name):
             errors.add(_path(path, name), "name must be 1-64 characters of A-Z a-z 0-9 _ . -")
 
 
@@ -90,7 +122,7 @@ def _check_keys(errors, path, data, allowed, required=()):
         errors.add(path, f"must be a mapping, got {type(data).__name__}")
         return False
     for key in data:
-        if key not in allowed:
+        if not isinstance(key, str) or key not in allowed:
             errors.add(
                 _path(path, key),
                 f"unknown key; allowed keys here: {', '.join(sorted(allowed))}",
@@ -105,9 +137,13 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_int(errors, path, value, low, high):
     if not _is_int(value):
-        errors.add(path, f"must be an integer from {low} to {high}, got {value!r}")
+        errors.add(path, f"must be an integer from {low} to {high}, got {describe(value)}")
         return False
     if not low <= value <= high:
         errors.add(path, f"must be from {low} to {high}, got {value}")
@@ -117,47 +153,117 @@ def _check_int(errors, path, value, low, high):
 
 def _check_bool(errors, path, value):
     if not isinstance(value, bool):
-        errors.add(path, f"must be true or false, got {value!r}")
+        errors.add(path, f"must be true or false, got {describe(value)}")
         return False
     return True
 
 
-def _check_str(errors, path, value):
+def _check_str(errors, path, value, max_len=MAX_STRING, spaces=False, special=True):
+    """
+    A non-empty string that can be written into keepalived.conf as it is: no
+    control characters or line breaks of any kind, at most ``max_len``
+    characters, no keepalived syntax characters (``special``), no whitespace
+    unless ``spaces`` (a second word would be read as another argument).
+    """
     if not isinstance(value, str) or not value:
-        errors.add(path, f"must be a non-empty string, got {value!r}")
+        errors.add(path, f"must be a non-empty string, got {describe(value)}")
         return False
-    if any(c in value for c in "\n\r{}\"#!"):
-        errors.add(path, "must not contain newlines, braces, quotes, '#' or '!'")
+    bad = bad_char(value)
+    if bad:
+        errors.add(path, f"must not contain a {bad}")
+        return False
+    if len(value) > max_len:
+        errors.add(path, f"is {len(value)} characters; at most {max_len}")
+        return False
+    if special and any(c in KEEPALIVED_SPECIAL for c in value):
+        errors.add(path, "must not contain braces, quotes, '#', '!' or backslashes")
+        return False
+    if not spaces and " " in value:
+        errors.add(path, f"must be one word without spaces, got {describe(value)}")
+        return False
+    if value != value.strip():
+        errors.add(path, f"must not start or end with spaces, got {describe(value)}")
         return False
     return True
 
 
 def _check_choice(errors, path, value, choices):
-    if value not in choices:
-        errors.add(path, f"{value!r} is not allowed; {_choices(choices)}")
+    """``value`` is one of ``choices`` with the same type (3.0 and true are not 3 and 1)."""
+    if not any(type(value) is type(c) and value == c for c in choices):
+        errors.add(path, f"{describe(value)} is not allowed; {_choices(choices)}")
         return False
     return True
 
 
-def _ip(errors, path, value):
-    """An address without prefix length, or None after reporting."""
-    try:
-        return ipaddress.ip_address(str(value))
-    except ValueError:
-        errors.add(path, f"{value!r} is not an IPv4 or IPv6 address")
+def _check_problem(errors, path, problem):
+    if problem:
+        errors.add(path, problem)
+        return False
+    return True
+
+
+def _parse_ip(errors, path, value, parse, example):
+    if not isinstance(value, str):
+        errors.add(path, f"must be a string {example}, got {describe(value)}")
         return None
+    try:
+        addr = parse(value)
+    except ValueError:
+        errors.add(path, f"{describe(value)} is not an {example}")
+        return None
+    if getattr(addr, "scope_id", None) or getattr(getattr(addr, "ip", None), "scope_id", None):
+        errors.add(path, f"{describe(value)} has a %scope; give the address without it")
+        return None
+    return addr
+
+
+def _host_problem(addr, link_local=False):
+    """Why ``addr`` is not usable as a unicast host address (VIP, node, real server), or None."""
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return f"{addr} is an IPv4-mapped IPv6 address; write {addr.ipv4_mapped} (IPv4) instead"
+    if addr.is_unspecified:
+        return f"{addr} is the unspecified address, not a host address"
+    if addr.is_loopback:
+        return f"{addr} is a loopback address, not reachable from other hosts"
+    if addr.is_multicast:
+        return f"{addr} is a multicast address (224.0.0.18 and ff02::12 are VRRP's own), not a unicast host address"
+    if addr.version == 4 and (addr.is_reserved or addr == ipaddress.IPv4Address("255.255.255.255")):
+        return f"{addr} is a reserved or broadcast IPv4 address"
+    if addr.is_link_local and (addr.version == 4 or not link_local):
+        return f"{addr} is a link-local address; use a routable address"
+    return None
+
+
+def _ip(errors, path, value, link_local=False):
+    """A unicast host address without prefix length, or None after reporting."""
+    addr = _parse_ip(errors, path, value, ipaddress.ip_address, "IPv4 or IPv6 address")
+    if addr is not None and not _check_problem(errors, path, _host_problem(addr, link_local)):
+        return None
+    return addr
 
 
 def _vip(errors, path, value):
-    """A virtual_ipaddress entry ``ADDR[/PREFIX]`` -> ip_interface, or None."""
-    if not isinstance(value, str):
-        errors.add(path, f"must be a string 'ADDRESS[/PREFIX]', got {value!r}")
+    """A virtual_ipaddress entry ``ADDR[/PREFIX]`` -> ip_interface, or None after reporting."""
+    vip = _parse_ip(
+        errors, path, value, ipaddress.ip_interface,
+        "address with optional /prefix (e.g. 198.18.0.100/24)",
+    )
+    if vip is None:
         return None
-    try:
-        return ipaddress.ip_interface(value.strip())
-    except ValueError:
-        errors.add(path, f"{value!r} is not an address with optional /prefix (e.g. 198.18.0.100/24)")
+    if not _check_problem(errors, path, _host_problem(vip.ip, link_local=True)):
         return None
+    net = vip.network
+    if net.prefixlen == 0:
+        errors.add(path, f"{value!r}: a /0 prefix would claim every address; give the VIP's subnet prefix")
+        return None
+    if vip.version == 4 and net.prefixlen <= 30 and vip.ip in (net.network_address, net.broadcast_address):
+        which = "network" if vip.ip == net.network_address else "broadcast"
+        errors.add(path, f"{vip.ip} is the {which} address of {net}, not a host address")
+        return None
+    if vip.version == 6 and net.prefixlen <= 126 and vip.ip == net.network_address:
+        errors.add(path, f"{vip.ip} is the subnet-router anycast address of {net}, not a host address")
+        return None
+    return vip
 
 
 NODE_KEYS = ("address", "address6", "interface", "priority", "kubernetes_node")
@@ -172,6 +278,14 @@ GLOBAL_DEFS_KEYS = (
     "vrrp_gna_interval",
     "lvs_sync_daemon",
 )
+# keepalived 2.2.7's own ranges (seconds, or a count for the repeat)
+GLOBAL_DEFS_RANGES = {
+    "vrrp_garp_master_delay": (0, 4294),
+    "vrrp_garp_master_repeat": (1, 86400),
+    "vrrp_garp_master_refresh": (0, 86400),
+    "vrrp_garp_interval": (1, 4294),
+    "vrrp_gna_interval": (1, 4294),
+}
 SYNC_DAEMON_KEYS = ("interface", "instance", "id")
 SCRIPT_KEYS = ("script", "interval", "timeout", "weight", "rise", "fall", "user", "init_fail")
 TRACK_FILE_KEYS = ("file", "weight", "init_file")
@@ -237,45 +351,54 @@ TOP_KEYS = (
 
 
 def _validate_nodes(errors, nodes):
+    """
+    Returns ``{name: {"address": ip|None, "address6": ip|None, "interface": str|None}}``
+    for every validly named node (values None where invalid).
+    """
     path = _path(ROOT, "nodes")
-    addresses = {}
+    found = {}
     if not isinstance(nodes, dict) or not nodes:
         errors.add(path, "must be a non-empty mapping of node name -> {address, interface}")
-        return addresses
+        return found
     _check_names(errors, path, nodes)
     for name, node in nodes.items():
         npath = _path(path, name)
         if not _check_keys(errors, npath, node, NODE_KEYS, required=("address", "interface")):
             continue
+        info = found[name] = {"address": None, "address6": None, "interface": None}
         if "address" in node:
-            addr = _ip(errors, _path(npath, "address"), node["address"])
-            if addr is not None:
-                addresses[name] = [addr]
+            info["address"] = _ip(errors, _path(npath, "address"), node["address"])
         if "address6" in node:
             addr6 = _ip(errors, _path(npath, "address6"), node["address6"])
             if addr6 is not None and addr6.version != 6:
                 errors.add(_path(npath, "address6"), f"{addr6} is not an IPv6 address")
             elif addr6 is not None:
-                addresses.setdefault(name, []).append(addr6)
-        if "interface" in node:
-            _check_str(errors, _path(npath, "interface"), node["interface"])
+                info["address6"] = addr6
+        if "interface" in node and _check_problem(
+            errors, _path(npath, "interface"), interface_problem(node["interface"])
+        ):
+            info["interface"] = node["interface"]
         if "priority" in node:
             _check_int(errors, _path(npath, "priority"), node["priority"], 1, 254)
         if "kubernetes_node" in node:
-            _check_str(errors, _path(npath, "kubernetes_node"), node["kubernetes_node"])
+            _check_problem(
+                errors, _path(npath, "kubernetes_node"),
+                dns1123_subdomain_problem(node["kubernetes_node"], "node name"),
+            )
     seen = {}
-    for name, addrs in addresses.items():
-        for addr in addrs:
+    for name, info in found.items():
+        for key in ("address", "address6"):
+            addr = info[key]
+            if addr is None:
+                continue
             if addr in seen:
-                errors.add(
-                    _path(path, name, "address"),
-                    f"{addr} is also the address of node {seen[addr]}",
-                )
-            seen[addr] = name
-    return addresses
+                errors.add(_path(path, name, key), f"{addr} is also the address of node {seen[addr]}")
+            else:
+                seen[addr] = name
+    return {name: info for name, info in found.items() if _valid_name(name)}
 
 
-def _validate_global_defs(errors, data):
+def _validate_global_defs(errors, data, instance_names):
     path = _path(ROOT, "global_defs")
     if not _check_keys(errors, path, data, GLOBAL_DEFS_KEYS):
         return
@@ -288,29 +411,57 @@ def _validate_global_defs(errors, data):
         elif key == "lvs_sync_daemon":
             if _check_keys(errors, kpath, value, SYNC_DAEMON_KEYS, required=("instance",)):
                 if "interface" in value:
-                    _check_str(errors, _path(kpath, "interface"), value["interface"])
+                    _check_problem(errors, _path(kpath, "interface"), interface_problem(value["interface"]))
                 if "id" in value:
                     _check_int(errors, _path(kpath, "id"), value["id"], 0, 255)
-        elif key in GLOBAL_DEFS_KEYS:
-            _check_int(errors, kpath, value, 0, 86400)
+                if "instance" in value and (
+                    not isinstance(value["instance"], str) or value["instance"] not in instance_names
+                ):
+                    errors.add(
+                        _path(kpath, "instance"),
+                        f"{describe(value['instance'])} is not a vrrp_instance; instances: {_known(instance_names)}",
+                    )
+        elif key in GLOBAL_DEFS_RANGES:
+            _check_int(errors, kpath, value, *GLOBAL_DEFS_RANGES[key])
+
+
+def _named_mapping(errors, path, data):
+    """A mapping of names -> settings; False (after reporting) if it is not one."""
+    if not isinstance(data, dict):
+        errors.add(path, f"must be a mapping of name -> settings, got {type(data).__name__}")
+        return False
+    _check_names(errors, path, data)
+    return True
 
 
 def _validate_scripts(errors, scripts):
     path = _path(ROOT, "vrrp_scripts")
-    if not _check_keys(errors, path, scripts, tuple(scripts) if isinstance(scripts, dict) else ()):
+    if not _named_mapping(errors, path, scripts):
         return
-    _check_names(errors, path, scripts)
     for name, script in scripts.items():
         spath = _path(path, name)
         if not _check_keys(errors, spath, script, SCRIPT_KEYS, required=("script",)):
             continue
         if "script" in script:
             value = script["script"]
-            if not isinstance(value, str) or not value.strip() or "\n" in value or '"' in value:
-                errors.add(
-                    _path(spath, "script"),
-                    "must be a one-line command without double quotes",
-                )
+            if _check_str(errors, _path(spath, "script"), value, max_len=MAX_SCRIPT, spaces=True, special=False):
+                if '"' in value or "\\" in value:
+                    errors.add(
+                        _path(spath, "script"),
+                        "must be a one-line command without double quotes or backslashes "
+                        "(keepalived reads the script as a quoted string with escapes)",
+                    )
+                elif value.count("'") % 2:
+                    errors.add(
+                        _path(spath, "script"),
+                        "has an unbalanced single quote (keepalived groups arguments in single quotes)",
+                    )
+                elif not value.startswith("/"):
+                    errors.add(
+                        _path(spath, "script"),
+                        f"must start with the absolute path of the command (keepalived does not search PATH), "
+                        f"got {describe(value)}",
+                    )
         for key, low, high in (
             ("interval", 1, 3600),
             ("timeout", 1, 3600),
@@ -328,19 +479,16 @@ def _validate_scripts(errors, scripts):
 
 def _validate_track_files(errors, files):
     path = _path(ROOT, "vrrp_track_files")
-    if not _check_keys(errors, path, files, tuple(files) if isinstance(files, dict) else ()):
+    if not _named_mapping(errors, path, files):
         return
-    _check_names(errors, path, files)
     for name, entry in files.items():
-        if str(name).startswith("edge_ha_"):
+        if isinstance(name, str) and name.startswith("edge_ha_"):
             errors.add(_path(path, name), "names starting with edge_ha_ are reserved for the plugin")
         fpath = _path(path, name)
         if not _check_keys(errors, fpath, entry, TRACK_FILE_KEYS, required=("file",)):
             continue
         if "file" in entry:
-            if _check_str(errors, _path(fpath, "file"), entry["file"]) and not entry[
-                "file"
-            ].startswith("/"):
+            if _check_str(errors, _path(fpath, "file"), entry["file"]) and not entry["file"].startswith("/"):
                 errors.add(_path(fpath, "file"), "must be an absolute path")
         if "weight" in entry:
             _check_int(errors, _path(fpath, "weight"), entry["weight"], -254, 254)
@@ -348,162 +496,248 @@ def _validate_track_files(errors, files):
             _check_bool(errors, _path(fpath, "init_file"), entry["init_file"])
 
 
-def _name_list(errors, path, value, known, what):
-    """A list of names that must exist in ``known``."""
-    if isinstance(value, str):
+def _name_list(errors, path, value, known, what, single=True):
+    """
+    A list of names that must exist in ``known``; returns the valid ones (None
+    if ``value`` is not a list). With ``single`` one name may be given as a
+    string; otherwise a string is an error (never a list of characters).
+    """
+    if isinstance(value, str) and single:
         value = [value]
     if not isinstance(value, list):
-        errors.add(path, f"must be a list of {what} names")
-        return []
+        errors.add(path, f"must be a list of {what} names, got {describe(value)}")
+        return None
     out = []
     for i, name in enumerate(value):
-        if name not in known:
+        if not isinstance(name, str) or name not in known:
             errors.add(
                 _path(path, i),
-                f"{name!r} is not defined; defined {what}: {', '.join(sorted(known)) or 'none'}",
+                f"{describe(name)} is not defined; defined {what}: {_known(known)}",
             )
+        elif name in out:
+            errors.add(_path(path, i), f"{name!r} is listed twice")
         else:
             out.append(name)
     return out
 
 
-def _validate_instances(errors, instances, data, node_addresses):
+def _check_advert_int(errors, path, advert, version):
+    if not _is_number(advert) or not 0 < advert <= 255:
+        errors.add(path, f"must be a number of seconds above 0 and up to 255, got {describe(advert)}")
+    elif advert != int(advert) and version != 3:
+        errors.add(
+            path,
+            f"{advert} is below 1 s, which needs vrrp_version: 3 (VRRPv2 adverts are whole seconds)"
+            if advert < 1 else
+            f"{advert} is not a whole number of seconds, which needs vrrp_version: 3 (VRRPv2 adverts are whole seconds)",
+        )
+    elif version == 3 and abs(round(advert * 100) - advert * 100) > 1e-6:
+        errors.add(path, "VRRPv3 advert_int has a resolution of 0.01 s")
+    elif version == 3 and advert > 40.95:
+        errors.add(path, f"{advert} is above 40.95 s, the VRRPv3 maximum (12 bits of centiseconds)")
+
+
+def _check_auth(errors, apath, auth, version, state):
+    if not _check_keys(errors, apath, auth, ("auth_type", "auth_pass"), required=("auth_type", "auth_pass")):
+        return
+    if version == 3:
+        errors.add(apath, "VRRPv3 has no authentication (RFC 5798); remove it or use vrrp_version: 2")
+    if "auth_type" in auth:
+        if _check_choice(errors, _path(apath, "auth_type"), auth["auth_type"], AUTH_TYPES) \
+                and auth["auth_type"] == "AH" and state == "MASTER":
+            errors.add(_path(apath, "auth_type"), "AH does not go with state MASTER (keepalived rejects both); "
+                                                  "use state BACKUP")
+    if "auth_pass" in auth:
+        # never echo the value: errors reach job returns and logs
+        pw = auth["auth_pass"]
+        ppath = _path(apath, "auth_pass")
+        if not isinstance(pw, str):
+            errors.add(ppath, f"must be a string (quote it in YAML), got a {type(pw).__name__}")
+        elif not pw:
+            errors.add(ppath, "must not be empty")
+        elif any(not (c.isascii() and c.isprintable()) or c == " " or c in KEEPALIVED_SPECIAL for c in pw):
+            errors.add(
+                ppath,
+                "must be printable ASCII without spaces, braces, quotes, '#', '!' or backslashes (value not shown)",
+            )
+        elif len(pw) > 8:
+            errors.add(
+                ppath,
+                f"is {len(pw)} characters; keepalived uses only the first 8 and "
+                "silently drops the rest, so give at most 8",
+            )
+
+
+def _validate_instance(errors, name, inst, ctx):
+    """One vrrp_instance; records its VIPs in ``ctx['vips']`` and VRIDs in ``ctx['vrids']``."""
+    ipath = _path(ROOT, "vrrp_instances", name)
+    nodes = ctx["nodes"]
+    if not _check_keys(errors, ipath, inst, INSTANCE_KEYS, required=("virtual_router_id", "virtual_ipaddress")):
+        return
+    version = 2
+    if "vrrp_version" in inst:
+        version = inst["vrrp_version"] if _check_choice(
+            errors, _path(ipath, "vrrp_version"), inst["vrrp_version"], (2, 3)) else None
+    # members: a list of node names; a string is an error, never a list of characters
+    if "nodes" in inst:
+        members = _name_list(errors, _path(ipath, "nodes"), inst["nodes"], nodes, "node", single=False)
+        if members is not None and not inst["nodes"]:
+            errors.add(_path(ipath, "nodes"), "must not be empty (leave it out to run the instance on every node)")
+            members = None
+    else:
+        members = sorted(nodes)
+    vrid = None
+    if "virtual_router_id" in inst and _check_int(
+            errors, _path(ipath, "virtual_router_id"), inst["virtual_router_id"], 1, 255):
+        vrid = inst["virtual_router_id"]
+    iface = None
+    if "interface" in inst and _check_problem(errors, _path(ipath, "interface"), interface_problem(inst["interface"])):
+        iface = inst["interface"]
+    if "state" in inst:
+        _check_choice(errors, _path(ipath, "state"), inst["state"], STATES)
+    if "priority" in inst:
+        prio = inst["priority"]
+        if isinstance(prio, dict):
+            for node, value in prio.items():
+                if not isinstance(node, str) or node not in nodes:
+                    errors.add(_path(ipath, "priority", node), f"{describe(node)} is not a node; nodes: {_known(nodes)}")
+                _check_int(errors, _path(ipath, "priority", node), value, 1, 254)
+        else:
+            _check_int(errors, _path(ipath, "priority"), prio, 1, 254)
+    if "advert_int" in inst:
+        _check_advert_int(errors, _path(ipath, "advert_int"), inst["advert_int"], version)
+    if "authentication" in inst:
+        _check_auth(errors, _path(ipath, "authentication"), inst["authentication"], version, inst.get("state"))
+    for key in ("nopreempt", "unicast"):
+        if key in inst:
+            _check_bool(errors, _path(ipath, key), inst[key])
+    if "preempt_delay" in inst:
+        if _check_int(errors, _path(ipath, "preempt_delay"), inst["preempt_delay"], 0, 1000) \
+                and inst.get("nopreempt") is True:
+            errors.add(_path(ipath, "preempt_delay"), "does not go with nopreempt: true (keepalived rejects both)")
+        elif inst.get("state") == "MASTER":
+            errors.add(_path(ipath, "preempt_delay"), "needs state BACKUP (keepalived ignores it with state MASTER)")
+    if inst.get("nopreempt") is True and inst.get("state", "BACKUP") != "BACKUP":
+        errors.add(_path(ipath, "state"), "nopreempt needs state BACKUP (keepalived ignores nopreempt on MASTER)")
+    if "garp_master_delay" in inst:
+        _check_int(errors, _path(ipath, "garp_master_delay"), inst["garp_master_delay"], 0, 255)
+    if "track_script" in inst:
+        _name_list(errors, _path(ipath, "track_script"), inst["track_script"], ctx["scripts"], "vrrp_scripts")
+    if "track_file" in inst:
+        _name_list(errors, _path(ipath, "track_file"), inst["track_file"], ctx["files"], "vrrp_track_files")
+    tracked = {}
+    if "track_interface" in inst:
+        ti = inst["track_interface"]
+        if not isinstance(ti, list):
+            errors.add(_path(ipath, "track_interface"), f"must be a list of interface names, got {describe(ti)}")
+        else:
+            for i, item in enumerate(ti):
+                if not _check_problem(errors, _path(ipath, "track_interface", i), interface_problem(item)):
+                    continue
+                if item in tracked:
+                    errors.add(_path(ipath, "track_interface", i), f"{item!r} is listed twice")
+                tracked[item] = i
+    if members is not None:
+        for node in members:
+            node_iface = iface or nodes[node]["interface"]
+            if node_iface in tracked:
+                errors.add(
+                    _path(ipath, "track_interface", tracked[node_iface]),
+                    f"{node_iface} is the instance's own interface on node {node}; keepalived tracks that "
+                    "one anyway and rejects it here",
+                )
+                break
+    # virtual_ipaddress: all of one family, never a node's address, never another instance's VIP
+    vlist = inst.get("virtual_ipaddress")
+    vpath = _path(ipath, "virtual_ipaddress")
+    if isinstance(vlist, str):
+        vlist = [vlist]
+    if "virtual_ipaddress" in inst and (not isinstance(vlist, list) or not vlist):
+        errors.add(vpath, "must be a non-empty list of 'ADDRESS[/PREFIX]'")
+        return
+    family = None
+    for i, entry in enumerate(vlist or []):
+        vip = _vip(errors, _path(vpath, i), entry)
+        if vip is None:
+            continue
+        if family is None:
+            family = vip.version
+        elif vip.version != family:
+            errors.add(
+                _path(vpath, i),
+                f"{vip.ip} is IPv{vip.version} but this instance is IPv{family} (from its first "
+                "address); put each family in its own vrrp_instance",
+            )
+            continue
+        if vip.ip in ctx["node_owner"]:
+            errors.add(
+                _path(vpath, i),
+                f"{vip.ip} is the address of node {ctx['node_owner'][vip.ip]}; a VIP must not be a node address",
+            )
+        if vip.ip in ctx["vips"]:
+            errors.add(_path(vpath, i), f"{vip.ip} is already a VIP of instance {ctx['vips'][vip.ip]}")
+        else:
+            ctx["vips"][vip.ip] = name
+    if family == 6 and version == 2:
+        errors.add(_path(ipath, "vrrp_version"), "IPv6 virtual addresses need vrrp_version: 3")
+    if family is None or members is None:
+        return
+    if inst.get("unicast") is True:
+        if len(members) < 2:
+            errors.add(
+                _path(ipath, "unicast"),
+                f"needs at least two nodes in the instance (unicast_peer would be empty); nodes: {_known(members)}",
+            )
+        for node in members:
+            own = nodes[node]
+            if family == 6 and own["address6"] is None:
+                errors.add(
+                    _path(ROOT, "nodes", node, "address6"),
+                    f"is required: instance {name} is IPv6 with unicast: true",
+                )
+            if family == 4 and own["address"] is not None and own["address"].version != 4:
+                errors.add(
+                    _path(ROOT, "nodes", node, "address"),
+                    f"{own['address']} is IPv6 but instance {name} is IPv4 with unicast: true "
+                    "(its unicast_src_ip and peers must be IPv4)",
+                )
+    # VRIDs: unique per interface and address family on each node (VRRP over IPv4 and IPv6 are separate)
+    if vrid is None:
+        return
+    for node in members:
+        node_iface = iface or nodes[node]["interface"]
+        if node_iface is None:
+            continue
+        key = (node, node_iface, family, vrid)
+        if key in ctx["vrids"]:
+            errors.add(
+                _path(ipath, "virtual_router_id"),
+                f"VRID {vrid} is already used by instance {ctx['vrids'][key]} on interface "
+                f"{node_iface} of node {node} (IPv{family}); VRIDs must be unique per interface",
+            )
+        else:
+            ctx["vrids"][key] = name
+
+
+def _validate_instances(errors, instances, data, nodes):
     path = _path(ROOT, "vrrp_instances")
-    nodes = data.get("nodes") if isinstance(data.get("nodes"), dict) else {}
-    vips = {}
-    if not isinstance(instances, dict):
-        errors.add(path, "must be a mapping of instance name -> settings")
-        return vips
-    vrids = {}
+    ctx = {
+        "nodes": nodes,
+        "vips": {},
+        "vrids": {},
+        "node_owner": {a: n for n, info in nodes.items() for a in (info["address"], info["address6"]) if a},
+        "scripts": {k for k in data.get("vrrp_scripts") if _valid_name(k)}
+        if isinstance(data.get("vrrp_scripts"), dict) else set(),
+        "files": {k for k in data.get("vrrp_track_files") if _valid_name(k)}
+        if isinstance(data.get("vrrp_track_files"), dict) else set(),
+    }
+    if not isinstance(instances, dict) or not instances:
+        errors.add(path, "must be a non-empty mapping of instance name -> settings")
+        return ctx["vips"]
     _check_names(errors, path, instances)
     for name, inst in instances.items():
-        ipath = _path(path, name)
-        if not _check_keys(errors, ipath, inst, INSTANCE_KEYS, required=("virtual_router_id", "virtual_ipaddress")):
-            continue
-        version = inst.get("vrrp_version", 2)
-        if "vrrp_version" in inst:
-            _check_choice(errors, _path(ipath, "vrrp_version"), version, (2, 3))
-        vrid = inst.get("virtual_router_id")
-        if "virtual_router_id" in inst and _check_int(errors, _path(ipath, "virtual_router_id"), vrid, 1, 255):
-            members = inst.get("nodes", list(nodes))
-            for node in members if isinstance(members, list) else []:
-                iface = inst.get("interface") or (nodes.get(node) or {}).get("interface")
-                key = (node, iface, vrid)
-                if key in vrids:
-                    errors.add(
-                        _path(ipath, "virtual_router_id"),
-                        f"VRID {vrid} is already used by instance {vrids[key]} on interface "
-                        f"{iface} of node {node}; VRIDs must be unique per interface",
-                    )
-                else:
-                    vrids[key] = name
-        if "interface" in inst:
-            _check_str(errors, _path(ipath, "interface"), inst["interface"])
-        if "nodes" in inst:
-            _name_list(errors, _path(ipath, "nodes"), inst["nodes"], nodes, "node")
-        if "state" in inst:
-            _check_choice(errors, _path(ipath, "state"), inst["state"], STATES)
-        prio = inst.get("priority")
-        if "priority" in inst:
-            if isinstance(prio, dict):
-                for node, value in prio.items():
-                    if node not in nodes:
-                        errors.add(
-                            _path(ipath, "priority", node),
-                            f"{node!r} is not a node; nodes: {', '.join(nodes)}",
-                        )
-                    _check_int(errors, _path(ipath, "priority", node), value, 1, 254)
-            else:
-                _check_int(errors, _path(ipath, "priority"), prio, 1, 254)
-        advert = inst.get("advert_int", 1)
-        if "advert_int" in inst:
-            if not isinstance(advert, numbers.Real) or isinstance(advert, bool) or not 0 < advert <= 255:
-                errors.add(_path(ipath, "advert_int"), f"must be a number of seconds above 0 and up to 255, got {advert!r}")
-            elif advert < 1 and version != 3:
-                errors.add(
-                    _path(ipath, "advert_int"),
-                    f"{advert} is below 1 s, which needs vrrp_version: 3 (VRRPv2 adverts are whole seconds)",
-                )
-            elif version == 3 and round(advert * 100) != advert * 100:
-                errors.add(_path(ipath, "advert_int"), "VRRPv3 advert_int has a resolution of 0.01 s")
-        if "authentication" in inst:
-            auth = inst["authentication"]
-            apath = _path(ipath, "authentication")
-            if _check_keys(errors, apath, auth, ("auth_type", "auth_pass"), required=("auth_type", "auth_pass")):
-                if version == 3:
-                    errors.add(apath, "VRRPv3 has no authentication (RFC 5798); remove it or use vrrp_version: 2")
-                if "auth_type" in auth:
-                    _check_choice(errors, _path(apath, "auth_type"), auth["auth_type"], AUTH_TYPES)
-                if "auth_pass" in auth:
-                    pw = auth["auth_pass"]
-                    if _check_str(errors, _path(apath, "auth_pass"), str(pw) if isinstance(pw, (int, str)) else pw):
-                        if len(str(pw)) > 8:
-                            errors.add(
-                                _path(apath, "auth_pass"),
-                                f"is {len(str(pw))} characters; keepalived uses only the first 8 and "
-                                "silently drops the rest, so give at most 8",
-                            )
-        for key in ("nopreempt", "unicast"):
-            if key in inst:
-                _check_bool(errors, _path(ipath, key), inst[key])
-        if "preempt_delay" in inst:
-            _check_int(errors, _path(ipath, "preempt_delay"), inst["preempt_delay"], 0, 1000)
-        if inst.get("nopreempt") is True and inst.get("state", "BACKUP") != "BACKUP":
-            errors.add(_path(ipath, "state"), "nopreempt needs state BACKUP (keepalived ignores nopreempt on MASTER)")
-        if "garp_master_delay" in inst:
-            _check_int(errors, _path(ipath, "garp_master_delay"), inst["garp_master_delay"], 0, 255)
-        if "track_script" in inst:
-            _name_list(errors, _path(ipath, "track_script"), inst["track_script"], data.get("vrrp_scripts") or {}, "vrrp_scripts")
-        if "track_file" in inst:
-            _name_list(errors, _path(ipath, "track_file"), inst["track_file"], data.get("vrrp_track_files") or {}, "vrrp_track_files")
-        if "track_interface" in inst:
-            ti = inst["track_interface"]
-            if not isinstance(ti, list):
-                errors.add(_path(ipath, "track_interface"), "must be a list of interface names")
-            else:
-                for i, iface in enumerate(ti):
-                    _check_str(errors, _path(ipath, "track_interface", i), iface)
-        # virtual_ipaddress: all of one family, never a node's address.
-        vlist = inst.get("virtual_ipaddress")
-        vpath = _path(ipath, "virtual_ipaddress")
-        if isinstance(vlist, str):
-            vlist = [vlist]
-        if "virtual_ipaddress" in inst and (not isinstance(vlist, list) or not vlist):
-            errors.add(vpath, "must be a non-empty list of 'ADDRESS[/PREFIX]'")
-            continue
-        family = None
-        node_owner = {a: n for n, addrs in node_addresses.items() for a in addrs}
-        for i, entry in enumerate(vlist or []):
-            vip = _vip(errors, _path(vpath, i), entry)
-            if vip is None:
-                continue
-            if family is None:
-                family = vip.version
-            elif vip.version != family:
-                errors.add(
-                    _path(vpath, i),
-                    f"{vip.ip} is IPv{vip.version} but this instance is IPv{family} (from its first "
-                    "address); put each family in its own vrrp_instance",
-                )
-                continue
-            if vip.ip in node_owner:
-                errors.add(
-                    _path(vpath, i),
-                    f"{vip.ip} is the address of node {node_owner[vip.ip]}; a VIP must not be a node address",
-                )
-            if vip.ip in vips:
-                errors.add(_path(vpath, i), f"{vip.ip} is already a VIP of instance {vips[vip.ip]}")
-            vips[vip.ip] = name
-        if family == 6 and version != 3:
-            errors.add(_path(ipath, "vrrp_version"), "IPv6 virtual addresses need vrrp_version: 3")
-        if family == 6 and inst.get("unicast"):
-            for node in inst.get("nodes", list(nodes)) if isinstance(inst.get("nodes", []), list) else []:
-                if "address6" not in (nodes.get(node) or {}):
-                    errors.add(
-                        _path(ROOT, "nodes", node, "address6"),
-                        f"is required: instance {name} is IPv6 with unicast: true",
-                    )
-    return vips
+        _validate_instance(errors, name, inst, ctx)
+    return ctx["vips"]
 
 
 def _validate_check(errors, path, check):
@@ -520,22 +754,21 @@ def _validate_check(errors, path, check):
     ):
         if key in check:
             _check_int(errors, _path(path, key), check[key], low, high)
+    http = check.get("type") in ("HTTP_GET", "SSL_GET")
     if "path" in check:
-        if check.get("type") not in ("HTTP_GET", "SSL_GET"):
+        if not http:
             errors.add(_path(path, "path"), "only applies to type HTTP_GET or SSL_GET")
         elif _check_str(errors, _path(path, "path"), check["path"]) and not check["path"].startswith("/"):
             errors.add(_path(path, "path"), "must start with /")
-    elif check.get("type") in ("HTTP_GET", "SSL_GET"):
+    elif http:
         errors.add(_path(path, "path"), f"is required for type {check['type']}")
 
 
-def _validate_virtual_servers(errors, servers, vips):
+def _validate_virtual_servers(errors, servers, vips, nodes):
     path = _path(ROOT, "virtual_servers")
-    if not isinstance(servers, dict):
-        errors.add(path, "must be a mapping of name -> virtual server")
+    if not _named_mapping(errors, path, servers):
         return
     seen = {}
-    _check_names(errors, path, servers)
     for name, vs in servers.items():
         vpath = _path(path, name)
         if not _check_keys(errors, vpath, vs, VS_KEYS, required=("address", "port")):
@@ -544,18 +777,20 @@ def _validate_virtual_servers(errors, servers, vips):
         if addr is not None and addr not in vips:
             errors.add(
                 _path(vpath, "address"),
-                f"{addr} is not a virtual_ipaddress of any vrrp_instance; "
-                f"VIPs: {', '.join(str(v) for v in vips) or 'none'}",
+                f"{addr} is not a virtual_ipaddress of any vrrp_instance; VIPs: {_known(vips)}",
             )
-        if "port" in vs:
-            _check_int(errors, _path(vpath, "port"), vs["port"], 1, 65535)
-        proto = vs.get("protocol", "TCP")
+        port = None
+        if "port" in vs and _check_int(errors, _path(vpath, "port"), vs["port"], 1, 65535):
+            port = vs["port"]
+        proto = "TCP"
         if "protocol" in vs:
-            _check_choice(errors, _path(vpath, "protocol"), proto, PROTOCOLS)
-        key = (str(addr), vs.get("port"), proto)
-        if addr is not None and key in seen:
-            errors.add(vpath, f"{addr} port {vs.get('port')} {proto} is already virtual server {seen[key]}")
-        seen[key] = name
+            proto = vs["protocol"] if _check_choice(errors, _path(vpath, "protocol"), vs["protocol"], PROTOCOLS) else None
+        if addr is not None and port is not None and proto is not None:
+            key = (addr, port, proto)
+            if key in seen:
+                errors.add(vpath, f"{addr} port {port} {proto} is already virtual server {seen[key]}")
+            else:
+                seen[key] = name
         if "lb_algo" in vs:
             _check_choice(errors, _path(vpath, "lb_algo"), vs["lb_algo"], LB_ALGOS)
         if "lb_kind" in vs:
@@ -570,11 +805,25 @@ def _validate_virtual_servers(errors, servers, vips):
             _validate_check(errors, _path(vpath, "health_check"), vs["health_check"])
         rs = vs.get("real_servers", "auto")
         rpath = _path(vpath, "real_servers")
-        if rs == "auto":
+        if rs == "auto" and type(rs) is str:
+            if addr is None:
+                continue
+            key = "address6" if addr.version == 6 else "address"
+            for node, info in sorted(nodes.items()):
+                if key == "address6" and info[key] is None:
+                    errors.add(rpath, f"auto needs every node's address6 (the virtual server is IPv6); "
+                                      f"node {node} has none")
+                elif info[key] is not None and info[key].version != addr.version:
+                    errors.add(rpath, f"auto makes node {node}'s address {info[key]} a real server, but it is "
+                                      f"IPv{info[key].version} and the virtual server is IPv{addr.version}")
             continue
         if not isinstance(rs, list) or not rs:
             errors.add(rpath, "must be 'auto' (the edge nodes) or a non-empty list of {address, port, weight}")
             continue
+        if all(isinstance(r, dict) and r.get("weight") == 0 for r in rs):
+            errors.add(rpath, "every real server has weight 0; keepalived rejects a virtual server "
+                              "without weight (quorum 1), give at least one a weight above 0")
+        reals = {}
         for i, real in enumerate(rs):
             rspath = _path(rpath, i)
             if not _check_keys(errors, rspath, real, RS_KEYS, required=("address",)):
@@ -582,8 +831,17 @@ def _validate_virtual_servers(errors, servers, vips):
             raddr = _ip(errors, _path(rspath, "address"), real["address"]) if "address" in real else None
             if raddr is not None and addr is not None and raddr.version != addr.version:
                 errors.add(_path(rspath, "address"), f"{raddr} is IPv{raddr.version} but the virtual server is IPv{addr.version}")
+            rport = port
             if "port" in real:
-                _check_int(errors, _path(rspath, "port"), real["port"], 1, 65535)
+                rport = real["port"] if _check_int(errors, _path(rspath, "port"), real["port"], 1, 65535) else None
+                if rport is not None and port is not None and rport != port and vs.get("lb_kind", "NAT") in ("DR", "TUN"):
+                    errors.add(_path(rspath, "port"), f"must be the virtual server's port {port} with lb_kind "
+                                                      f"{vs['lb_kind']} (only NAT translates ports)")
+            if raddr is not None and rport is not None:
+                if (raddr, rport) in reals:
+                    errors.add(rspath, f"{raddr} port {rport} is already real server {reals[(raddr, rport)]}")
+                else:
+                    reals[(raddr, rport)] = i
             if "weight" in real:
                 _check_int(errors, _path(rspath, "weight"), real["weight"], 0, 65535)
             if "health_check" in real:
@@ -596,14 +854,24 @@ def _validate_kubernetes(errors, kube):
         return
     for key in ("kubeconfig", "context"):
         if kube.get(key) is not None:
-            _check_str(errors, _path(path, key), kube[key])
-    for key, sub in (("service", ("namespace", "name")), ("ingress_pods", ("namespace", "label_selector"))):
+            _check_str(errors, _path(path, key), kube[key], max_len=4096, spaces=True, special=False)
+    rules = {
+        "service": {
+            "namespace": lambda v: dns1123_label_problem(v, "namespace"),
+            "name": lambda v: dns1035_label_problem(v, "Service name"),
+        },
+        "ingress_pods": {
+            "namespace": lambda v: dns1123_label_problem(v, "namespace"),
+            "label_selector": label_selector_problem,
+        },
+    }
+    for key, sub in rules.items():
         if key in kube:
             kpath = _path(path, key)
-            if _check_keys(errors, kpath, kube[key], sub):
+            if _check_keys(errors, kpath, kube[key], tuple(sub)):
                 for skey, value in kube[key].items():
-                    if skey in sub and (not isinstance(value, str) or not value):
-                        errors.add(_path(kpath, skey), f"must be a non-empty string, got {value!r}")
+                    if skey in sub:
+                        _check_problem(errors, _path(kpath, skey), sub[skey](value))
     if "external_ips" in kube:
         _check_choice(errors, _path(path, "external_ips"), kube["external_ips"], EXTERNAL_IPS_POLICIES)
     if "request_timeout" in kube:
@@ -616,51 +884,62 @@ def _validate_ingress(errors, ingress):
     path = _path(ROOT, "ingress")
     if not _check_keys(errors, path, ingress, INGRESS_KEYS):
         return
-    url = ingress.get("health_url")
-    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
-        errors.add(_path(path, "health_url"), f"must be an http:// or https:// URL, got {url!r}")
+    if "health_url" in ingress:
+        url = ingress["health_url"]
+        upath = _path(path, "health_url")
+        if _check_str(errors, upath, url, max_len=2048, special=False) and not url.startswith(("http://", "https://")):
+            errors.add(upath, f"must be an http:// or https:// URL, got {describe(url)}")
     for key, low, high in (("fall", 1, 100), ("rise", 1, 100)):
         if key in ingress:
             _check_int(errors, _path(path, key), ingress[key], low, high)
     for key in ("timeout", "interval"):
         value = ingress.get(key)
-        if key in ingress and (not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value <= 60):
-            errors.add(_path(path, key), f"must be a number of seconds above 0 and up to 60, got {value!r}")
+        if key in ingress and (not _is_number(value) or not 0 < value <= 60):
+            errors.add(_path(path, key), f"must be a number of seconds above 0 and up to 60, got {describe(value)}")
 
 
-def validate_model(data):
-    """
-    Validate the ``edge_ha`` pillar value. Returns a list of error strings,
-    each ``pillar:path: message``; empty when the model is valid.
-    """
-    errors = _Errors()
-    if not isinstance(data, dict):
-        errors.add(ROOT, "must be a mapping (is the pillar key edge_ha missing?)")
-        return errors.items
+def _validate(errors, data):
     _check_keys(errors, ROOT, data, TOP_KEYS, required=("nodes", "vrrp_instances"))
-    node_addresses = _validate_nodes(errors, data.get("nodes"))
+    nodes = _validate_nodes(errors, data.get("nodes"))
+    instances = data.get("vrrp_instances")
+    instance_names = {k for k in instances if _valid_name(k)} if isinstance(instances, dict) else set()
     if "global_defs" in data:
-        _validate_global_defs(errors, data["global_defs"])
+        _validate_global_defs(errors, data["global_defs"], instance_names)
     if "vrrp_scripts" in data:
         _validate_scripts(errors, data["vrrp_scripts"])
     if "vrrp_track_files" in data:
         _validate_track_files(errors, data["vrrp_track_files"])
     vips = {}
     if "vrrp_instances" in data:
-        vips = _validate_instances(errors, data["vrrp_instances"], data, node_addresses)
-    sync = (data.get("global_defs") or {}).get("lvs_sync_daemon") if isinstance(data.get("global_defs"), dict) else None
-    if isinstance(sync, dict) and "instance" in sync and sync["instance"] not in (data.get("vrrp_instances") or {}):
-        errors.add(
-            _path(ROOT, "global_defs", "lvs_sync_daemon", "instance"),
-            f"{sync['instance']!r} is not a vrrp_instance; instances: {', '.join(data.get('vrrp_instances') or {}) or 'none'}",
-        )
+        vips = _validate_instances(errors, instances, data, nodes)
     if "virtual_servers" in data:
-        _validate_virtual_servers(errors, data["virtual_servers"], vips)
+        _validate_virtual_servers(errors, data["virtual_servers"], vips, nodes)
     if "kubernetes" in data:
         _validate_kubernetes(errors, data["kubernetes"])
     if "ingress" in data:
         _validate_ingress(errors, data["ingress"])
+
+
+def validate_model(data):
+    """
+    Validate the ``edge_ha`` pillar value. Returns a list of error strings,
+    each ``edge_ha:path: message``; empty when the model is valid. Never
+    raises, whatever the types in ``data``.
+    """
+    errors = _Errors()
+    if not isinstance(data, dict):
+        errors.add(ROOT, "must be a mapping (is the pillar key edge_ha missing?)")
+        return errors.items
+    try:
+        _validate(errors, data)
+    except Exception as exc:  # pylint: disable=broad-except
+        # A bug in a check must not become a traceback in a state run or let the pillar through;
+        # the property tests assert that this line is never reached.
+        errors.add(ROOT, f"{INTERNAL_ERROR} ({type(exc).__name__}: {describe(str(exc))}); please report this")
     return errors.items
+
+
+INTERNAL_ERROR = "could not be validated: internal error"
 
 
 def derived_priorities(nodes):
@@ -683,6 +962,11 @@ def _merge(defaults, value):
         else:
             out[key] = val
     return out
+
+
+def _seconds(value):
+    """A whole number of seconds as an int (2.0 -> 2), a fraction as it is."""
+    return int(value) if value == int(value) else value
 
 
 def normalize(data):
@@ -716,7 +1000,7 @@ def normalize(data):
         vlist = inst["virtual_ipaddress"]
         if isinstance(vlist, str):
             vlist = [vlist]
-        vips = [ipaddress.ip_interface(v.strip()) for v in vlist]
+        vips = [ipaddress.ip_interface(v) for v in vlist]
         members = inst.get("nodes", sorted(nodes))
         prio = inst.get("priority")
         priorities = {}
@@ -735,7 +1019,7 @@ def normalize(data):
             "virtual_router_id": inst["virtual_router_id"],
             "priorities": priorities,
             "state": inst.get("state", "BACKUP"),
-            "advert_int": inst.get("advert_int", 1),
+            "advert_int": _seconds(inst.get("advert_int", 1)),
             "vrrp_version": inst.get("vrrp_version", 2),
             "authentication": inst.get("authentication"),
             "family": vips[0].version,
@@ -756,13 +1040,15 @@ def normalize(data):
     for name, vs in (data.get("virtual_servers") or {}).items():
         health = vs.get("health_check")
         rs = vs.get("real_servers", "auto")
+        address = ipaddress.ip_address(vs["address"])
         if rs == "auto":
+            key = "address6" if address.version == 6 else "address"
             reals = [
-                {"address": nodes[n]["address"], "port": vs["port"], "weight": 1, "health_check": health, "node": n}
+                {"address": nodes[n][key], "port": vs["port"], "weight": 1, "health_check": health, "node": n}
                 for n in sorted(nodes)
             ]
         else:
-            by_addr = {n["address"]: n["name"] for n in nodes.values()}
+            by_addr = {a: n["name"] for n in nodes.values() for a in (n["address"], n["address6"]) if a}
             reals = [
                 {
                     "address": str(ipaddress.ip_address(r["address"])),
@@ -775,7 +1061,7 @@ def normalize(data):
             ]
         servers[name] = {
             "name": name,
-            "address": str(ipaddress.ip_address(vs["address"])),
+            "address": str(address),
             "port": vs["port"],
             "protocol": vs.get("protocol", "TCP"),
             "lb_algo": vs.get("lb_algo", "rr"),

@@ -539,3 +539,14 @@ def test_virtual_refuses_without_the_kubernetes_client(monkeypatch):
     assert ok is False and "kubernetes Python client is not importable" in reason
     # the pure logic still works
     assert module.desired_external_ips([], [], [VIP], {}, []) == ([VIP], [VIP])
+
+
+@pytest.mark.parametrize("text", ["apiVersion: v1\nclusters: [\n  token: abc", "- a\n- b\n", "key: value: other\n"])
+def test_unparsable_kubeconfig_is_a_clear_error(mod, tmp_path, text):
+    """Issue #12: the module's own error naming the file, not a raw yaml error (and no excerpt of the file)."""
+    path = tmp_path / "kubeconfig"
+    path.write_text(text)
+    with pytest.raises(mod.CommandExecutionError,
+                       match=rf"cannot load Kubernetes configuration from kubeconfig {path}: ") as err:
+        mod._load_configuration({"kubeconfig": str(path)})  # pylint: disable=protected-access
+    assert "token: abc" not in str(err.value)

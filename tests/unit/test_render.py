@@ -42,8 +42,8 @@ def test_golden_ipv6_v3_full():
     data["vrrp_track_files"] = {"drain": {"file": "/run/edge-ha/drain", "weight": -100, "init_file": True}}
     data["vrrp_instances"]["VI6"] = {
         "virtual_router_id": 52, "vrrp_version": 3, "advert_int": 0.1, "unicast": True, "nopreempt": True,
-        "preempt_delay": 5, "virtual_ipaddress": ["2001:db8::100/64"], "track_file": ["drain"],
-        "track_interface": ["eth0"],
+        "virtual_ipaddress": ["2001:db8::100/64"], "track_file": ["drain"],
+        "track_interface": ["eth1"],
     }
     data["virtual_servers"]["web6"] = {
         "address": "2001:db8::100", "port": 443, "lb_algo": "sh", "lb_kind": "NAT",
