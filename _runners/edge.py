@@ -67,6 +67,7 @@ import salt.client
 import salt.loader
 from edge_ha_core import desired as desired_state
 from edge_ha_core import fleet
+from edge_ha_core import history as history_log
 from edge_ha_core import model as edge_model
 from edge_ha_core import planner
 from edge_ha_core import report as views
@@ -278,66 +279,48 @@ def _vips(model):
 # ------------------------------------------------------- the master's records
 
 
-HISTORY_KEEP = 5000
+def _history():
+    """
+    The master's history (``<cachedir>/edge_ha/reconcile.log``): JSON lines,
+    every entry bounded (``history.bound_event``), the file rotated at
+    ``edge_ha_history_bytes`` (default 1 MiB) with two older files kept; it
+    survives master restarts.
+    """
+    opts = __opts__  # pylint: disable=undefined-variable
+    return history_log.HistoryLog(os.path.join(_state_dir(), "reconcile.log"),
+                                  max_bytes=int(opts.get("edge_ha_history_bytes", 1024 * 1024)), keep_files=2)
 
 
 def _record(kind, **data):
-    """
-    Append one JSON line to the master's history (``<cachedir>/edge_ha/reconcile.log``),
-    kept to the last HISTORY_KEEP entries; it survives master restarts.
-    """
-    path = os.path.join(_state_dir(), "reconcile.log")
-    with open(path + ".lock", "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        entry = dict(data, kind=kind, time=time.time())  # stamped under the lock: the file stays in time order
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, default=str) + "\n")
-        if os.path.getsize(path) > HISTORY_KEEP * 400:
-            with open(path, encoding="utf-8") as fh:
-                lines = fh.readlines()
-            if len(lines) > HISTORY_KEEP:
-                with open(path + ".tmp", "w", encoding="utf-8") as fh:
-                    fh.writelines(lines[-HISTORY_KEEP:])
-                os.replace(path + ".tmp", path)
+    """Append one entry to the master's history."""
+    _history().append(dict(data, kind=kind, time=time.time()))
 
 
-def _bump(*names):
-    """Increment persistent counters (for the metrics); returns them all."""
-    path = os.path.join(_state_dir(), "counters.json")
-    with open(path + ".lock", "w", encoding="utf-8") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        counters = _counters()
-        for name in names:
-            if name:
-                counters[name] = counters.get(name, 0) + 1
-        with open(path + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump(counters, fh)
-        os.replace(path + ".tmp", path)
-    return counters
+def _counter_file():
+    return history_log.Counters(os.path.join(_state_dir(), "counters.json"))
+
+
+def _bump(*names, by=1):
+    """Increment persistent counters (the metrics' counters: they never go down); returns them all."""
+    names = [n for n in names if n]
+    try:
+        return _counter_file().bump(*names, by=by) if names else _counters()
+    except ValueError as exc:
+        log.error("edge: counters not updated: %s", exc)
+        return {}
 
 
 def _counters():
     try:
-        with open(os.path.join(_state_dir(), "counters.json"), encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+        return _counter_file().values()
+    except ValueError as exc:
+        log.error("edge: counters unreadable: %s", exc)
         return {}
 
 
 def _history_entries():
-    path = os.path.join(_state_dir(), "reconcile.log")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.readlines()
-    except FileNotFoundError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
+    """The history, oldest first."""
+    return list(reversed(_history().read()))
 
 
 def _load_json(name, default):
@@ -694,6 +677,8 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
     jobs_before = _PROCESS.get("jobs", 0)
     if not test:
         _apply_safety(wanted, actions, events)
+        if wanted.safety:
+            _bump("fencing_actions", by=len(wanted.fence) + len(wanted.split_fence) + len(wanted.release))
         _apply_flags(wanted, actions, drains)
     if wanted.rerender and not test:
         if wanted.node_jobs > len(wanted.rerender):
@@ -1113,6 +1098,7 @@ def _release_when_taken_over(node, source, event_time):
     if released:
         _record("fence", node=node, action=f"stale VIPs removed: {released}", why=source,
                 seen=event_time)  # when the beacon saw it (as the minion says)
+        _bump("fencing_actions")
         _event("StaleVIPRemoved", f"{node}: stale VIPs removed (keepalived not running): {released}", "Warning")
 
 
@@ -1164,8 +1150,10 @@ def trigger(source="", claimed_id="", event_time=0, transition=None, report=None
         return {"ignored": True, "source": source, "claimed_id": claimed_id}
     if transition and isinstance(transition, dict) and _first_time(claimed_id, transition, event_time):
         # history only: what the minion says happened (the reconcile below checks for itself)
-        _record("transition", node=claimed_id, instance=str(transition.get("instance"))[:64],
-                old=str(transition.get("old"))[:16], new=str(transition.get("new"))[:16], seen=event_time)
+        instance = str(transition.get("instance"))[:64]
+        _record("transition", node=claimed_id, instance=instance, old=str(transition.get("old"))[:16],
+                new=str(transition.get("new"))[:16], seen=event_time)
+        _bump(f"vrrp_transitions/{claimed_id}/{instance}")
     if source.endswith("/vrrp/split_brain"):
         _record("conflict", node=claimed_id, why=source, seen=event_time)
     if source.endswith("/vrrp/stale_vip"):

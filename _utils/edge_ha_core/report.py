@@ -183,22 +183,20 @@ def metrics_text(model, reports, rows, entries, counters=None, drained=None, rol
         for flag in ("no_owner", "split_brain", "stale_vip"):
             flags.append(({"vip": row["vip"], "flag": flag}, 1 if flag in row["flags"] else 0))
     family("edge_ha_vip_flag", "gauge", "1 while a VIP has no owner, two owners, or a stale copy", flags)
+    # counters come from the persistent counters (history.Counters), never from the trimmed history
+    counters = counters or {}
     transitions = {}
-    for entry in entries:
-        if entry.get("kind") == "transition":
-            key = (entry.get("node"), entry.get("instance"))
-            transitions[key] = transitions.get(key, 0) + 1
+    for name, count in counters.items():
+        if name.startswith("vrrp_transitions/") and name.count("/") == 2:
+            _, node, instance = name.split("/")
+            transitions[(node, instance)] = count
     family("edge_ha_vrrp_transitions_total", "counter", "VRRP transitions reported by the vrrp beacon",
            [({"node": n, "instance": i}, c) for (n, i), c in sorted(transitions.items())])
-    runs = [e for e in entries if e.get("kind") == "reconcile"]
-    counters = counters or {}
-    family("edge_ha_reconcile_runs_total", "counter", "edge.reconcile runs",
-           [({}, counters.get("reconcile_runs", len(runs)))])
+    family("edge_ha_reconcile_runs_total", "counter", "edge.reconcile runs", [({}, counters.get("reconcile_runs", 0))])
     family("edge_ha_reconcile_errors_total", "counter", "edge.reconcile runs that hit an error",
-           [({}, counters.get("reconcile_errors", sum(1 for e in runs if e.get("error"))))])
+           [({}, counters.get("reconcile_errors", 0))])
     family("edge_ha_fencing_actions_total", "counter", "Stale VIPs removed and nodes taken out of VIP ownership",
-           [({}, sum(1 for e in entries if e.get("kind") == "fence")
-             + sum(1 for e in runs for a in e.get("actions") or [] if "out of VIP ownership" in a or "stale VIPs" in a))])
+           [({}, counters.get("fencing_actions", 0))])
     failover = last_failover_seconds(entries)
     if failover is not None:
         family("edge_ha_last_failover_seconds", "gauge",

@@ -146,7 +146,10 @@ def test_metrics_text_is_valid_prometheus_exposition():
         {"kind": "transition", "node": "edge2", "instance": "VI_INGRESS", "old": "BACKUP", "new": "MASTER", "time": 10.4},
         {"kind": "reconcile", "actions": ["edge1: stale VIPs removed (keepalived not running): x"], "error": "boom", "time": 11},
     ]
-    text = views.metrics_text(model, typed(reports), views.build_report(model, typed(reports)), entries)
+    # counters are the persistent ones (they never go down), not derived from the trimmed history
+    counters = {"vrrp_transitions/edge1/VI_INGRESS": 3, "vrrp_transitions/edge2/VI_INGRESS": 1,
+                "reconcile_runs": 1, "reconcile_errors": 1, "fencing_actions": 1}
+    text = views.metrics_text(model, typed(reports), views.build_report(model, typed(reports)), entries, counters)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert value[("edge_ha_node_up", (("node", "edge3"),))] == 0
@@ -155,6 +158,7 @@ def test_metrics_text_is_valid_prometheus_exposition():
     assert value[("edge_ha_vip_flag", (("flag", "stale_vip"), ("vip", "198.18.0.100")))] == 1
     assert value[("edge_ha_vip_flag", (("flag", "split_brain"), ("vip", "198.18.0.100")))] == 0
     assert value[("edge_ha_vrrp_transitions_total", (("instance", "VI_INGRESS"), ("node", "edge2")))] == 1
+    assert value[("edge_ha_vrrp_transitions_total", (("instance", "VI_INGRESS"), ("node", "edge1")))] == 3
     assert value[("edge_ha_reconcile_runs_total", ())] == 1
     assert value[("edge_ha_reconcile_errors_total", ())] == 1
     assert value[("edge_ha_fencing_actions_total", ())] == 1
