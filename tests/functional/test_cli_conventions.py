@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.support.saltfile import saltfile_args
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SALT_CALL = str(pathlib.Path(sys.executable).with_name("salt-call"))
 ROW = {"vip": "198.18.0.100", "vrid": 51, "owner": ["edge1"], "backups": [], "ingress": {"edge1": True},
@@ -28,7 +30,8 @@ def confdir(tmp_path):
 
 def test_keepalived_validate_exits_nonzero_on_an_invalid_pillar(confdir):
     # from the repo root: the Saltfile's pillar/ has no edge_ha.sls
-    proc = _salt_call("--id", "edge1", "--out=json", "keepalived.validate", cwd=REPO, root_dir=confdir)
+    proc = _salt_call(*saltfile_args(), "--id", "edge1", "--out=json", "keepalived.validate", cwd=REPO,
+                      root_dir=confdir)
     assert proc.returncode == 1, proc.stderr
     result = json.loads(proc.stdout)["local"]
     assert result["valid"] is False
@@ -50,8 +53,8 @@ def test_edge_table_outputter_through_salt_call(confdir):
     pytest.importorskip("edge_ha_core.report",
                         reason="edge_ha_core.report (format_table moved out of _runners/edge.py) has not landed yet")
     # test.kwarg echoes a report-shaped dict; the outputter is found through the Saltfile's module_dirs
-    proc = _salt_call("--out=edge_table", "test.kwarg", f"vips={json.dumps([ROW])}", 'notes=["edge2: no report"]',
-                      cwd=REPO, root_dir=confdir)
+    proc = _salt_call(*saltfile_args(), "--out=edge_table", "test.kwarg", f"vips={json.dumps([ROW])}",
+                      'notes=["edge2: no report"]', cwd=REPO, root_dir=confdir)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].split()[:3] == ["VIP", "VRID", "OWNER"]

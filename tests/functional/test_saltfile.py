@@ -8,6 +8,8 @@ import sys
 import pytest
 import yaml
 
+from tests.support.saltfile import saltfile_args
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SALT_CALL = str(pathlib.Path(sys.executable).with_name("salt-call"))
 EXAMPLE = yaml.safe_load((REPO / "pillar" / "edge_ha.sls.example").read_text())
@@ -17,8 +19,9 @@ pytestmark = pytest.mark.functional
 
 def _salt_call(*args, root_dir):
     # --config-dir/root_dir keep caches out of /etc and /var; everything else comes from the Saltfile
+    # (./Saltfile, or Saltfile-3006-3007 on the older Salts)
     proc = subprocess.run(
-        [SALT_CALL, "--out=json", "-c", str(root_dir), *args],
+        [SALT_CALL, *saltfile_args(), "--out=json", "-c", str(root_dir), *args],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )
     return proc
@@ -28,6 +31,13 @@ def _salt_call(*args, root_dir):
 def confdir(tmp_path):
     (tmp_path / "minion").write_text(f"root_dir: {tmp_path}\n")
     return tmp_path
+
+
+def test_saltfiles_for_3006_3007_and_3008_agree():
+    """Saltfile (3008: file_root/pillar_root are lists) and Saltfile-3006-3007 (strings) say the same."""
+    new = yaml.safe_load((REPO / "Saltfile").read_text())["salt-call"]
+    old = yaml.safe_load((REPO / "Saltfile-3006-3007").read_text())["salt-call"]
+    assert {k: [v] if k in ("file_root", "pillar_root") else v for k, v in old.items()} == new
 
 
 def test_custom_modules_load_from_repo_root(confdir):
