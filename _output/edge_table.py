@@ -7,8 +7,10 @@
 
 Formats what ``edge.vip_report`` returns with an outputter set
 (``{"vips": [...], "service": {...}, "notes": [...]}``, the same as
-``--out=json``) with ``edge_ha_core.report.format_table``, then the Service
-and the planner's notes under it. Anything else is handed to the ``nested``
+``--out=json``, with ``pillar_errors`` and ``stale_config`` where the runner
+returns them) with ``edge_ha_core.report.format_table``, then the Service,
+the stale configs, the pillar errors and the planner's notes under it, as
+the runner's own text. Anything else is handed to the ``nested``
 outputter.
 """
 
@@ -62,6 +64,11 @@ def render(report, format_table):
         text += f"\nservice: {service['error']}"
     elif service.get("match") is False:
         text += f"\nservice externalIPs: {service.get('current')}, should be {service.get('desired')}"
+    if report.get("stale_config"):
+        text += f"\nconfig: {', '.join(report['stale_config'])} not yet running the desired keepalived config"
+    if report.get("pillar_errors"):
+        text += "\npillar: edge_ha is INVALID; the last good model stays in force until it is fixed:"
+        text += "".join(f"\n  {e}" for e in report["pillar_errors"])
     for note in report.get("notes") or []:
         text += f"\nnote: {note}"
     return text

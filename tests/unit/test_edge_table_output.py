@@ -55,6 +55,18 @@ def test_service_error_line(out):
     assert text == "TABLE\nservice: forbidden"
 
 
+def test_stale_config_and_pillar_errors(out):
+    report = {"vips": [], "service": {"match": True}, "notes": ["n"], "stale_config": ["edge1", "edge2"],
+              "pillar_errors": ["edge_ha:nodes: must not be empty"]}
+    assert out.render(report, lambda rows: "TABLE").splitlines() == [
+        "TABLE",
+        "config: edge1, edge2 not yet running the desired keepalived config",
+        "pillar: edge_ha is INVALID; the last good model stays in force until it is fixed:",
+        "  edge_ha:nodes: must not be empty",
+        "note: n",
+    ]
+
+
 def test_other_data_goes_to_nested(out):
     assert out.output({"local": "not a report"}) == "NESTED {'local': 'not a report'}"
     assert out.output(["x"]) == "NESTED ['x']"
