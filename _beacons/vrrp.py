@@ -12,7 +12,15 @@ Reads what keepalived's notify FIFO script records in the state directory
   keepalived is not running (once per occurrence): ``vips``, ``time``;
 - ``salt/beacon/<id>/vrrp/split_brain`` when this node holds a VIP and another
   host answers ARP for it too (an RFC 5227 probe every ``conflict_check``
-  seconds, default 5; IPv4): ``conflicts`` (VIP -> MAC addresses), ``time``.
+  seconds, default 5; IPv4): ``conflicts`` (VIP -> MAC addresses), ``time``;
+- ``salt/beacon/<id>/vrrp/report`` when the node's report changed and none
+  of the above says why (a flag set, a VIP added or removed, ingress health).
+
+Before it fires anything, every look publishes the node's report
+(``edge_node.publish``) to the master's mine when it changed, and every
+``heartbeat`` seconds (default 10) anyway; the master's reconcile reads the
+reports from there, stored under the id Salt verified for each minion.
+Every event carries ``report``, the digest of the report published.
 
 Every event carries ``seen``: when the beacon produced it (the minion's
 clock), next to ``time`` (when keepalived's notify script recorded the
@@ -39,9 +47,12 @@ look (measured in docs/benchmarks.md).
         - state_dir: /run/edge-ha   # optional, default: keepalived:state_dir
         - conflict_check: 5         # seconds between ARP checks for a second VIP holder (0: off)
         - watch: 0.05               # optional: react within 50 ms instead of up to 1 s (0: off)
+        - heartbeat: 10             # seconds between publications of an unchanged report
+        - publish: true             # push the report to the master's mine (edge_node.publish)
 """
 
 import contextvars
+import logging
 import os
 import threading
 import time
@@ -49,9 +60,13 @@ import time
 import salt.utils.beacons
 import salt.utils.event
 
+log = logging.getLogger(__name__)
+
 __virtualname__ = "vrrp"
 
-ALLOWED = ("interval", "state_dir", "conflict_check", "watch")
+ALLOWED = ("interval", "state_dir", "conflict_check", "watch", "publish", "heartbeat")
+HEARTBEAT = 10  # seconds between publications of an unchanged report
+WATCH_THREAD = "edge-ha-vrrp-watch"
 
 
 def __virtual__():
@@ -72,6 +87,11 @@ def validate(config):
     watch = conf.get("watch", 0)
     if not isinstance(watch, (int, float)) or isinstance(watch, bool) or not (watch == 0 or 0.01 <= watch <= 1):
         return False, "vrrp beacon: watch must be 0 (off) or a number of seconds from 0.01 to 1"
+    beat = conf.get("heartbeat", HEARTBEAT)
+    if not isinstance(beat, (int, float)) or isinstance(beat, bool) or not 1 <= beat <= 3600:
+        return False, "vrrp beacon: heartbeat must be a number of seconds from 1 to 3600"
+    if not isinstance(conf.get("publish", True), bool):
+        return False, "vrrp beacon: publish must be true or false"
     if "state_dir" in conf and (not isinstance(conf["state_dir"], str) or not conf["state_dir"].startswith("/")):
         return False, "vrrp beacon: state_dir must be an absolute path"
     return True, "valid vrrp beacon configuration"
@@ -172,6 +192,11 @@ def _start_watch(conf, ctx, state_dir, mod):
     thread = ctx.get("watcher")
     if not ctx["watch"] or (thread and thread.is_alive()):
         return
+    # a beacon reload (pillar refresh, beacon changes) gives this module a new context: the
+    # watchers of the old ones must stop, or each would fire the same transition again
+    for old in threading.enumerate():
+        if old.name == WATCH_THREAD and getattr(old, "edge_ha_ctx", None) is not ctx:
+            old.edge_ha_ctx["watch"] = 0
     import tornado.ioloop  # pylint: disable=import-outside-toplevel
 
     opts = __opts__  # pylint: disable=undefined-variable
@@ -197,7 +222,8 @@ def _start_watch(conf, ctx, state_dir, mod):
     thread = threading.Thread(target=contextvars.copy_context().run,
                               args=(_watcher, ctx, os.path.join(state_dir, "transitions.log"), pid_paths, loop,
                                     run_now),
-                              name="edge-ha-vrrp-watch", daemon=True)
+                              name=WATCH_THREAD, daemon=True)
+    thread.edge_ha_ctx = ctx
     ctx["watcher"] = thread
     thread.start()
 
@@ -214,9 +240,23 @@ def beacon(config):
 
 
 def _look(conf, ctx, mod, state_dir):
-    """One look at the node: the events to fire (each stamped with ``seen``)."""
+    """
+    One look at the node: publish its report to the master's mine if it
+    changed (or the heartbeat is due), then the events to fire, each stamped
+    with ``seen`` and the digest of the report published (``report``); a
+    changed report that no other event explains fires ``report``.
+    """
     seen_at = time.time()
-    return [dict(ev, seen=seen_at) for ev in _events(conf, ctx, mod, state_dir)]
+    events = _events(conf, ctx, mod, state_dir)
+    published = {"changed": False, "digest": None}
+    if conf.get("publish", True):
+        try:
+            published = mod["edge_node.publish"](heartbeat=conf.get("heartbeat", HEARTBEAT))
+        except Exception as exc:  # pylint: disable=broad-except
+            log.warning("vrrp beacon: report not published: %s", exc)
+    if published["changed"] and not events:
+        events.append({"tag": "report"})
+    return [dict(ev, seen=seen_at, report=published["digest"]) for ev in events]
 
 
 def _events(conf, ctx, mod, state_dir):

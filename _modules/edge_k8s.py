@@ -100,6 +100,7 @@ EVENT_REASONS = (
     "NodeDrained",
     "NodeUndrained",
     "RolloutStopped",
+    "PillarInvalid",
 )
 EVENT_REASON_RE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 EVENT_TYPES = ("Normal", "Warning")

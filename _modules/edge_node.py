@@ -2,15 +2,18 @@
 What an edge node knows about itself, for the reconciler and the report.
 
 ``edge_node.report`` is what the master's ``edge.reconcile`` and
-``edge.vip_report`` read from every edge minion. It comes back as a job
-return, which Salt authenticates; beacon events only tell the master *when*
-to look, never *what* is true.
+``edge.vip_report`` know about every edge minion. The node pushes it
+(``edge_node.publish``, called by the ``vrrp`` beacon on every look: when it
+changed, and at a slow heartbeat) into the master's mine, which Salt stores
+under the id the master verified for the sending minion; beacon events only
+tell the master *when* to look, never *what* is true.
 
 The ingress health verdict is kept by the ``ingress_health`` beacon (it
 debounces the probes) in ``<state_dir>/ingress_health.json``; ``report``
 adds a live probe beside it.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -19,12 +22,18 @@ import time
 import urllib.error
 import urllib.request
 
+import salt.utils.event
+from edge_ha_core import desired
 from salt.exceptions import CommandExecutionError
 
 __virtualname__ = "edge_node"
 
-__load__ = ["probe_ingress", "ingress_health", "record_ingress_health", "report", "vip_conflicts",
+__load__ = ["probe_ingress", "ingress_health", "record_ingress_health", "report", "publish", "vip_conflicts",
             "quiesce", "vip_connections", "release_when_taken_over"]
+
+MINE_KEY = "edge_ha_report"  # the mine entry the master reads
+HEARTBEAT = 10  # seconds between publications of an unchanged report
+QUIESCE_MARK = "quiesced.json"
 
 QUIESCE_TABLE = "edge_ha_quiesce"
 
@@ -89,13 +98,14 @@ def record_ingress_health(healthy, detail=""):
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump({"healthy": bool(healthy), "detail": detail, "since": time.time()}, fh)
     os.replace(tmp, path)
+    publish()  # the master learns it before the beacon's event reaches it
     return True
 
 
-def ingress_health():
+def ingress_health(probe=True):
     """
     The debounced verdict recorded by the beacon (``None`` when there is none
-    yet) and a live probe.
+    yet) and a live probe (``probe=False``: only when nothing is recorded yet).
 
     CLI Example:
 
@@ -108,17 +118,20 @@ def ingress_health():
             recorded = json.load(fh)
     except (OSError, ValueError):
         recorded = None
-    live = probe_ingress()
+    live = probe_ingress() if (probe or not recorded) else None
     healthy = recorded["healthy"] if recorded else live["healthy"]
     return {"healthy": healthy, "recorded": recorded, "live": live}
 
 
-def report():
+def report(probe=True):
     """
     Everything the master needs about this edge node: keepalived status (VIPs
-    really on the interface), whether the node is out of VIP ownership, and
-    ingress health, standby (priority lowered by a drain or a staged reload)
-    and the drained nodes it renders with IPVS weight 0.
+    really on the interface), whether the node is out of VIP ownership,
+    ingress health, standby (priority lowered by a drain or a staged reload),
+    the drained nodes it renders with IPVS weight 0, the desired-state digest
+    of the keepalived.conf on disk (``config.digest``) and whether new
+    connections to its VIPs are held back (``quiesced``). ``probe=False``
+    leaves out the live ingress probe (the debounced verdict stays).
 
     CLI Example:
 
@@ -127,6 +140,7 @@ def report():
         salt '*' edge_node.report
     """
     mod = __salt__  # pylint: disable=undefined-variable
+    conf = mod["keepalived.settings"]()
     return {
         "node": __opts__["id"],  # pylint: disable=undefined-variable
         "time": time.time(),
@@ -134,8 +148,59 @@ def report():
         "out_of_service": mod["keepalived.out_of_service_state"](),
         "standby": mod["keepalived.standby_state"](),
         "drained_nodes": mod["keepalived.drained_nodes"](),
-        "ingress": ingress_health(),
+        "ingress": ingress_health(probe=probe),
+        "config": {"digest": desired.read_digest(_head(conf["config_file"]))},
+        "quiesced": os.path.exists(os.path.join(conf["state_dir"], QUIESCE_MARK)),
     }
+
+
+def _head(path, size=4096):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read(size)
+    except OSError:
+        return ""
+
+
+def report_digest(data):
+    """Digest of a report without its time stamps: equal digests, nothing changed."""
+    stable = {k: v for k, v in data.items() if k not in ("time", "digest")}
+    ingress = dict(stable.get("ingress") or {})
+    ingress.pop("live", None)
+    stable["ingress"] = ingress
+    return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def publish(force=False, heartbeat=HEARTBEAT):
+    """
+    Push this node's report (``report probe=False``) into the master's mine
+    (``edge_ha_report``) when it changed since the last push, or when
+    ``heartbeat`` seconds have passed, or with ``force``. The master stores it
+    under the id it verified for this minion, so no other minion can write
+    it. The ``vrrp`` beacon calls this on every look. Returns
+    ``{published, changed, digest}``; masterless minions publish nothing.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_node.publish force=True
+    """
+    opts = __opts__  # pylint: disable=undefined-variable
+    data = report(probe=False)
+    data["digest"] = digest = report_digest(data)
+    ctx = __context__.setdefault("edge_ha_publish", {})  # pylint: disable=undefined-variable
+    changed = ctx.get("digest") != digest
+    due = time.monotonic() - ctx.get("at", 0.0) >= float(heartbeat)
+    if opts.get("file_client") == "local" or not (force or changed or due):
+        return {"published": False, "changed": changed, "digest": digest}
+    load = {"cmd": "_mine", "data": {MINE_KEY: data}, "id": opts["id"], "clear": False}
+    # what mine.send does, without its half-second sleep: the minion process sends it over its
+    # authenticated request channel, in order with the beacon events fired after this call
+    with salt.utils.event.get_event("minion", opts=opts, listen=False) as bus:
+        bus.fire_event(load, "_minion_mine")
+    ctx.update(digest=digest, at=time.monotonic())
+    return {"published": True, "changed": changed, "digest": digest}
 
 
 def arp_probe(interface, address, timeout=0.3):
@@ -238,12 +303,17 @@ def quiesce(enabled=True):
     """
     present = _nft("list", "table", "inet", QUIESCE_TABLE).returncode == 0
     vips = sorted({v for i in __salt__["keepalived.status"]()["instances"].values() for v in i["vips"]})  # pylint: disable=undefined-variable
+    mark = os.path.join(__salt__["keepalived.settings"]()["state_dir"], QUIESCE_MARK)  # pylint: disable=undefined-variable
     if present:
         _nft("delete", "table", "inet", QUIESCE_TABLE)
     if enabled and vips:
+        with open(mark, "w", encoding="utf-8") as fh:  # before the rules: the report never hides them
+            json.dump({"vips": vips, "since": time.time()}, fh)
         proc = _nft("-f", "-", script=quiesce_rules(vips))
         if proc.returncode != 0:
             raise CommandExecutionError(f"nft could not add the quiesce rules: {proc.stderr.strip()}")
+    elif os.path.exists(mark):
+        os.unlink(mark)
     return {"changed": present != bool(enabled and vips), "quiesced": bool(enabled and vips), "vips": vips}
 
 

@@ -44,6 +44,7 @@ import subprocess
 import tempfile
 import time
 
+from edge_ha_core import desired
 from salt.exceptions import CommandExecutionError
 from salt.exceptions import SaltInvocationError
 
@@ -272,10 +273,14 @@ def __virtual__():
 
 
 def render_config(view, paths, template=None):
-    """Render keepalived.conf text for one node view (from ``edge_ha.view_for_node``)."""
+    """
+    Render keepalived.conf text for one node view (from ``edge_ha.view_for_node``).
+    The first line names the view's digest (``edge_ha_core.desired``), whatever the
+    template: the master compares it with its own to know which nodes need a re-render.
+    """
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     text = env.from_string(template or KEEPALIVED_TEMPLATE).render(view=view, paths=paths)
-    lines = [line.rstrip() for line in text.splitlines()]
+    lines = [desired.header_line(view)] + [line.rstrip() for line in text.splitlines()]
     out = []
     for line in lines:  # collapse runs of blank lines left by the template
         if line or (out and out[-1]):

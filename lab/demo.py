@@ -68,7 +68,9 @@ def main():
         owner = lab.holders()[0]
         step(f"3. kill -9 keepalived on {owner}, the VIP owner")
         start = time.monotonic()
-        lab.kill_keepalived(owner, signal.SIGKILL)
+        killed = lab.kill_keepalived(owner, signal.SIGKILL)
+        say(f"   SIGKILL to keepalived's whole process group at once (pids {', '.join(map(str, killed))}:"
+            " parent, VRRP and checker children): no goodbye advert")
         moved = wait_for(lambda: any(n != owner for n in lab.holders()), 30)
         new_owner = [n for n in lab.holders() if n != owner]
         say(f"   VRRP: {new_owner[0] if new_owner else '?'} took the VIP after {moved:.2f}s"

@@ -270,7 +270,7 @@ class Lab:
                 },
                 "edge_ha_sysctl_file": str(ndir / "sysctl.conf"),
                 "beacons": {
-                    "vrrp": [{"interval": 1}, {"conflict_check": 2}],
+                    "vrrp": [{"interval": 1}, {"conflict_check": 2}, {"watch": 0.05}],
                     "ingress_health": [{"interval": 1}],
                 },
             }
@@ -373,18 +373,41 @@ class Lab:
             return 0
 
     def kill_keepalived(self, node, sig=signal.SIGKILL):
+        """
+        SIGKILL (default): a real crash, the whole keepalived process group at
+        once (parent, VRRP and checker children), so no child is left to send
+        a goodbye advert. Any other signal goes to the parent only (SIGTERM:
+        keepalived's graceful stop). Returns the pids signalled.
+        """
         pid = self.keepalived_pid(node)
-        vrrp = 0
+        if not pid:
+            return []
+        if sig == signal.SIGKILL:
+            members = self.process_group(pid)
+            try:
+                os.killpg(pid, signal.SIGKILL)  # keepalived runs in its own session: pgid == its pid
+            except ProcessLookupError:
+                return []
+            return members
         try:
-            vrrp = int((self.node_dir(node) / "run" / "keepalived_vrrp.pid").read_text().strip())
-        except (OSError, ValueError):
-            pass
-        for p in (pid, vrrp) if sig == signal.SIGKILL else (pid,):
-            if p:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return []
+        return [pid]
+
+    @staticmethod
+    def process_group(pgid):
+        """The pids whose process group is ``pgid``."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
                 try:
-                    os.kill(p, sig)
-                except ProcessLookupError:
-                    pass
+                    fields = pathlib.Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                except (OSError, IndexError):
+                    continue
+                if int(fields[2]) == pgid:
+                    pids.append(int(entry))
+        return sorted(pids)
 
     def block_vrrp(self, node, blocked=True):
         """Drop VRRP (IP protocol 112) in and out of a node, inside its namespace (nftables)."""

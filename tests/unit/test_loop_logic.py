@@ -1,35 +1,14 @@
 """Pure logic of the beacons and the edge runner (no Salt)."""
 
-import copy
-import pathlib
-
-import yaml
-
+from edge_ha_core import planner
+from edge_ha_core import report as views
+from tests.support.builders import model3
+from tests.support.builders import report
+from tests.support.builders import typed
 from tests.support.modload import load
 
-from edge_ha_core import model as edge_ha
 vrrp = load("_beacons/vrrp.py")
 ingress = load("_beacons/ingress_health.py")
-runner = load("_runners/edge.py")
-
-EXAMPLE = yaml.safe_load((pathlib.Path(__file__).resolve().parents[2] / "pillar" / "edge_ha.sls.example").read_text())
-
-
-def model3():
-    data = copy.deepcopy(EXAMPLE["edge_ha"])
-    data["nodes"]["edge3"] = {"address": "198.18.0.13", "interface": "eth0"}
-    del data["vrrp_instances"]["VI_INGRESS"]["priority"]
-    return edge_ha.normalize(data)
-
-
-def report(node, state="BACKUP", prio=100, vips=(), running=True, healthy=True, out=False, reason=""):
-    return {
-        "node": node,
-        "keepalived": {"running": running, "instances": {"VI_INGRESS": {
-            "state": state, "priority": prio, "since": 1000.0 + prio, "vips_present": list(vips)}}},
-        "out_of_service": {"out_of_service": out, "reason": reason},
-        "ingress": {"healthy": healthy},
-    }
 
 
 def test_parse_transitions_only_newer_and_in_order():
@@ -68,13 +47,13 @@ def test_plan_fences_unhealthy_and_restores_own_fencing_only():
     model = model3()
     reports = {
         "edge1": report("edge1", "MASTER", 150, ["198.18.0.100"], healthy=False),
-        "edge2": report("edge2", prio=140, out=True, reason=runner.FENCE_REASON),
+        "edge2": report("edge2", prio=140, out=True, reason=planner.FENCE_REASON),
         "edge3": report("edge3", prio=130, out=True, reason="drained by operator"),
     }
-    wanted = runner.plan(model, reports)
-    assert wanted["fence"] == ["edge1"]
-    assert wanted["unfence"] == ["edge2"]
-    assert wanted["service_nodes"] == ["edge2"]  # edge3 stays out (not ours), edge1 unhealthy
+    wanted = planner.plan(model, reports)
+    assert wanted.fence == ["edge1"]
+    assert wanted.unfence == ["edge2"]
+    assert wanted.service_nodes == ["edge2"]  # edge3 stays out (not ours), edge1 unhealthy
 
 
 def test_plan_never_fences_the_last_node_and_skips_silent_minions():
@@ -84,11 +63,11 @@ def test_plan_never_fences_the_last_node_and_skips_silent_minions():
         "edge2": report("edge2", healthy=False),
         "edge3": None,
     }
-    wanted = runner.plan(model, reports)
-    assert wanted["fence"] == []
-    assert any("every reachable node's ingress is unhealthy" in n for n in wanted["notes"])
-    assert any(n.startswith("edge3: no answer") for n in wanted["notes"])
-    assert wanted["service_nodes"] == []
+    wanted = planner.plan(model, reports)
+    assert wanted.fence == []
+    assert any("every reachable node's ingress is unhealthy" in n for n in wanted.notes)
+    assert any(n.startswith("edge3: no answer") for n in wanted.notes)
+    assert wanted.service_nodes == []
 
 
 def test_plan_releases_stale_vips_of_a_stopped_keepalived():
@@ -98,9 +77,9 @@ def test_plan_releases_stale_vips_of_a_stopped_keepalived():
         "edge2": report("edge2", "MASTER", 140, ["198.18.0.100"]),
         "edge3": report("edge3", prio=130),
     }
-    wanted = runner.plan(model, reports, pods_ready={"edge1": True, "edge2": True, "edge3": False})
-    assert wanted["release"] == ["edge1"]
-    assert wanted["service_nodes"] == ["edge2"]  # edge1 stopped, edge3's pod not ready
+    wanted = planner.plan(model, reports, planner.KubeView({"edge1": True, "edge2": True, "edge3": False}))
+    assert wanted.release == ["edge1"]
+    assert wanted.service_nodes == ["edge2"]  # edge1 stopped, edge3's pod not ready
 
 
 def test_report_shows_observed_owner_and_flags():
@@ -110,22 +89,22 @@ def test_report_shows_observed_owner_and_flags():
         "edge2": report("edge2", "MASTER", 140, ["198.18.0.100"]),
         "edge3": None,
     }
-    rows = runner.build_report(model, reports, {"match": False})
+    rows = views.build_report(model, typed(reports), {"match": False})
     row = rows[0]
     assert row["vip"] == "198.18.0.100" and row["vrid"] == 51
     assert row["owner"] == ["edge1", "edge2"] and row["flags"] == ["stale_vip"]
     assert row["backups"] == [{"node": "edge3", "state": "NO ANSWER", "priority": None}]
     assert row["last_transition"] == 1150.0
-    table = runner.format_table(rows)
+    table = views.format_table(rows)
     assert table.splitlines()[0].split() [:3] == ["VIP", "VRID", "OWNER"]
     assert "edge1,edge2" in table and "DIFFERS" in table and "stale_vip" in table
 
     reports["edge1"] = report("edge1", "MASTER", 150, ["198.18.0.100"])
-    assert runner.build_report(model, reports)[0]["flags"] == ["split_brain"]
+    assert views.build_report(model, typed(reports))[0]["flags"] == ["split_brain"]
 
     reports["edge1"] = report("edge1", "FAULT", 0, [])
     reports["edge2"] = report("edge2", "BACKUP", 140, [])
-    assert runner.build_report(model, reports)[0]["flags"] == ["no_owner"]
+    assert views.build_report(model, typed(reports))[0]["flags"] == ["no_owner"]
 
 
 def test_stale_vips_only_while_keepalived_is_down():
@@ -143,14 +122,14 @@ def test_history_rows_newest_first_with_who_what_why():
         {"kind": "reconcile", "reason": "salt/beacon/edge2/vrrp/transition", "actions": [], "time": 3.0},
         {"kind": "ignored", "claimed_id": "client", "source": "salt/beacon/edge1/vrrp/x", "time": 4.0},
     ]
-    rows = runner.history_rows(entries)
+    rows = views.history_rows(entries)
     assert [r["kind"] for r in rows] == ["ignored", "reconcile", "fence", "transition"]
     assert rows[2] == {"who": "edge.trigger", "what": "edge1: stale VIPs removed: ['198.18.0.100']",
                        "why": "salt/beacon/edge1/vrrp/stale_vip", "time": 2.0, "kind": "fence"}
     assert rows[3]["what"] == "VI_INGRESS: BACKUP -> MASTER" and rows[3]["who"] == "edge1 (reported)"
     assert rows[1]["what"] == "nothing to change"
-    assert [r["kind"] for r in runner.history_rows(entries, limit=1)] == ["ignored"]
-    assert [r["kind"] for r in runner.history_rows(entries, kinds={"fence"})] == ["fence"]
+    assert [r["kind"] for r in views.history_rows(entries, limit=1)] == ["ignored"]
+    assert [r["kind"] for r in views.history_rows(entries, kinds={"fence"})] == ["fence"]
 
 
 def test_metrics_text_is_valid_prometheus_exposition():
@@ -167,7 +146,7 @@ def test_metrics_text_is_valid_prometheus_exposition():
         {"kind": "transition", "node": "edge2", "instance": "VI_INGRESS", "old": "BACKUP", "new": "MASTER", "time": 10.4},
         {"kind": "reconcile", "actions": ["edge1: stale VIPs removed (keepalived not running): x"], "error": "boom", "time": 11},
     ]
-    text = runner.metrics_text(model, reports, runner.build_report(model, reports), entries)
+    text = views.metrics_text(model, typed(reports), views.build_report(model, typed(reports)), entries)
     families = {f.name: f for f in text_string_to_metric_families(text)}
     value = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
     assert value[("edge_ha_node_up", (("node", "edge3"),))] == 0
@@ -189,18 +168,18 @@ def test_split_brain_fences_the_lower_priority_holder_then_lifts_after_hold():
         "edge2": report("edge2", "MASTER", 140, ["198.18.0.100"]),
         "edge3": report("edge3", prio=130),
     }
-    wanted = runner.plan(model, reports, now=1000.0)
-    assert wanted["split_fence"] == {"edge2": "split brain: edge1 keeps VI_INGRESS"}
-    assert wanted["fence"] == [] and "edge2" not in wanted["service_nodes"]
+    wanted = planner.plan(model, reports, now=1000.0)
+    assert wanted.split_fence == {"edge2": "split brain: edge1 keeps VI_INGRESS"}
+    assert wanted.fence == [] and "edge2" not in wanted.service_nodes
 
     fenced = report("edge2", "FAULT", 0, [], out=True, reason="split brain: edge1 keeps VI_INGRESS")
     fenced["out_of_service"]["since"] = 990.0
     reports["edge2"] = fenced
-    early = runner.plan(model, reports, now=1000.0, split_hold=30)
-    assert early["unfence"] == [] and early["split_fence"] == {}
-    assert "edge2" not in early["service_nodes"]
-    late = runner.plan(model, reports, now=1021.0, split_hold=30)
-    assert late["unfence"] == ["edge2"] and "edge2" in late["service_nodes"]
+    early = planner.plan(model, reports, now=1000.0, split_hold=30)
+    assert early.unfence == [] and early.split_fence == {}
+    assert "edge2" not in early.service_nodes
+    late = planner.plan(model, reports, now=1021.0, split_hold=30)
+    assert late.unfence == ["edge2"] and "edge2" in late.service_nodes
 
 
 def test_vrrp_watch_option_validation():

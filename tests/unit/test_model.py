@@ -6,7 +6,6 @@ import pathlib
 import pytest
 import yaml
 
-from tests.support.modload import load
 
 from edge_ha_core import model as edge_ha
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "pillar" / "edge_ha.sls.example"

@@ -1,37 +1,18 @@
 """Pure logic of drains, staged reloads and quiescing (no Salt)."""
 
-import copy
-import pathlib
-
-import yaml
-
+from edge_ha_core import fleet
+from edge_ha_core import model as edge_ha
+from edge_ha_core import planner
+from edge_ha_core import report as views
+from tests.support.builders import VIP
+from tests.support.builders import example_pillar
+from tests.support.builders import model3
+from tests.support.builders import report
+from tests.support.builders import typed
 from tests.support.modload import load
 
-from edge_ha_core import model as edge_ha
 runner = load("_runners/edge.py")
 edge_node = load("_modules/edge_node.py")
-
-EXAMPLE = yaml.safe_load((pathlib.Path(__file__).resolve().parents[2] / "pillar" / "edge_ha.sls.example").read_text())
-VIP = "198.18.0.100"
-
-
-def model3():
-    data = copy.deepcopy(EXAMPLE["edge_ha"])
-    data["nodes"]["edge3"] = {"address": "198.18.0.13", "interface": "eth0"}
-    del data["vrrp_instances"]["VI_INGRESS"]["priority"]
-    return edge_ha.normalize(data)
-
-
-def report(node, state="BACKUP", prio=100, vips=(), running=True, standby=False, drained=(), out=False):
-    return {
-        "node": node,
-        "keepalived": {"running": running, "instances": {"VI_INGRESS": {
-            "state": state, "priority": prio, "since": 1000.0, "vips_present": list(vips)}}},
-        "out_of_service": {"out_of_service": out, "reason": ""},
-        "standby": {"standby": standby, "reason": "", "since": None},
-        "drained_nodes": list(drained),
-        "ingress": {"healthy": True},
-    }
 
 
 def test_drained_node_leaves_service_keeps_standby_and_lists_are_synced():
@@ -42,16 +23,16 @@ def test_drained_node_leaves_service_keeps_standby_and_lists_are_synced():
         "edge2": report("edge2", "MASTER", 140, [VIP], drained=["edge1"]),
         "edge3": report("edge3", prio=130),  # its drained list is stale
     }
-    wanted = runner.plan(model, reports, drained=drained)
-    assert wanted["service_nodes"] == ["edge2", "edge3"]
-    assert wanted["standby_on"] == [] and wanted["standby_off"] == []
-    assert wanted["drained_lists"] == ["edge3"]
-    assert "edge1: drained (kernel update)" in wanted["notes"]
+    wanted = planner.plan(model, reports, drains=drained)
+    assert wanted.service_nodes == ["edge2", "edge3"]
+    assert wanted.standby_on == [] and wanted.standby_off == []
+    assert wanted.drained_lists == ["edge3"]
+    assert "edge1: drained (kernel update)" in wanted.notes
     # a standby left over by an interrupted staged reload is lifted; a drained node without standby gets it
     reports["edge1"]["standby"]["standby"] = False
     reports["edge3"]["standby"]["standby"] = True
-    wanted = runner.plan(model, reports, drained=drained)
-    assert wanted["standby_on"] == ["edge1"] and wanted["standby_off"] == ["edge3"]
+    wanted = planner.plan(model, reports, drains=drained)
+    assert wanted.standby_on == ["edge1"] and wanted.standby_off == ["edge3"]
 
 
 def test_rollout_order_backups_first_owner_last():
@@ -60,31 +41,31 @@ def test_rollout_order_backups_first_owner_last():
         "edge2": report("edge2", prio=140),
         "edge3": report("edge3", prio=130),
     }
-    assert runner.rollout_order(["edge1", "edge3", "edge2"], reports) == ["edge2", "edge3", "edge1"]
+    assert fleet.rollout_order(["edge1", "edge3", "edge2"], typed(reports)) == ["edge2", "edge3", "edge1"]
 
 
 def test_handover_is_done_only_when_exactly_one_other_running_node_holds_each_vip():
     model = model3()
     still = {"edge1": report("edge1", "MASTER", 1, [VIP]), "edge2": report("edge2", prio=140),
              "edge3": report("edge3", prio=130)}
-    assert runner.handover_state(model, still, "edge1") == (False, {VIP: ["edge1"]})
+    assert fleet.handover_state(model, typed(still), "edge1") == (False, {VIP: ["edge1"]})
     overlap = dict(still, edge2=report("edge2", "MASTER", 140, [VIP]))
-    assert runner.handover_state(model, overlap, "edge1")[0] is False  # make-before-break: both hold it a moment
+    assert fleet.handover_state(model, typed(overlap), "edge1")[0] is False  # make-before-break: both hold it a moment
     moved = dict(overlap, edge1=report("edge1", prio=1))
-    assert runner.handover_state(model, moved, "edge1") == (True, {VIP: ["edge2"]})
+    assert fleet.handover_state(model, typed(moved), "edge1") == (True, {VIP: ["edge2"]})
     stale = dict(moved, edge3=report("edge3", "MASTER", 130, [VIP], running=False))
-    assert runner.handover_state(model, stale, "edge1")[0] is True  # a stopped keepalived's leftover is not an owner
+    assert fleet.handover_state(model, typed(stale), "edge1")[0] is True  # a stopped keepalived's leftover is not an owner
 
 
-def test_preferred_owner_skips_standby_and_out_of_service_nodes():
+def test_vrrp_winner_skips_standby_and_out_of_service_nodes():
     model = model3()
     reports = {"edge1": report("edge1", prio=1, standby=True), "edge2": report("edge2", "MASTER", 140, [VIP]),
                "edge3": report("edge3", prio=130)}
-    assert runner.preferred_owner(model, reports, "VI_INGRESS") == "edge2"
+    assert fleet.vrrp_winner(model, typed(reports), "VI_INGRESS") == "edge2"
     reports["edge1"]["standby"]["standby"] = False
-    assert runner.preferred_owner(model, reports, "VI_INGRESS") == "edge1"
+    assert fleet.vrrp_winner(model, typed(reports), "VI_INGRESS") == "edge1"
     reports["edge1"]["out_of_service"]["out_of_service"] = True
-    assert runner.preferred_owner(model, reports, "VI_INGRESS") == "edge2"
+    assert fleet.vrrp_winner(model, typed(reports), "VI_INGRESS") == "edge2"
 
 
 def test_drained_nodes_render_with_weight_zero_others_unchanged():
@@ -138,7 +119,7 @@ def test_history_rows_for_drain_and_rollout():
          "stopped_at": "edge1", "error": "keepalived is not running"},
         {"kind": "undrain", "node": "edge1", "reason": "done", "source": "kubernetes", "time": 3.0, "error": "boom"},
     ]
-    rows = runner.history_rows(entries)
+    rows = views.history_rows(entries)
     assert [r["kind"] for r in rows] == ["undrain", "rollout", "drain"]
     assert rows[0]["who"] == "edge.undrain (kubernetes)" and "FAILED: boom" in rows[0]["what"]
     assert rows[1]["what"] == ("staged reload edge2:ok -> edge1:FAILED, rolled back; "
@@ -152,8 +133,8 @@ def test_metrics_show_drained_nodes_and_stopped_rollouts():
     model = model3()
     reports = {"edge1": report("edge1", prio=1, standby=True), "edge2": report("edge2", "MASTER", 140, [VIP]),
                "edge3": None}
-    rows = runner.build_report(model, reports, drained={"edge1": {}})
-    text = runner.metrics_text(model, reports, rows, [], {}, drained={"edge1": {"reason": "x"}},
+    rows = views.build_report(model, typed(reports), drained={"edge1": {}})
+    text = views.metrics_text(model, typed(reports), rows, [], {}, drained={"edge1": {"reason": "x"}},
                                rollout_failed={"edge3": {"hash": "abc"}})
     samples = {(s.name, s.labels.get("node")): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
@@ -166,22 +147,22 @@ def test_stale_copy_stays_until_a_live_node_holds_the_vip():
     model = model3()
     killed = report("edge1", "MASTER", 150, [VIP], running=False)
     before = {"edge1": killed, "edge2": report("edge2", prio=140), "edge3": report("edge3", prio=130)}
-    wanted = runner.plan(model, before)
-    assert wanted["release"] == []
-    assert any(n.startswith("edge1: keepalived is not running; it still answers for 198.18.0.100") for n in wanted["notes"])
+    wanted = planner.plan(model, before)
+    assert wanted.release == []
+    assert any(n.startswith("edge1: keepalived is not running; it still answers for 198.18.0.100") for n in wanted.notes)
     after = dict(before, edge2=report("edge2", "MASTER", 140, [VIP]))
-    assert runner.plan(model, after)["release"] == ["edge1"]
+    assert planner.plan(model, after).release == ["edge1"]
 
 
 def test_handover_ignores_a_vip_nobody_held_when_it_began():
-    data = copy.deepcopy(EXAMPLE["edge_ha"])
+    data = example_pillar()
     data["nodes"]["edge3"] = {"address": "198.18.0.13", "interface": "eth0"}
     del data["vrrp_instances"]["VI_INGRESS"]["priority"]
     data["vrrp_instances"]["VI_INGRESS"]["virtual_ipaddress"].append("198.18.0.101/24")  # just added
     model = edge_ha.normalize(data)
     moved = {"edge1": report("edge1", prio=1), "edge2": report("edge2", "MASTER", 140, [VIP]),
              "edge3": report("edge3", prio=130)}
-    assert runner.handover_state(model, moved, "edge1")[0] is False  # every VIP of the instance
-    assert runner.handover_state(model, moved, "edge1", {VIP}) == (True, {VIP: ["edge2"]})
+    assert fleet.handover_state(model, typed(moved), "edge1")[0] is False  # every VIP of the instance
+    assert fleet.handover_state(model, typed(moved), "edge1", {VIP}) == (True, {VIP: ["edge2"]})
     gap = dict(moved, edge2=report("edge2", prio=140))  # released, nobody took it yet: not done
-    assert runner.handover_state(model, gap, "edge1", {VIP})[0] is False
+    assert fleet.handover_state(model, typed(gap), "edge1", {VIP})[0] is False

@@ -1,0 +1,61 @@
+"""
+Desired state as digests: what the master compares instead of asking every
+node to render its config.
+
+Each rendered keepalived.conf starts with a line naming the digest of the
+node view it was rendered from (``view_for_node``: the node's instances,
+priorities, peers, virtual servers and drained weights). The node reports
+that line; the master computes the same digest from its last good model. A
+node whose digest differs from the master's needs a re-render; the others
+get no job.
+
+The digest covers the VRRP password only through a slow hash of it, so the
+digest (which travels in the mine and the report) tells nothing usable
+about the password.
+"""
+
+import functools
+import hashlib
+import json
+import re
+
+from edge_ha_core import model as edge_model
+
+HEADER = "# salt-edge-ha desired state: "
+_HEADER_RE = re.compile(r"^# salt-edge-ha desired state: ([0-9a-f]{16})$", re.M)
+
+
+@functools.lru_cache(maxsize=64)
+def _secret_digest(secret):
+    return hashlib.pbkdf2_hmac("sha256", secret.encode(), b"salt-edge-ha view digest", 100_000).hex()
+
+
+def _masked(value):
+    """The view with every ``auth_pass`` replaced by its slow hash."""
+    if isinstance(value, dict):
+        return {k: (_secret_digest(str(v)) if k == "auth_pass" and v is not None else _masked(v))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v) for v in value]
+    return value
+
+
+def view_digest(view):
+    """16 hex digits naming one node view (stable: key order and tuples do not matter)."""
+    text = json.dumps(_masked(view), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def header_line(view):
+    return HEADER + view_digest(view)
+
+
+def read_digest(text):
+    """The desired-state digest named in a rendered config's header (None: not one of ours)."""
+    match = _HEADER_RE.search(text or "")
+    return match.group(1) if match else None
+
+
+def node_digests(model, drained=()):
+    """``{node: digest}`` of every edge node's view (``drained``: nodes whose real servers get weight 0)."""
+    return {node: view_digest(edge_model.view_for_node(model, node, drained)) for node in sorted(model["nodes"])}

@@ -1,0 +1,219 @@
+"""
+The fleet's view: what each edge node reports about itself, typed, and the
+answers derived from it once, here: who holds which VIP, which holders are
+live or stale, who VRRP elects, who split the brain, whether a node has
+handed its VIPs over.
+
+A ``NodeReport`` is built from what a node published (``edge_node.report``,
+stored by the master in Salt's mine under the minion's verified id); the
+planner, the runner, the report and the tests all read it through the
+functions here.
+"""
+
+import dataclasses
+import ipaddress
+from typing import Dict, Optional, Tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceStatus:
+    """One VRRP instance on one node, as the node saw it."""
+
+    name: str
+    state: str = "UNKNOWN"
+    priority: Optional[int] = None
+    since: Optional[float] = None
+    vips_present: Tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """A node-local flag file (out of service, standby): set or not, why, since when."""
+
+    on: bool = False
+    reason: str = ""
+    since: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeReport:
+    """What one edge node reports about itself."""
+
+    node: str
+    time: float = 0.0
+    running: bool = False
+    instances: Dict[str, InstanceStatus] = dataclasses.field(default_factory=dict)
+    out_of_service: Flag = Flag()
+    standby: Flag = Flag()
+    drained_nodes: Optional[Tuple[str, ...]] = None  # None: the node did not say
+    ingress_healthy: Optional[bool] = None
+    config_digest: Optional[str] = None  # desired-state digest of the keepalived.conf on disk
+    quiesced: Optional[bool] = None  # nftables quiesce table present (None: unknown)
+    received: Optional[float] = None  # when the master stored it (master clock)
+
+    @property
+    def vips_present(self):
+        """Every VIP on this node's interfaces (whatever keepalived's state)."""
+        return tuple(sorted({v for i in self.instances.values() for v in i.vips_present}))
+
+    def holds(self, instance, vip):
+        status = self.instances.get(instance)
+        return bool(status and vip in status.vips_present)
+
+    @classmethod
+    def from_dict(cls, data):
+        """From ``edge_node.report()`` output (a mapping); raises ValueError if it is not one."""
+        if not isinstance(data, dict) or not isinstance(data.get("keepalived"), dict):
+            raise ValueError("not an edge_node report")
+        keepalived = data["keepalived"]
+        instances = {}
+        for name, inst in (keepalived.get("instances") or {}).items():
+            inst = inst if isinstance(inst, dict) else {}
+            instances[str(name)] = InstanceStatus(
+                name=str(name),
+                state=str(inst.get("state") or "UNKNOWN"),
+                priority=inst.get("priority"),
+                since=inst.get("since"),
+                vips_present=tuple(str(v) for v in inst.get("vips_present") or ()),
+            )
+
+        def flag(value, key):
+            value = value if isinstance(value, dict) else {}
+            return Flag(bool(value.get(key)), str(value.get("reason") or ""), value.get("since"))
+
+        drained = data.get("drained_nodes")
+        ingress = data.get("ingress")
+        healthy = ingress.get("healthy") if isinstance(ingress, dict) else None
+        config = data.get("config") if isinstance(data.get("config"), dict) else {}
+        return cls(
+            node=str(data.get("node") or ""),
+            time=float(data.get("time") or 0.0),
+            running=bool(keepalived.get("running")),
+            instances=instances,
+            out_of_service=flag(data.get("out_of_service"), "out_of_service"),
+            standby=flag(data.get("standby"), "standby"),
+            drained_nodes=None if drained is None else tuple(sorted(str(n) for n in drained)),
+            ingress_healthy=None if healthy is None else bool(healthy),
+            config_digest=config.get("digest"),
+            quiesced=data.get("quiesced"),
+            received=data.get("received"),
+        )
+
+
+Reports = Dict[str, Optional[NodeReport]]
+
+
+def as_reports(reports):
+    """``{node: NodeReport or None}`` from reports that may still be dicts (a shape that is not a report: None)."""
+    out = {}
+    for node, report in (reports or {}).items():
+        if report is None or isinstance(report, NodeReport):
+            out[node] = report
+            continue
+        try:
+            out[node] = NodeReport.from_dict(report)
+        except ValueError:
+            out[node] = None
+    return out
+
+
+def reachable(model, reports):
+    """The edge nodes with a report, by name."""
+    return sorted(n for n in model["nodes"] if reports.get(n))
+
+
+def node_healthy(report):
+    """Ingress verdict of one node report (None: no report)."""
+    if not report:
+        return None
+    return bool(report.ingress_healthy)
+
+
+def vip_holders(model, reports, running_only=True):
+    """``{vip: [nodes that have it on their interface]}`` (only nodes whose keepalived runs, by default)."""
+    out = {}
+    for inst in model["vrrp_instances"].values():
+        for vip in inst["vips"]:
+            out[vip] = sorted(
+                n for n in inst["nodes"]
+                if reports.get(n) and (reports[n].running or not running_only) and reports[n].holds(inst["name"], vip)
+            )
+    return out
+
+
+def live_owners(model, reports):
+    """``{vip: node}`` for each VIP held by exactly one node whose keepalived runs."""
+    return {v: h[0] for v, h in vip_holders(model, reports).items() if len(h) == 1}
+
+
+def stale_vips(report):
+    """The VIPs on a node's interfaces (a stale copy when its keepalived is not running)."""
+    return list(report.vips_present) if report else []
+
+
+def _rank(model, inst, node):
+    """VRRP's election order: configured priority, then the higher address."""
+    return inst["priorities"][node], ipaddress.ip_address(model["nodes"][node]["address"])
+
+
+def vrrp_winner(model, reports, instance, exclude=(), ready_override=()):
+    """
+    The node VRRP elects for ``instance`` among nodes whose keepalived runs
+    and which are neither out of service nor in standby (highest configured
+    priority, then address); ``ready_override`` counts those nodes as ready
+    whatever their flags say (e.g. the node an undrain is about to restore).
+    None when nobody is ready.
+    """
+    inst = model["vrrp_instances"][instance]
+    ready = [
+        n for n in inst["nodes"]
+        if n not in exclude and reports.get(n) and reports[n].running
+        and (n in ready_override or (not reports[n].out_of_service.on and not reports[n].standby.on))
+    ]
+    return max(ready, key=lambda n: _rank(model, inst, n)) if ready else None
+
+
+def split_brain_losers(model, reports, reason="split brain"):
+    """
+    Nodes to fence because another running keepalived holds the same VIP.
+    Deterministic: the holder VRRP would elect keeps it. ``{node: reason}``.
+    """
+    losers = {}
+    for inst in model["vrrp_instances"].values():
+        holders = [
+            n for n in inst["nodes"]
+            if reports.get(n) and reports[n].running and any(reports[n].holds(inst["name"], v) for v in inst["vips"])
+        ]
+        if len(holders) < 2:
+            continue
+        winner = max(holders, key=lambda n: _rank(model, inst, n))
+        for node in holders:
+            if node != winner:
+                losers.setdefault(node, f"{reason}: {winner} keeps {inst['name']}")
+    return losers
+
+
+def holds_any(report):
+    """Whether a node has any VIP on its interfaces."""
+    return bool(report and report.vips_present)
+
+
+def handover_state(model, reports, node, vips=None):
+    """
+    Whether ``node`` has handed its VIPs over: it holds none of the VIPs of
+    its instances (or of ``vips``: the ones it held when the handover began;
+    a VIP just added to the pillar has no holder yet), and each of them is
+    held by exactly one other node with a running keepalived. Returns
+    ``(done, {vip: holders})``.
+    """
+    holders = vip_holders(model, reports, running_only=False)
+    mine = {v: holders[v] for inst in model["vrrp_instances"].values() if node in inst["nodes"] for v in inst["vips"]
+            if vips is None or v in vips}
+    live = vip_holders(model, reports)
+    done = all(node not in h and len(live[v]) == 1 for v, h in mine.items())
+    return done, mine
+
+
+def rollout_order(nodes, reports):
+    """Staged reload order: nodes holding no VIP first (BACKUPs), then the holders (owners) last; by name."""
+    return sorted(nodes, key=lambda n: (holds_any(reports.get(n)), n))

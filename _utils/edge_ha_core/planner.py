@@ -1,0 +1,155 @@
+"""
+The planner: one pure function from what is known to what must change.
+
+``plan(model, reports, kube, drains, now, desired)`` reads the model (the
+last good one), the nodes' typed reports (``fleet.NodeReport``), what
+Kubernetes says (ingress pod readiness), the drain records and the desired
+config digest of every node, and returns a ``Plan``. It does nothing itself:
+the runner's actuator applies a plan, data-plane safety first (fence,
+release, split-brain fence), then flags, re-renders and the Service.
+"""
+
+import dataclasses
+import time
+from typing import Dict, List, Optional
+
+from edge_ha_core import fleet
+
+FENCE_REASON = "ingress unhealthy"
+SPLIT_REASON = "split brain"
+SPLIT_HOLD = 30  # seconds a split-brain fence stays before it is lifted to test the path again
+
+
+@dataclasses.dataclass
+class KubeView:
+    """What Kubernetes said in this round (None: not known, e.g. the API did not answer)."""
+
+    pods_ready: Optional[Dict[str, bool]] = None
+
+
+@dataclasses.dataclass
+class Plan:
+    """What one reconcile must change. Node lists are sorted; ``notes`` explain what is left as it is."""
+
+    fence: List[str] = dataclasses.field(default_factory=list)
+    unfence: List[str] = dataclasses.field(default_factory=list)
+    release: List[str] = dataclasses.field(default_factory=list)
+    split_fence: Dict[str, str] = dataclasses.field(default_factory=dict)
+    service_nodes: List[str] = dataclasses.field(default_factory=list)
+    standby_on: List[str] = dataclasses.field(default_factory=list)
+    standby_off: List[str] = dataclasses.field(default_factory=list)
+    drained_lists: List[str] = dataclasses.field(default_factory=list)
+    rerender: List[str] = dataclasses.field(default_factory=list)
+    notes: List[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def safety(self):
+        """Whether the plan has data-plane safety actions (they go before anything else)."""
+        return bool(self.fence or self.release or self.split_fence)
+
+    @property
+    def node_jobs(self):
+        """How many minion jobs applying the plan sends (re-renders count one each)."""
+        return (len(self.fence) + len(self.unfence) + len(self.release) + len(self.split_fence)
+                + len(self.standby_on) + len(self.standby_off) + len(self.drained_lists) + len(self.rerender))
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def stale_copies(model, reports, stopped):
+    """
+    Nodes whose keepalived is not running but whose interface still holds
+    VIPs: ``(release, waiting)``. A stale copy is released once a live node
+    holds each of its VIPs; until then the killed node is what still answers.
+    """
+    live = fleet.vip_holders(model, reports)
+    leftover = {n: fleet.stale_vips(reports[n]) for n in stopped}
+    release = sorted(n for n, vips in leftover.items() if vips and all(live.get(v) for v in vips))
+    waiting = {n: vips for n, vips in leftover.items() if vips and n not in release}
+    return release, waiting
+
+
+def split_fences_to_lift(reports, fenced, splitting, now, hold):
+    """Split-brain fences older than ``hold`` seconds whose node no longer splits (the path is tested again)."""
+    return {
+        n for n in fenced
+        if n not in splitting and now - (reports[n].out_of_service.since or now) >= hold
+    }
+
+
+def config_to_rerender(model, reports, desired):
+    """Nodes whose keepalived runs a config other than the desired one (``desired``: ``{node: digest}``)."""
+    if desired is None:
+        return []
+    return sorted(
+        n for n in model["nodes"]
+        if reports.get(n) and reports[n].running and n in desired and reports[n].config_digest != desired[n]
+    )
+
+
+def plan(model, reports, kube=None, drains=None, now=None, desired=None, split_hold=SPLIT_HOLD):
+    """
+    The desired changes (a ``Plan``).
+
+    reports
+        ``{node: NodeReport or None}`` (None: no fresh report from the node)
+    kube
+        ``KubeView`` (ingress pod readiness), or None if unknown
+    drains
+        ``{node: {reason, since, source}}``: drained nodes
+    desired
+        ``{node: digest}`` of the keepalived config each node should run, or
+        None to skip the comparison
+    """
+    reports = fleet.as_reports(reports)
+    drains = drains or {}
+    pods_ready = kube.pods_ready if kube else None
+    now = time.time() if now is None else now
+    out = Plan()
+    notes = out.notes
+    reachable = fleet.reachable(model, reports)
+    for node in sorted(set(model["nodes"]) - set(reachable)):
+        notes.append(f"{node}: no answer from the minion (no fresh report in the mine); left as it is")
+    stopped = {n for n in reachable if not reports[n].running}
+    out.release, waiting = stale_copies(model, reports, stopped)
+    for node, vips in sorted(waiting.items()):
+        notes.append(f"{node}: keepalived is not running; it still answers for {', '.join(vips)} "
+                     "until a backup takes over (then the copy is removed)")
+    for node in sorted(stopped):
+        notes.append(f"{node}: keepalived is not running (not restarted by reconcile; state.apply starts it)")
+    healthy = {n for n in reachable if fleet.node_healthy(reports[n])}
+    out_now = {n for n in reachable if reports[n].out_of_service.on}
+    ours = {n for n in out_now if reports[n].out_of_service.reason == FENCE_REASON}
+    split = fleet.split_brain_losers(model, reports, SPLIT_REASON)
+    split_fenced = {n for n in out_now if reports[n].out_of_service.reason.startswith(SPLIT_REASON)}
+    lift = split_fences_to_lift(reports, split_fenced, split, now, split_hold)
+    for node in sorted(split_fenced - lift):
+        notes.append(f"{node}: out of VIP ownership ({reports[node].out_of_service.reason})")
+    fence = sorted(set(reachable) - healthy - out_now - set(split))
+    unfence = sorted((ours & healthy) | (lift & healthy))
+    in_service = (set(reachable) - out_now - set(fence)) | set(unfence)
+    if fence and not in_service:
+        notes.append("every reachable node's ingress is unhealthy: not taking the last ones ("
+                     + ", ".join(fence) + ") out of VIP ownership")
+        in_service |= set(fence)
+        fence = []
+    out.fence, out.unfence = fence, unfence
+    out.service_nodes = sorted(
+        n for n in in_service - stopped
+        if n in healthy and (pods_ready is None or pods_ready.get(n, False))
+        and n not in split and n not in split_fenced - lift and n not in drains
+    )
+    out.split_fence = {n: r for n, r in sorted(split.items()) if n not in out_now}
+    standby = {n for n in reachable if reports[n].standby.on}
+    want_list = tuple(sorted(drains))
+    out.drained_lists = sorted(
+        n for n in reachable if reports[n].drained_nodes is not None and reports[n].drained_nodes != want_list
+    )
+    out.standby_on = sorted(set(drains) & set(reachable) - standby)
+    out.standby_off = sorted(standby - set(drains))
+    for node in sorted(drains):
+        why = drains[node].get("reason") or drains[node].get("source") or ""
+        notes.append(f"{node}: drained ({why})")
+    out.rerender = config_to_rerender(model, reports, desired)
+    return out

@@ -1,0 +1,102 @@
+"""The controller's pure core: typed reports, the fleet's view, the planner, desired-state digests."""
+
+import pytest
+
+from edge_ha_core import desired
+from edge_ha_core import fleet
+from edge_ha_core import model as edge_model
+from edge_ha_core import planner
+from tests.support.builders import VIP
+from tests.support.builders import model3
+from tests.support.builders import report
+from tests.support.builders import typed
+
+
+def converged(model, digests):
+    """Three nodes as they should be: edge1 owns the VIP, every node runs its desired config."""
+    return {
+        "edge1": report("edge1", "MASTER", 150, [VIP], digest=digests["edge1"]),
+        "edge2": report("edge2", prio=140, digest=digests["edge2"]),
+        "edge3": report("edge3", prio=130, digest=digests["edge3"]),
+    }
+
+
+def test_converged_fleet_plans_no_job():
+    model = model3()
+    digests = desired.node_digests(model)
+    wanted = planner.plan(model, converged(model, digests), planner.KubeView({n: True for n in model["nodes"]}),
+                          desired=digests)
+    assert wanted.node_jobs == 0 and not wanted.safety
+    assert wanted.service_nodes == ["edge1", "edge2", "edge3"]
+
+
+def test_only_the_node_whose_config_differs_is_rerendered():
+    model = model3()
+    digests = desired.node_digests(model)
+    reports = converged(model, digests)
+    reports["edge2"]["config"]["digest"] = "0" * 16
+    reports["edge3"]["keepalived"]["running"] = False  # a stopped keepalived is not re-rendered by reconcile
+    reports["edge3"]["config"]["digest"] = None
+    wanted = planner.plan(model, reports, desired=digests)
+    assert wanted.rerender == ["edge2"]
+    assert wanted.node_jobs == 1
+
+
+def test_drains_change_the_desired_digest_of_nodes_with_keepalived_virtual_servers():
+    model = model3()
+    plain = desired.node_digests(model)
+    drained = desired.node_digests(model, ("edge1",))
+    assert all(plain[n] != drained[n] for n in model["nodes"])  # every node renders edge1's weight 0
+    assert desired.node_digests(model) == plain  # stable
+
+
+def test_view_digest_is_in_the_rendered_header_and_hides_the_password():
+    model = model3()
+    view = edge_model.view_for_node(model, "edge1")
+    line = desired.header_line(view)
+    assert desired.read_digest("x\n" + line + "\nglobal_defs {}\n") == desired.view_digest(view)
+    assert desired.read_digest("# Managed by hand\n") is None
+    other = dict(view, vrrp_instances=[dict(i, authentication={"auth_type": "PASS", "auth_pass": "other1"})
+                                       for i in view["vrrp_instances"]])
+    assert desired.view_digest(other) != desired.view_digest(view)
+    assert "other1" not in repr(desired._masked(other))  # pylint: disable=protected-access
+
+
+def test_report_from_dict_tolerates_missing_parts_and_rejects_non_reports():
+    rep = fleet.NodeReport.from_dict({"node": "edge1", "keepalived": {"running": True}})
+    assert rep.running and rep.instances == {} and rep.ingress_healthy is None and rep.config_digest is None
+    for bad in (None, [], "edge1", {"node": "edge1"}, {"keepalived": "x"}):
+        with pytest.raises(ValueError):
+            fleet.NodeReport.from_dict(bad)
+    assert fleet.as_reports({"edge1": {"keepalived": 3}, "edge2": None}) == {"edge1": None, "edge2": None}
+
+
+def test_live_owner_and_stale_copies_are_defined_once():
+    model = model3()
+    reports = typed({
+        "edge1": report("edge1", "MASTER", 150, [VIP], running=False),  # SIGKILLed, copy still there
+        "edge2": report("edge2", "MASTER", 140, [VIP]),
+        "edge3": report("edge3", prio=130),
+    })
+    assert fleet.vip_holders(model, reports) == {VIP: ["edge2"]}
+    assert fleet.vip_holders(model, reports, running_only=False) == {VIP: ["edge1", "edge2"]}
+    assert fleet.live_owners(model, reports) == {VIP: "edge2"}
+    assert planner.stale_copies(model, reports, {"edge1"}) == (["edge1"], {})
+    alone = dict(reports, edge2=typed({"edge2": report("edge2", prio=140)})["edge2"])
+    assert planner.stale_copies(model, alone, {"edge1"}) == ([], {"edge1": [VIP]})
+
+
+def test_vrrp_winner_override_counts_a_standby_node_as_ready():
+    model = model3()
+    reports = typed({"edge1": report("edge1", prio=1, standby=True), "edge2": report("edge2", "MASTER", 140, [VIP]),
+                     "edge3": report("edge3", prio=130)})
+    assert fleet.vrrp_winner(model, reports, "VI_INGRESS") == "edge2"
+    assert fleet.vrrp_winner(model, reports, "VI_INGRESS", ready_override={"edge1"}) == "edge1"
+    assert fleet.vrrp_winner(model, reports, "VI_INGRESS", exclude={"edge1", "edge2", "edge3"}) is None
+
+
+def test_split_fence_lifted_only_after_the_hold_and_when_the_split_is_gone():
+    reports = typed({"edge2": report("edge2", out=True, reason="split brain: edge1 keeps VI_INGRESS", out_since=100.0)})
+    assert planner.split_fences_to_lift(reports, {"edge2"}, {}, now=120.0, hold=30) == set()
+    assert planner.split_fences_to_lift(reports, {"edge2"}, {}, now=131.0, hold=30) == {"edge2"}
+    assert planner.split_fences_to_lift(reports, {"edge2"}, {"edge2": "x"}, now=131.0, hold=30) == set()
