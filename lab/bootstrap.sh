@@ -23,8 +23,11 @@ fi
 
 PY=${PYTHON:-python3}
 # Packages dropped from requirements.txt that an older .venv may still hold
-# (pip install never removes anything); pytest would autoload their plugins.
-DROPPED="pytest-salt-factories pyroute2"
+# (pip install never removes anything); pytest would autoload their plugins:
+# pytest-salt-factories (never used) and the pytest plugins only it pulled in,
+# pyroute2 (_modules/ipvs.py speaks netlink itself).
+DROPPED="pytest-salt-factories pytest-helpers-namespace pytest-skip-markers pytest-system-statistics
+         pytest-shell-utilities pyroute2"
 
 # venv DIR REQUIREMENTS-FILE: create DIR if missing, (re)install when the
 # requirements changed (stamp = sha256 of the file actually installed).
