@@ -13,7 +13,7 @@ bootstrap-matrix:
 # The whole suite on the newest Salt (.venv): unit, Kubernetes (emulator),
 # functional (namespaces, real keepalived and salt, the wheel), the lab, and
 # the IPVS tests inside a qemu VM; then unit, Kubernetes and functional on
-# Salt 3006 and 3007 (tests/salt_matrix.sh; SALT_MATRIX_VENVS= skips them).
+# Salt 3006 and 3007 (tests/salt_matrix.sh, ~6.5 min; SALT_MATRIX_VENVS= skips them).
 # Exit status: the first failure's.
 test: bootstrap-matrix
 	@rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; \
