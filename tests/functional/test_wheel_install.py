@@ -5,9 +5,9 @@ and Salt finds every module through the ``salt.loader`` entry point (no
 Cost: the fresh venv has no pip and no Salt of its own; a ``.pth`` file puts
 the running venv's site-packages (this Salt: 3008, or 3006/3007 in the
 matrix venvs) behind its own, so only the wheel is installed (``pip
---python``, ``--no-index --no-deps``). Building the wheel dominates
-(~5-7 s, setuptools in pip's build isolation, cached by pip); the whole
-module takes ~15 s.
+--python``, ``--no-index --no-deps``: ~3 s with the venv). Building the
+wheel dominates (8-11 s: setuptools in pip's build isolation, from pip's
+cache after the first time); the whole module took 14-26 s on 2 shared cores.
 """
 
 import json
