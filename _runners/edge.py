@@ -53,6 +53,7 @@ Master settings (master config, all optional):
 """
 
 import contextlib
+import contextvars
 import fcntl
 import json
 import logging
@@ -79,7 +80,6 @@ log = logging.getLogger(__name__)
 __virtualname__ = "edge"
 
 LOCK_WAIT = 600  # seconds edge.reconcile/drain/undrain wait for another one to finish
-MINE_KEY = "edge_ha_report"  # edge_node.MINE_KEY
 DIGEST_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -231,59 +231,31 @@ def _cache():
         return _PROCESS["cache"]
 
 
-def _mine_entry(node):
-    """``(report dict or None, when the master stored it)`` from the mine (Salt 3008 bank, then the older one)."""
-    cache = _cache()
-    for bank, key in (("mine", node), (f"minions/{node}", "mine")):
-        try:
-            data = cache.fetch(bank, key)
-        except Exception as exc:  # pylint: disable=broad-except
-            log.warning("edge: cannot read the mine of %s: %s", node, exc)
-            return None, None
-        if isinstance(data, dict) and MINE_KEY in data:
-            try:
-                stamp = cache.updated(bank, key)
-            except Exception:  # pylint: disable=broad-except
-                stamp = None
-            return data[MINE_KEY], stamp
-    return None, None
-
-
 def _reports(model):
     """
-    ``{node: NodeReport or None}`` from the mine: None when the node has not
-    published, its report is older than ``edge_ha_report_max_age`` (default
-    35 s: three heartbeats and a margin), or it names another node.
+    ``{node: NodeReport or None}`` from the mine (``fleet.read_reports``):
+    None when the node has not published, its report is older than
+    ``edge_ha_report_max_age`` (default 35 s: three heartbeats and a margin),
+    or it names another node.
     """
     max_age = float(__opts__.get("edge_ha_report_max_age", 35))  # pylint: disable=undefined-variable
-    now = time.time()
-    reports = {}
-    for node in sorted(model["nodes"]):
-        data, stamp = _mine_entry(node)
-        if not isinstance(data, dict) or data.get("node") != node or (stamp is not None and now - stamp > max_age):
-            reports[node] = None
-            continue
-        try:
-            reports[node] = fleet.NodeReport.from_dict(dict(data, received=stamp))
-        except (ValueError, TypeError):
-            log.warning("edge: the report of %s is not one", node)
-            reports[node] = None
-    return reports
+    return fleet.read_reports(_cache(), model["nodes"], time.time(), max_age)
 
 
-def _report_digest(node):
-    data, _ = _mine_entry(node)
-    return data.get("digest") if isinstance(data, dict) else None
-
-
-def _await_report(node, digest, timeout):
-    """Wait (bounded) until ``node``'s report in the mine is the one with ``digest`` (an event's hint)."""
+def _await_report(node, digest, seen, timeout):
+    """
+    Wait (bounded) until the mine holds ``node``'s report named by an event
+    (``digest``) or a later one (built at or after the event's ``seen``, both
+    the node's clock). An event is only a hint: this is all it can cost.
+    """
     deadline = time.monotonic() + timeout
-    while _report_digest(node) != digest:
+    while True:
+        data, _ = fleet.mine_entry(_cache(), node)
+        if isinstance(data, dict) and (data.get("digest") == digest or float(data.get("time") or 0) >= seen):
+            return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.01)
-    return True
 
 
 def _pods_ready(model):
@@ -811,6 +783,8 @@ def reconcile(reason="manual", test=False, retry_failed=False):
     with _locked():
         result = _reconcile(reason, retry_failed=bool(retry_failed), refresh=True)
     _run_pending()  # triggers that arrived meanwhile
+    if (result.get("rollout") or {}).get("error") or result["service"].get("error"):
+        result["retcode"] = 1
     return result
 
 
@@ -938,6 +912,24 @@ def _undrain(model, node, reason):
             "seconds": round(time.time() - started, 3)}
 
 
+def _exit_code(result):
+    """``retcode: 1`` in a result that says it failed: ``salt-run`` then exits 1."""
+    if not result.get("ok", True) or result.get("error"):
+        result["retcode"] = 1
+    return result
+
+
+def _seconds(name, value):
+    """A positive number of seconds, or SaltInvocationError naming the argument (checked before anything is touched)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise SaltInvocationError(f"{name} must be a positive number of seconds, not {value!r}")
+    return number
+
+
 def _check_node(model, node):
     if node not in model["nodes"]:
         raise SaltInvocationError(f"{node!r} is not an edge node (edge_ha:nodes: {', '.join(sorted(model['nodes']))})")
@@ -973,6 +965,7 @@ def drain(node, reason="maintenance", drain_timeout=None):
         salt-run edge.drain edge1
         salt-run edge.drain edge1 reason="kernel update" drain_timeout=120
     """
+    drain_timeout = None if drain_timeout is None else _seconds("drain_timeout", drain_timeout)
     model = _model()
     _check_node(model, node)
     with _locked():
@@ -980,7 +973,7 @@ def drain(node, reason="maintenance", drain_timeout=None):
         if result["ok"]:
             result["reconcile"] = _reconcile(f"drain {node}", refresh=True)["actions"]
     _run_pending()
-    return result
+    return _exit_code(result)
 
 
 def undrain(node, reason="maintenance done"):
@@ -1003,7 +996,7 @@ def undrain(node, reason="maintenance done"):
         result = _undrain(model, node, reason)
         result["reconcile"] = _reconcile(f"undrain {node}", refresh=True)["actions"]
     _run_pending()
-    return result
+    return _exit_code(result)
 
 
 def drained():
@@ -1074,7 +1067,13 @@ def history(limit=50, kind=None):
         salt-run edge.history limit=200 kind=fence,transition --out=json
     """
     kinds = set(kind.split(",")) if isinstance(kind, str) else (set(kind) if kind else None)
-    rows = views.history_rows(_history_entries(), int(limit), kinds)
+    try:
+        limit = int(limit)
+    except (TypeError, ValueError):
+        raise SaltInvocationError(f"limit must be a whole number of entries, not {limit!r}") from None
+    if limit < 1:
+        raise SaltInvocationError(f"limit must be at least 1, not {limit}")
+    rows = views.history_rows(_history_entries(), limit, kinds)
     if __opts__.get("output"):  # pylint: disable=undefined-variable
         return rows
     lines = []
@@ -1101,6 +1100,27 @@ def _settle(pending):
         time.sleep(FOLLOW_UP_QUIET - idle)
 
 
+def _release_when_taken_over(node, source, event_time):
+    wait = float(__opts__.get("edge_ha_handover_timeout") or 15)  # pylint: disable=undefined-variable
+    try:
+        released = salt.client.get_local_client(__opts__["conf_file"]).cmd(  # pylint: disable=undefined-variable
+            node, "edge_node.release_when_taken_over", [wait], timeout=wait + 10).get(node)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("edge: stale VIP fast path on %s failed: %s", node, exc)
+        return
+    if released:
+        _record("fence", node=node, action=f"stale VIPs removed: {released}", why=source,
+                seen=event_time)  # when the beacon saw it (as the minion says)
+        _event("StaleVIPRemoved", f"{node}: stale VIPs removed (keepalived not running): {released}", "Warning")
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _first_time(node, transition, event_time):
     """False for a transition this process has recorded already (a beacon event delivered twice)."""
     key = (node, str(transition.get("instance")), str(transition.get("old")), str(transition.get("new")), event_time)
@@ -1113,7 +1133,7 @@ def _first_time(node, transition, event_time):
     return True
 
 
-def trigger(source="", claimed_id="", event_time=0, transition=None, report=None):
+def trigger(source="", claimed_id="", event_time=0, transition=None, report=None, seen=0):
     """
     Called by the reactor on a beacon event: drop events claiming to come from
     a minion that is not an edge node, wait (at most ``edge_ha_report_wait``
@@ -1147,22 +1167,19 @@ def trigger(source="", claimed_id="", event_time=0, transition=None, report=None
     if source.endswith("/vrrp/split_brain"):
         _record("conflict", node=claimed_id, why=source, seen=event_time)
     if source.endswith("/vrrp/stale_vip"):
-        # fast path: the node removes its stale copy as soon as another host answers ARP for the
-        # VIP (before that, the killed node is what still answers). It refuses while its keepalived
-        # runs, so a forged event cannot take a live VIP away.
-        wait = float(__opts__.get("edge_ha_handover_timeout") or 15)  # pylint: disable=undefined-variable
-        released = salt.client.get_local_client(__opts__["conf_file"]).cmd(  # pylint: disable=undefined-variable
-            claimed_id, "edge_node.release_when_taken_over", [wait], timeout=wait + 10).get(claimed_id)
-        if released:
-            _record("fence", node=claimed_id, action=f"stale VIPs removed: {released}", why=source,
-                    seen=event_time)  # when the beacon saw it (as the minion says)
-            _event("StaleVIPRemoved", f"{claimed_id}: stale VIPs removed (keepalived not running): {released}",
-                   "Warning")
+        # fast path, beside the reconcile (which drops the node from the Service meanwhile): the node
+        # removes its stale copy as soon as another host answers ARP for the VIP (before that, the
+        # killed node is what still answers). It refuses while its keepalived runs, so a forged event
+        # cannot take a live VIP away.
+        # (the thread runs in a copy of this call's context: the loader's dunders live there)
+        threading.Thread(target=contextvars.copy_context().run,
+                         args=(_release_when_taken_over, claimed_id, source, event_time),
+                         name="edge-ha-stale-vip", daemon=True).start()
     if source == "schedule":
         _desired(refresh=True)  # the pillar compiled outside the reconcile lock
     elif isinstance(report, str) and DIGEST_RE.match(report):
         # the event is a hint only: what counts is the report Salt stored under the node's verified id
-        _await_report(claimed_id, report, float(__opts__.get("edge_ha_report_wait", 1)))  # pylint: disable=undefined-variable
+        _await_report(claimed_id, report, _number(seen), float(__opts__.get("edge_ha_report_wait", 1)))  # pylint: disable=undefined-variable
     pending = os.path.join(_state_dir(), "reconcile.pending")
     with open(pending, "w", encoding="utf-8") as fh:
         fh.write(source)

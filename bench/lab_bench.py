@@ -164,6 +164,15 @@ def convergence_split(run, events, requests, history):
     return dict(parts, trigger=ev["tag"], began=began - t0 if began else None, write_end=write["end"] - t0)
 
 
+def idle_reconciles(edge):
+    """Runner time of the event-triggered reconciles that changed nothing (from the master's reconcile log)."""
+    secs = sorted(r["seconds"] for r in edge.lab.reconcile_log()
+                  if r.get("kind") == "reconcile" and not r.get("actions") and r.get("reason", "").startswith("salt/"))
+    if not secs:
+        return None
+    return {"count": len(secs), "median": secs[len(secs) // 2], "p95": secs[min(len(secs) - 1, int(len(secs) * 0.95))]}
+
+
 def convergence(edge, runs):
     events, requests, history = edge.events(), edge.kube_requests(), edge.lab.reconcile_log()
     out = []

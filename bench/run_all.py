@@ -112,19 +112,20 @@ def run_lab(res, only, reps, burn, work, pid):
             log(f"block {name} FAILED:\n{res['block_errors'][name]}")
 
     def failover_default():
-        log("failover: the project's defaults (VRRPv2, advert_int 1, beacons every 1 s)")
-        project.set_variant("default", watch=0)
+        log("failover: the project's defaults (VRRPv2, advert_int 1, vrrp beacon watch 0.05)")
+        project.set_variant("default", watch=0.05)
         project.label = "default"
         res["failover_default"] = lab_bench.failover(project, reps, work)
         res["convergence_default"] = {h: lab_bench.convergence(project, runs)
                                       for h, runs in res["failover_default"].items()}
-        res["minion_cpu_watch_off"] = lab_bench.minion_cpu(project, 10 if reps < 10 else 60)
+        res["idle_reconciles"] = lab_bench.idle_reconciles(project)
+        res["minion_cpu_watch_on"] = lab_bench.minion_cpu(project, 10 if reps < 10 else 60)
 
     def failover_watch():
-        log("convergence with the vrrp beacon's watch: 0.05 (same VRRP settings)")
-        project.set_variant("default", watch=0.05)
-        project.label = "default+watch"
-        res["minion_cpu_watch_on"] = lab_bench.minion_cpu(project, 10 if reps < 10 else 60)
+        log("convergence without the vrrp beacon's watch (beacons every 1 s; same VRRP settings)")
+        project.set_variant("default", watch=0)
+        project.label = "default-watch"
+        res["minion_cpu_watch_off"] = lab_bench.minion_cpu(project, 10 if reps < 10 else 60)
         res["failover_watch"] = lab_bench.failover(project, extra, work, hows=("sigkill",))
         res["convergence_watch"] = {h: lab_bench.convergence(project, runs)
                                     for h, runs in res["failover_watch"].items()}
@@ -138,7 +139,7 @@ def run_lab(res, only, reps, burn, work, pid):
                                    for h, runs in res["failover_fast"].items()}
 
     def planned():
-        project.set_variant("default", watch=0)
+        project.set_variant("default", watch=0.05)
         project.label = "default"
         log("planned: re-render with a changed pillar (plain: edit + SIGHUP; project: pillar + edge.reconcile)")
         res["rerender_plain"] = lab_bench.planned_rerender(plain, reps, work)
@@ -147,14 +148,14 @@ def run_lab(res, only, reps, burn, work, pid):
     def drain():
         if lab_bench.drain_available():
             log("planned: edge.drain / edge.undrain")
-            project.set_variant("default", watch=0)
+            project.set_variant("default", watch=0.05)
             res["drain"] = lab_bench.planned_drain(project, reps, work, max_seconds=900)
         else:
             res["drain"] = None
             log("planned: edge.drain is not in _runners/edge.py on this branch: not measured")
 
     def cpu_burn():
-        project.set_variant("default", watch=0)
+        project.set_variant("default", watch=0.05)
         log(f"false failovers: {burn} s of CPU burn in the edge namespaces (plain and project side by side)")
         res["other_load_before_burn"] = other_load([os.getpid()])
         res["burn"] = lab_bench.cpu_burn([plain, project], burn, burners_per_edge=2)

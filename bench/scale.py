@@ -81,6 +81,29 @@ def reports_for(model, holder_of):
     return out
 
 
+def mine_read(model):
+    """Seconds to read every node's report from a localfs mine (what a reconcile reads on each event)."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    import salt.cache  # pylint: disable=import-outside-toplevel
+    import salt.config  # pylint: disable=import-outside-toplevel
+    from edge_ha_core import fleet  # pylint: disable=import-outside-toplevel
+
+    names = sorted(model["nodes"])
+    data = reports_for(model, lambda inst: names[0])
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = salt.config.master_config(None)
+        opts.update(cachedir=tmp, cache="localfs")
+        cache = salt.cache.factory(opts)
+        for node, rep in data.items():
+            cache.store("mine", node, {fleet.MINE_KEY: rep})
+        now = time.time()
+        spent, got = timed(lambda: fleet.read_reports(cache, names, now, 35))
+        if any(r is None for r in got.values()):
+            raise RuntimeError("a report was not read back")
+    return spent
+
+
 def timed(fn):
     start = time.perf_counter()
     value = fn()
@@ -90,9 +113,12 @@ def timed(fn):
 def one(vips, nodes):
     from tests.support.modload import load  # pylint: disable=import-outside-toplevel
 
-    from edge_ha_core import model as edge_ha
+    from edge_ha_core import desired  # pylint: disable=import-outside-toplevel
+    from edge_ha_core import fleet  # pylint: disable=import-outside-toplevel
+    from edge_ha_core import model as edge_ha  # pylint: disable=import-outside-toplevel
+    from edge_ha_core import planner  # pylint: disable=import-outside-toplevel
+    from edge_ha_core import report as views  # pylint: disable=import-outside-toplevel
     keepalived = load("_modules/keepalived.py")
-    runner = load("_runners/edge.py")
     k8s = load("_modules/edge_k8s.py")
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     data = pillar(vips, nodes)
@@ -121,19 +147,21 @@ def one(vips, nodes):
     res["diff_nodes"] = len(diffs)
     names = sorted(model["nodes"])
     order = list(model["vrrp_instances"])
-    reports = reports_for(model, lambda inst: names[order.index(inst) % len(names)])
-    pods = {n: True for n in names}
+    res["digests"], digests = timed(lambda: desired.node_digests(model))
+    reports = fleet.as_reports(reports_for(model, lambda inst: names[order.index(inst) % len(names)]))
+    kube = planner.KubeView({n: True for n in names})
 
     def reconcile_pure():
-        wanted = runner.plan(model, reports, pods)
+        wanted = planner.plan(model, reports, kube, desired=digests)
         vip_list = [v for inst in model["vrrp_instances"].values() for v in inst["vips"]]
         addrs = {n: v["address"] for n, v in model["nodes"].items()}
-        return wanted, k8s.desired_external_ips([], [], vip_list, addrs, wanted["service_nodes"])
+        return wanted, k8s.desired_external_ips([], [], vip_list, addrs, wanted.service_nodes)
 
     res["reconcile"], (wanted, _) = timed(reconcile_pure)
-    if wanted["fence"] or wanted["release"] or wanted["split_fence"] or len(wanted["service_nodes"]) != nodes:
+    if wanted.fence or wanted.release or wanted.split_fence or len(wanted.service_nodes) != nodes:
         raise RuntimeError(f"unexpected plan: {wanted}")
-    res["report"], text = timed(lambda: runner.format_table(runner.build_report(model, reports, {"match": True})))
+    res["report"], text = timed(lambda: views.format_table(views.build_report(model, reports, {"match": True})))
+    res["mine_read"] = mine_read(model)
     res["report_rows"] = text.count("\n")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     res["rss_peak_mib"] = peak / 1024
@@ -157,7 +185,9 @@ def run(quick=False, log=print):
 
 
 STEPS = [("validate", "validate"), ("model", "normalize (model)"), ("render", "render all nodes"),
-         ("rerender_diff", "re-render + diff all nodes"), ("reconcile", "reconcile plan"), ("report", "VIP report")]
+         ("rerender_diff", "re-render + diff all nodes"), ("digests", "desired digests (per pillar change)"),
+         ("mine_read", "read reports from the mine (per event)"), ("reconcile", "reconcile plan"),
+         ("report", "VIP report")]
 
 
 def markdown(results, command):

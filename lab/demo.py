@@ -21,6 +21,7 @@ import time
 sys.path[0] = str(pathlib.Path(__file__).resolve().parents[1])  # the repo, not lab/ (lab/lab.py would shadow the package)
 
 from lab.lab import NODES, VIP, Lab  # noqa: E402  pylint: disable=wrong-import-position
+from tests.support.labtools import wait_for  # noqa: E402  pylint: disable=wrong-import-position
 
 ADDR = {n: f"198.18.0.{o}" for n, o in NODES.items()}
 
@@ -32,15 +33,6 @@ def say(text=""):
 def step(title):
     say()
     say(f"== {title}")
-
-
-def wait_for(predicate, timeout, interval=0.05):
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(interval)
-    return None
 
 
 def client_get(lab):
@@ -71,7 +63,7 @@ def main():
         killed = lab.kill_keepalived(owner, signal.SIGKILL)
         say(f"   SIGKILL to keepalived's whole process group at once (pids {', '.join(map(str, killed))}:"
             " parent, VRRP and checker children): no goodbye advert")
-        moved = wait_for(lambda: any(n != owner for n in lab.holders()), 30)
+        moved = wait_for(lambda: any(n != owner for n in lab.holders()), 30, 0.05)
         new_owner = [n for n in lab.holders() if n != owner]
         say(f"   VRRP: {new_owner[0] if new_owner else '?'} took the VIP after {moved:.2f}s"
             if moved is not None else "   the VIP did not move within 30s")
@@ -86,13 +78,13 @@ def main():
         say(f"   the client asks http://{VIP}/ -> {client_get(lab)}")
         say(f"   restarting keepalived on {owner} with highstate")
         lab.salt(owner, "state.apply", timeout=120)
-        wait_for(lambda: lab.holders() == [owner], 30)
+        wait_for(lambda: lab.holders() == [owner], 30, 0.05)
 
         victim = lab.holders()[0]
         step(f"4. The ingress controller on {victim} (the VIP owner) becomes unhealthy")
         start = time.monotonic()
         lab.set_ingress_healthy(victim, False)
-        moved = wait_for(lambda: lab.holders() and victim not in lab.holders(), 60)
+        moved = wait_for(lambda: lab.holders() and victim not in lab.holders(), 60, 0.05)
         say(f"   beacon -> reactor -> edge.reconcile took {victim} out of VIP ownership; "
             f"the VIP is on {', '.join(lab.holders())} after {moved:.2f}s" if moved is not None else "   VIP did not move")
         dropped = wait_for(lambda: ADDR[victim] not in lab.external_ips(), 60, 0.2)
@@ -101,7 +93,7 @@ def main():
         say(lab.report_table())
         start = time.monotonic()
         lab.set_ingress_healthy(victim, True)
-        back = wait_for(lambda: lab.holders() == [victim], 60)
+        back = wait_for(lambda: lab.holders() == [victim], 60, 0.05)
         say(f"   healthy again: {victim} is back in VIP ownership and, as preemption is on, owns the VIP "
             f"again after {back:.2f}s" if back is not None else "   VIP did not come back")
         wait_for(lambda: ADDR[victim] in lab.external_ips(), 60, 0.2)

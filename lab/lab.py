@@ -372,6 +372,12 @@ class Lab:
         except (OSError, ValueError):
             return 0
 
+    def keepalived_vrrp_pid(self, node):
+        try:
+            return int((self.node_dir(node) / "run" / "keepalived_vrrp.pid").read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
     def kill_keepalived(self, node, sig=signal.SIGKILL):
         """
         SIGKILL (default): a real crash, the whole keepalived process group at

@@ -10,6 +10,7 @@ edge_ha_reconcile:
       - claimed_id: {{ data.get('id', '') | string | json }}
       - event_time: {{ data.get('time', 0) | float }}
       - report: {{ data.get('report') | string | truncate(64) | json }}
+      - seen: {{ data.get('seen', 0) | float }}
 {%- if tag.endswith('/vrrp/transition') %}
       - transition: {{ {'instance': data.get('instance'), 'old': data.get('old'), 'new': data.get('new')} | json }}
 {%- endif %}

@@ -12,7 +12,12 @@ functions here.
 
 import dataclasses
 import ipaddress
+import logging
 from typing import Dict, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+MINE_KEY = "edge_ha_report"  # the mine entry edge_node.publish writes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +120,47 @@ def as_reports(reports):
         except ValueError:
             out[node] = None
     return out
+
+
+def mine_entry(cache, node):
+    """
+    ``(report dict or None, when the master stored it)`` from Salt's cache
+    (a ``salt.cache.Cache``): the mine bank of Salt 3008 (``mine``/<id>),
+    then the older one (``minions/<id>``/``mine``).
+    """
+    for bank, key in (("mine", node), (f"minions/{node}", "mine")):
+        try:
+            data = cache.fetch(bank, key)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.warning("edge: cannot read the mine of %s: %s", node, exc)
+            return None, None
+        if isinstance(data, dict) and MINE_KEY in data:
+            try:
+                stamp = cache.updated(bank, key)
+            except Exception:  # pylint: disable=broad-except
+                stamp = None
+            return data[MINE_KEY], stamp
+    return None, None
+
+
+def read_reports(cache, nodes, now, max_age):
+    """
+    ``{node: NodeReport or None}`` from the mine: None when the node has not
+    published, its report was stored more than ``max_age`` seconds before
+    ``now``, it names another node, or it is not a report.
+    """
+    reports = {}
+    for node in sorted(nodes):
+        data, stamp = mine_entry(cache, node)
+        if not isinstance(data, dict) or data.get("node") != node or (stamp is not None and now - stamp > max_age):
+            reports[node] = None
+            continue
+        try:
+            reports[node] = NodeReport.from_dict(dict(data, received=stamp))
+        except (ValueError, TypeError):
+            log.warning("edge: the report of %s is not one", node)
+            reports[node] = None
+    return reports
 
 
 def reachable(model, reports):

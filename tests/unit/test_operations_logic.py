@@ -166,3 +166,14 @@ def test_handover_ignores_a_vip_nobody_held_when_it_began():
     assert fleet.handover_state(model, typed(moved), "edge1", {VIP}) == (True, {VIP: ["edge2"]})
     gap = dict(moved, edge2=report("edge2", prio=140))  # released, nobody took it yet: not done
     assert fleet.handover_state(model, typed(gap), "edge1", {VIP})[0] is False
+
+
+def test_runner_arguments_are_checked_before_anything_and_failures_exit_non_zero():
+    import pytest  # pylint: disable=import-outside-toplevel
+
+    for bad in ("abc", 0, -5, "inf", None, ""):
+        with pytest.raises(runner.SaltInvocationError, match="drain_timeout must be a positive number"):
+            runner._seconds("drain_timeout", bad)  # pylint: disable=protected-access
+    assert runner._seconds("drain_timeout", "120") == 120.0  # pylint: disable=protected-access
+    assert runner._exit_code({"ok": False, "error": "x"})["retcode"] == 1  # pylint: disable=protected-access
+    assert "retcode" not in runner._exit_code({"ok": True, "error": None})  # pylint: disable=protected-access

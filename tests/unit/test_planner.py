@@ -100,3 +100,31 @@ def test_split_fence_lifted_only_after_the_hold_and_when_the_split_is_gone():
     assert planner.split_fences_to_lift(reports, {"edge2"}, {}, now=120.0, hold=30) == set()
     assert planner.split_fences_to_lift(reports, {"edge2"}, {}, now=131.0, hold=30) == {"edge2"}
     assert planner.split_fences_to_lift(reports, {"edge2"}, {"edge2": "x"}, now=131.0, hold=30) == set()
+
+
+class FakeCache:
+    """Salt's cache API (fetch/updated) over a dict, as the 3008 mine bank stores it."""
+
+    def __init__(self, entries):
+        self.entries = entries  # {(bank, key): (data, stamp)}
+
+    def fetch(self, bank, key):
+        return self.entries.get((bank, key), (None, None))[0] or {}
+
+    def updated(self, bank, key):
+        return self.entries.get((bank, key), (None, None))[1]
+
+
+def test_reports_are_read_from_the_mine_fresh_and_under_their_own_name():
+    good = report("edge1", "MASTER", 150, [VIP])
+    cache = FakeCache({
+        ("mine", "edge1"): ({fleet.MINE_KEY: good}, 990),
+        ("mine", "edge2"): ({fleet.MINE_KEY: report("edge2")}, 900),  # older than max_age
+        ("mine", "edge3"): ({fleet.MINE_KEY: report("edge1")}, 995),  # names another node
+        ("minions/edge4", "mine"): ({fleet.MINE_KEY: report("edge4")}, 999),  # the older Salt bank
+        ("mine", "edge5"): ({"other": 1}, 999),  # never published
+    })
+    got = fleet.read_reports(cache, ["edge1", "edge2", "edge3", "edge4", "edge5"], now=1000, max_age=35)
+    assert got["edge1"].holds("VI_INGRESS", VIP) and got["edge1"].received == 990
+    assert got["edge2"] is None and got["edge3"] is None and got["edge5"] is None
+    assert got["edge4"].node == "edge4"
