@@ -662,8 +662,12 @@ def validate(node=None, template=None):
     .. code-block:: bash
 
         salt-call keepalived.validate
+
+    salt-call exits non-zero when the result is not valid (the errors are still returned).
     """
     result = plan(node=node, template=template)
+    if not result["valid"]:
+        __context__["retcode"] = 1  # pylint: disable=undefined-variable
     return {"valid": result["valid"], "errors": result["errors"], "output": result["check_output"]}
 
 

@@ -22,13 +22,49 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
-fi
-stamp=.venv/.requirements.sha
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    echo "bootstrap: installing Python requirements into .venv"
-    .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-    echo "$want" > "$stamp"
+# Packages dropped from requirements.txt that an older .venv may still hold
+# (pip install never removes anything); pytest would autoload their plugins:
+# pytest-salt-factories (never used) and the pytest plugins only it pulled in,
+# pyroute2 (_modules/ipvs.py speaks netlink itself).
+DROPPED="pytest-salt-factories pytest-helpers-namespace pytest-skip-markers pytest-system-statistics
+         pytest-shell-utilities pyroute2"
+
+# venv DIR REQUIREMENTS-FILE: create DIR if missing, (re)install when the
+# requirements changed (stamp = sha256 of the file actually installed).
+venv() {
+    local dir=$1 reqs=$2 stamp=$1/.requirements.sha want
+    if [ ! -x "$dir/bin/python" ]; then
+        "$PY" -m venv "$dir"
+    fi
+    want=$(sha256sum "$reqs" | cut -d' ' -f1)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "bootstrap: installing Python requirements into $dir"
+        "$dir/bin/pip" install -q --disable-pip-version-check -r "$reqs"
+        for pkg in $DROPPED; do
+            if "$dir/bin/pip" show -q "$pkg" >/dev/null 2>&1; then
+                "$dir/bin/pip" uninstall -q -y "$pkg"
+            fi
+        done
+        echo "$want" > "$stamp"
+    fi
+}
+
+venv .venv requirements.txt
+
+# `--matrix` (make test): the older Salt releases we support, each in its own
+# cached venv with the same requirements and only the salt pin changed.
+# Salt 3008 is requirements.txt's pin (.venv).
+SALT_MATRIX=${SALT_MATRIX:-"3006.29 3007.16"}
+if [ "${1:-}" = "--matrix" ]; then
+    for version in $SALT_MATRIX; do
+        dir=.venv-${version%%.*}
+        mkdir -p "$dir"
+        sed "s/^salt==.*/salt==$version/" requirements.txt > "$dir/requirements.txt.new"
+        if ! cmp -s "$dir/requirements.txt.new" "$dir/requirements.txt"; then
+            mv "$dir/requirements.txt.new" "$dir/requirements.txt"
+        else
+            rm -f "$dir/requirements.txt.new"
+        fi
+        venv "$dir" "$dir/requirements.txt"
+    done
 fi

@@ -2,9 +2,9 @@
 # reloads only on change and rolls back if keepalived dies with the new file.
 edge-keepalived:
   keepalived.managed:
-    - require:
-      - pkg: edge-packages
-      - sysctl: edge-sysctl-nonlocal-bind
+    - require:                    # by ID: under test=True edge.sysctl may preview them
+      - edge-packages
+      - edge-sysctl-nonlocal-bind
 
 {%- if salt['config.get']('keepalived:service_mode', 'service') == 'service' %}
 edge-keepalived-enabled:

@@ -1,12 +1,16 @@
 """The repo's Saltfile: salt-call from the repo root finds salt/, pillar/ and the custom modules without a sync."""
 
 import json
+import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
+
+from tests.support.saltfile import saltfile_args
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SALT_CALL = str(pathlib.Path(sys.executable).with_name("salt-call"))
@@ -15,19 +19,48 @@ EXAMPLE = yaml.safe_load((REPO / "pillar" / "edge_ha.sls.example").read_text())
 pytestmark = pytest.mark.functional
 
 
-def _salt_call(*args, root_dir):
+def _salt_call(*args, root_dir, hide=()):
     # --config-dir/root_dir keep caches out of /etc and /var; everything else comes from the Saltfile
-    proc = subprocess.run(
-        [SALT_CALL, "--out=json", "-c", str(root_dir), *args],
+    # (./Saltfile, or Saltfile-3006-3007 on the older Salts)
+    return subprocess.run(
+        [*_hiding(hide), SALT_CALL, *saltfile_args(), "--out=json", "-c", str(root_dir), *args],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
     )
-    return proc
+
+
+def _hiding(commands):
+    """A command prefix that runs the rest as on a node without ``commands`` (a node before
+    edge.packages): /dev/null bind-mounted over each in a private mount namespace."""
+    if not commands:
+        return []
+    paths = set()
+    for command in commands:
+        for directory in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+            path = os.path.join(directory, command)
+            if os.path.exists(path):
+                paths.add(os.path.realpath(path))
+    script = "".join(f"mount --bind /dev/null {p} && " for p in sorted(paths)) + 'exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
+def _show_sls(sls, confdir, *args, pillar=None, hide=()):
+    proc = _salt_call("--id", "edge1", "state.show_sls", sls, f"pillar={json.dumps(pillar or EXAMPLE)}", *args,
+                      root_dir=confdir, hide=hide)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)["local"]
 
 
 @pytest.fixture
 def confdir(tmp_path):
     (tmp_path / "minion").write_text(f"root_dir: {tmp_path}\n")
     return tmp_path
+
+
+def test_saltfiles_for_3006_3007_and_3008_agree():
+    """Saltfile (3008: file_root/pillar_root are lists) and Saltfile-3006-3007 (strings) say the same."""
+    new = yaml.safe_load((REPO / "Saltfile").read_text())["salt-call"]
+    old = yaml.safe_load((REPO / "Saltfile-3006-3007").read_text())["salt-call"]
+    assert {k: [v] if k in ("file_root", "pillar_root") else v for k, v in old.items()} == new
 
 
 def test_custom_modules_load_from_repo_root(confdir):
@@ -43,7 +76,42 @@ def test_edge_sls_renders_with_repo_file_roots(confdir):
     states = json.loads(proc.stdout)["local"]
     assert "keepalived" in states["edge-keepalived"]
     assert states["edge-sysctl-net.ipv4.conf.all.arp_ignore"]["sysctl"].count({"value": 1}) == 1  # DR virtual servers
-    assert {"pkgs": ["keepalived", "ipvsadm", "iproute2", "nftables"]} in states["edge-packages"]["pkg"]
+    # what the SLS's own states run: lsmod/modprobe (kmod.present), sysctl (sysctl.present)
+    assert {"pkgs": ["keepalived", "ipvsadm", "iproute2", "nftables", "kmod", "procps"]} in states["edge-packages"]["pkg"]
+    for state in ("edge-sysctl-nonlocal-bind", "edge-ipvs-module"):
+        assert {"require": ["edge-packages"]} in next(v for k, v in states[state].items() if not k.startswith("__"))
+    assert {"require": ["edge-packages", "edge-sysctl-nonlocal-bind"]} in states["edge-keepalived"]["keepalived"]
+
+
+def test_package_names_per_os_family(confdir):
+    (confdir / "minion").write_text(yaml.safe_dump({"root_dir": str(confdir), "grains": {"os_family": "RedHat"}}))
+    pkgs = _show_sls("edge.packages", confdir)["edge-packages"]["pkg"]
+    assert {"pkgs": ["keepalived", "ipvsadm", "iproute", "nftables", "kmod", "procps-ng"]} in pkgs
+    # edge_ha_packages (config or pillar) overrides a name
+    (confdir / "minion").write_text(yaml.safe_dump({"root_dir": str(confdir), "grains": {"os_family": "Debian"},
+                                                   "edge_ha_packages": {"nftables": "nftables-custom"}}))
+    pkgs = _show_sls("edge.packages", confdir)["edge-packages"]["pkg"]
+    assert {"pkgs": ["keepalived", "ipvsadm", "iproute2", "nftables-custom", "kmod", "procps"]} in pkgs
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root and unshare (mount namespace)")
+def test_dry_run_before_the_packages_previews_instead_of_failing(confdir):
+    """README's first state.apply test=True on a bare node: without lsmod (kmod) and sysctl (procps) the
+    kmod/sysctl states would fail; they say what they would do instead. A real run keeps the real states."""
+    real = _show_sls("edge", confdir, hide=("lsmod", "sysctl"))
+    assert "kmod" in real["edge-ipvs-module"] and "sysctl" in real["edge-sysctl-nonlocal-bind"]
+    bare = _show_sls("edge", confdir, "test=True", hide=("lsmod", "sysctl"))
+    assert bare["edge-ipvs-module"]["test"][0] == {
+        "text": "would load the kernel module ip_vs (not checked: test=True, and kmod from edge-packages not "
+                "installed yet)"}
+    assert bare["edge-sysctl-net.ipv4.vs.expire_nodest_conn"]["test"][0] == {
+        "text": "would set net.ipv4.vs.expire_nodest_conn = 1 in /etc/sysctl.d/60-edge-ha.conf (not checked: "
+                "test=True, and procps, kmod from edge-packages not installed yet)"}
+    assert "test" in bare["edge-sysctl-nonlocal-bind"] and "keepalived" in bare["edge-keepalived"]
+    # only kmod missing: the plain sysctls are checked for real, the IPVS ones wait for ip_vs
+    no_kmod = _show_sls("edge", confdir, "test=True", hide=("lsmod",))
+    assert "sysctl" in no_kmod["edge-sysctl-nonlocal-bind"]
+    assert "test" in no_kmod["edge-ipvs-module"] and "test" in no_kmod["edge-sysctl-net.ipv4.vs.expire_nodest_conn"]
 
 
 def test_ipvs_persistence_expiry_only_with_virtual_servers(confdir):
@@ -52,7 +120,7 @@ def test_ipvs_persistence_expiry_only_with_virtual_servers(confdir):
                                     root_dir=confdir).stdout)["local"]
     for key in ("net.ipv4.vs.expire_nodest_conn", "net.ipv4.vs.expire_quiescent_template"):
         assert {"value": 1} in with_vs[f"edge-sysctl-{key}"]["sysctl"]
-        assert {"require": [{"kmod": "edge-ipvs-module"}]} in with_vs[f"edge-sysctl-{key}"]["sysctl"]
+        assert {"require": ["edge-ipvs-module"]} in with_vs[f"edge-sysctl-{key}"]["sysctl"]
     without = dict(EXAMPLE["edge_ha"])
     without.pop("virtual_servers")
     plain = json.loads(_salt_call("--id", "edge1", "state.show_sls", "edge.sysctl",
