@@ -8,9 +8,9 @@
 Formats what ``edge.vip_report`` returns with an outputter set
 (``{"vips": [...], "service": {...}, "notes": [...]}``, the same as
 ``--out=json``, with ``pillar_errors`` and ``stale_config`` where the runner
-returns them) with ``edge_ha_core.report.format_table``, then the Service,
-the stale configs, the pillar errors and the planner's notes under it, as
-the runner's own text. Anything else is handed to the ``nested``
+returns them) with ``edge_ha_core.report.format_report``: the table, then
+the Service, the stale configs, the pillar errors and the planner's notes
+under it, the runner's own text. Anything else is handed to the ``nested``
 outputter.
 """
 
@@ -25,8 +25,8 @@ def __virtual__():
     return __virtualname__
 
 
-def _format_table():
-    """``edge_ha_core.report.format_table``, imported when first needed.
+def _format_report():
+    """``edge_ha_core.report.format_report``, imported when first needed.
 
     Installed as an extension, ``edge_ha_core`` is a top-level package. From a
     checkout (``module_dirs``) or synced to a minion (``extmods/output``), the
@@ -34,7 +34,7 @@ def _format_table():
     not put on ``sys.path`` for outputters: try those too.
     """
     try:
-        return importlib.import_module("edge_ha_core.report").format_table
+        return importlib.import_module("edge_ha_core.report").format_report
     except ImportError:
         pass
     here = os.path.dirname(os.path.abspath(__file__))
@@ -42,7 +42,7 @@ def _format_table():
         candidate = os.path.join(os.path.dirname(here), sibling)
         if os.path.isdir(os.path.join(candidate, "edge_ha_core")) and candidate not in sys.path:
             sys.path.append(candidate)
-    return importlib.import_module("edge_ha_core.report").format_table
+    return importlib.import_module("edge_ha_core.report").format_report
 
 
 def _report(data):
@@ -56,31 +56,13 @@ def _report(data):
     return None
 
 
-def render(report, format_table):
-    """The table, then the Service's externalIPs line and the notes (as ``edge.vip_report`` prints them)."""
-    text = format_table(report["vips"])
-    service = report.get("service") or {}
-    if service.get("error"):
-        text += f"\nservice: {service['error']}"
-    elif service.get("match") is False:
-        text += f"\nservice externalIPs: {service.get('current')}, should be {service.get('desired')}"
-    if report.get("stale_config"):
-        text += f"\nconfig: {', '.join(report['stale_config'])} not yet running the desired keepalived config"
-    if report.get("pillar_errors"):
-        text += "\npillar: edge_ha is INVALID; the last good model stays in force until it is fixed:"
-        text += "".join(f"\n  {e}" for e in report["pillar_errors"])
-    for note in report.get("notes") or []:
-        text += f"\nnote: {note}"
-    return text
-
-
 def output(data, **kwargs):  # pylint: disable=unused-argument
     report = _report(data)
     if report is None:
         return __salt__["nested"](data, **kwargs)  # pylint: disable=undefined-variable
     try:
-        format_table = _format_table()
+        format_report = _format_report()
     except ImportError as exc:
         return f"edge_table: the table formatter is missing ({exc}); the report as returned:\n" + \
             __salt__["nested"](report, **kwargs)  # pylint: disable=undefined-variable
-    return render(report, format_table)
+    return format_report(report)

@@ -390,6 +390,17 @@ def _client():
         return _PROCESS["client"]
 
 
+def _progress(message):
+    """What a long operation is doing now: a progress event (``salt-run`` prints it as it comes) and the log."""
+    log.info("edge: %s", message)
+    try:
+        __jid_event__.fire_event({"message": message}, "progress")  # pylint: disable=undefined-variable
+    except NameError:  # not run as a job (no event to fire)
+        pass
+    except Exception as exc:  # pylint: disable=broad-except
+        log.debug("edge: progress event not fired: %s", exc)
+
+
 def _job(nodes, fun, args=(), timeout=None):
     """One job for ``nodes`` (a list; one node: a str); returns ``{node: return}`` (the returns are not state)."""
     if not nodes:
@@ -554,7 +565,8 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
     drained = _drained()
     # the VIPs that had an owner before: a VIP the change adds has none until its owner is reloaded (last)
     held_before = {v for v, h in fleet.vip_holders(model, reports).items() if h}
-    for node in order:
+    for step, node in enumerate(order, 1):
+        _progress(f"staged reload ({reason}): {node} ({step}/{len(order)})")
         digest = digests[node]
         holds = fleet.holds_any(reports.get(node))
         others = [n for n in model["nodes"] if n != node and reports.get(n) and reports[n].running
@@ -819,6 +831,7 @@ def _drain(model, node, reason, source, drain_timeout=None):
         reports = _reports(model)
         done, holders = fleet.handover_state(model, reports, node)
         if any(node in h for h in holders.values()):
+            _progress(f"drain {node}: holding new connections to its VIPs back, then handing them over")
             done, release_steps, holders, reports = _release(model, node, f"drained: {reason}", True)
             steps += release_steps
             if not done:
@@ -826,18 +839,21 @@ def _drain(model, node, reason, source, drain_timeout=None):
                     f"{node} did not hand its VIPs over within {_handover_timeout(model, node):.0f}s (holders: {holders})"
                 )
             steps.append("VIPs handed over: " + ", ".join(f"{v} -> {','.join(h)}" for v, h in sorted(holders.items())))
+            _progress(f"drain {node}: {steps[-1]}")
         else:
             _job(node, "keepalived.standby", [True, f"drained: {reason}"])
             steps.append("holds no VIP; priority lowered")
         digests = _digests(model, drained)
         stale = planner.config_to_rerender(model, reports, digests)
         if stale:
+            _progress(f"drain {node}: its IPVS real servers to weight 0 on {', '.join(stale)} (staged reload)")
             actions, info = _rollout(model, reports, stale, digests, f"drain {node}", retry_failed=True)
             steps += actions
             if info["stopped_at"]:
                 raise CommandExecutionError(f"staged reload for the IPVS weights stopped at {info['stopped_at']}: {info['error']}")
             reports = _reports(model)
         timeout = float(drain_timeout if drain_timeout is not None else __opts__.get("edge_ha_drain_timeout", 60))  # pylint: disable=undefined-variable
+        _progress(f"drain {node}: waiting for IPVS connections to it to end (at most {timeout:.0f}s)")
         steps.append(_wait_ipvs_drain(model, node, reports, timeout))
     except Exception as exc:  # pylint: disable=broad-except
         # undo: the node goes back to how it was
@@ -868,6 +884,7 @@ def _undrain(model, node, reason):
     stale = planner.config_to_rerender(model, reports, digests)
     error = None
     if stale:
+        _progress(f"undrain {node}: IPVS weights restored on {', '.join(stale)} (staged reload)")
         actions, rollout = _rollout(model, reports, stale, digests, f"undrain {node}", retry_failed=True)
         steps += actions
         error = rollout["error"]
@@ -888,6 +905,7 @@ def _undrain(model, node, reason):
         if fleet.vrrp_winner(model, reports, name, ready_override={node}) != node or not current or node in current:
             continue
         for holder in sorted(set(current)):
+            _progress(f"undrain {node}: {holder} hands {name}'s VIPs back")
             done, release_steps, holders, reports = _release(model, holder, f"undrain {node}", False, restore)
             steps += release_steps
             steps.append(f"{name}: VIPs back on " + ", ".join(f"{v} -> {','.join(h)}" for v, h in sorted(holders.items())))
@@ -1228,20 +1246,8 @@ def vip_report(test=False):  # pylint: disable=unused-argument
     else:
         service = {"match": not desired["changed"], "current": desired["old"], "desired": desired["new"]}
     rows = views.build_report(model, reports, service, drained_nodes)
-    errors = state.get("errors") or []
+    report = {"vips": rows, "service": service, "notes": wanted.notes, "pillar_errors": state.get("errors") or [],
+              "stale_config": wanted.rerender}
     if __opts__.get("output"):  # pylint: disable=undefined-variable
-        return {"vips": rows, "service": service, "notes": wanted.notes, "pillar_errors": errors,
-                "stale_config": wanted.rerender}
-    text = views.format_table(rows)
-    if service.get("error"):
-        text += f"\nservice: {service['error']}"
-    elif service.get("match") is False:
-        text += f"\nservice externalIPs: {service['current']}, should be {service['desired']}"
-    if wanted.rerender:
-        text += f"\nconfig: {', '.join(wanted.rerender)} not yet running the desired keepalived config"
-    if errors:
-        text += "\npillar: edge_ha is INVALID; the last good model stays in force until it is fixed:"
-        text += "".join(f"\n  {e}" for e in errors)
-    for note in wanted.notes:
-        text += f"\nnote: {note}"
-    return text
+        return report
+    return views.format_report(report)

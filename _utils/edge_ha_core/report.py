@@ -94,6 +94,31 @@ def format_table(rows):
     return "\n".join(fmt.format(*line).rstrip() for line in [header] + lines)
 
 
+def format_report(report):
+    """
+    ``edge.vip_report``'s text: the table, then the Service's externalIPs when
+    they differ, the nodes not yet running the desired config, the pillar's
+    errors while it is invalid, and the planner's notes. ``report`` is what
+    the runner returns with an outputter set (``{vips, service, notes,
+    pillar_errors, stale_config}``); the ``edge_table`` outputter prints the
+    same.
+    """
+    text = format_table(report["vips"])
+    service = report.get("service") or {}
+    if service.get("error"):
+        text += f"\nservice: {service['error']}"
+    elif service.get("match") is False:
+        text += f"\nservice externalIPs: {service.get('current')}, should be {service.get('desired')}"
+    if report.get("stale_config"):
+        text += f"\nconfig: {', '.join(report['stale_config'])} not yet running the desired keepalived config"
+    if report.get("pillar_errors"):
+        text += "\npillar: edge_ha is INVALID; the last good model stays in force until it is fixed:"
+        text += "".join(f"\n  {e}" for e in report["pillar_errors"])
+    for note in report.get("notes") or []:
+        text += f"\nnote: {note}"
+    return text
+
+
 def history_rows(entries, limit=50, kinds=None):
     """History entries newest first as ``{time, kind, who, what, why}`` rows."""
     rows = []

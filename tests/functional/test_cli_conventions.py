@@ -50,8 +50,6 @@ def test_keepalived_validate_exits_zero_when_valid(confdir):
 
 
 def test_edge_table_outputter_through_salt_call(confdir):
-    pytest.importorskip("edge_ha_core.report",
-                        reason="edge_ha_core.report (format_table moved out of _runners/edge.py) has not landed yet")
     # test.kwarg echoes a report-shaped dict; the outputter is found through the Saltfile's module_dirs
     proc = _salt_call(*saltfile_args(), "--out=edge_table", "test.kwarg", f"vips={json.dumps([ROW])}",
                       'notes=["edge2: no report"]', cwd=REPO, root_dir=confdir)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from edge_ha_core import report as views
 from tests.support import modload
 
 ROW = {
@@ -27,16 +28,7 @@ def out():
     return mod
 
 
-def _format_table():
-    report = pytest.importorskip(
-        "edge_ha_core.report",
-        reason="edge_ha_core.report (format_table moved out of _runners/edge.py) has not landed yet",
-    )
-    return report.format_table
-
-
 def test_renders_the_report_like_vip_report():
-    format_table = _format_table()
     out = modload.load("_output/edge_table.py")
     text = out.output(REPORT)
     lines = text.splitlines()
@@ -44,22 +36,20 @@ def test_renders_the_report_like_vip_report():
     assert lines[1].split()[:3] == ["198.18.0.100", "51", "edge1"]
     assert "edge2(100)" in lines[1] and "edge1:ok" in lines[1] and "edge2:?" in lines[1]
     assert lines[2:] == ["service externalIPs: ['198.18.0.100'], should be []", "note: edge2: no report"]
-    assert text.startswith(format_table([ROW]))
+    assert text.startswith(views.format_table([ROW]))
     # salt-call wraps the return under the minion id
     assert out.output({"local": REPORT}) == text
 
 
 def test_service_error_line(out):
-    text = out.render({"vips": [], "service": {"match": None, "error": "forbidden"}, "notes": []},
-                      lambda rows: "TABLE")
-    assert text == "TABLE\nservice: forbidden"
+    text = out.output({"vips": [], "service": {"match": None, "error": "forbidden"}, "notes": []})
+    assert text.splitlines()[1:] == ["service: forbidden"]
 
 
 def test_stale_config_and_pillar_errors(out):
     report = {"vips": [], "service": {"match": True}, "notes": ["n"], "stale_config": ["edge1", "edge2"],
               "pillar_errors": ["edge_ha:nodes: must not be empty"]}
-    assert out.render(report, lambda rows: "TABLE").splitlines() == [
-        "TABLE",
+    assert out.output(report).splitlines()[1:] == [
         "config: edge1, edge2 not yet running the desired keepalived config",
         "pillar: edge_ha is INVALID; the last good model stays in force until it is fixed:",
         "  edge_ha:nodes: must not be empty",
@@ -76,7 +66,7 @@ def test_missing_formatter_says_so_and_shows_the_data(out, monkeypatch):
     def missing():
         raise ImportError("No module named 'edge_ha_core.report'")
 
-    monkeypatch.setattr(out, "_format_table", missing)
+    monkeypatch.setattr(out, "_format_report", missing)
     text = out.output(REPORT)
     assert text.startswith("edge_table: the table formatter is missing (No module named 'edge_ha_core.report')")
     assert "NESTED" in text
