@@ -9,11 +9,12 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 
 import pytest
 
-from lab.lab import NODES, lab_pillar
+from lab.lab import BIN, NODES, lab_pillar
 
 from tests.support.labtools import ADDR, ALL_IPS, wait_for
 from tests.support.netns import alive
@@ -159,3 +160,26 @@ def test_service_right_soon_after_the_transition(baseline, how):
     assert after < 1.5
     row = lab.report()["vips"][0]
     assert "edge2" in row["owner"]
+
+
+def salt_run(lab, *args, timeout=300):
+    """``salt-run`` as an operator runs it (default output): (exit code, stdout, stderr)."""
+    proc = subprocess.run(["ip", "netns", "exec", lab.ns("master"), str(BIN / "salt-run"), "-c", str(lab.etc),
+                           *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_runner_exit_codes_arguments_first_and_progress(baseline):
+    lab = baseline
+    code, out, err = salt_run(lab, "edge.drain", "nosuchnode")
+    assert code != 0 and "'nosuchnode' is not an edge node" in out + err
+    code, out, err = salt_run(lab, "edge.drain", "edge3", "drain_timeout=abc")
+    assert code != 0 and "drain_timeout must be a positive number of seconds" in out + err
+    assert lab.run("edge.drained") == {}, "nothing was drained by the refused call"
+    # a real drain of a backup: progress as it goes, exit 0; then back
+    code, out, err = salt_run(lab, "edge.drain", "edge3", "drain_timeout=5")
+    assert code == 0, out + err
+    assert "drain edge3: waiting for IPVS connections to it to end" in out, out
+    code, out, err = salt_run(lab, "edge.undrain", "edge3")
+    assert code == 0, out + err
+    assert lab.run("edge.drained") == {}
