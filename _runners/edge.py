@@ -526,14 +526,21 @@ def _all_held(model, vips, timeout=10):
 
 
 def _await_config(model, node, digest, timeout=10):
-    """Wait (bounded) until ``node`` reports keepalived running with the config named ``digest``."""
+    """
+    Wait (bounded) until ``node`` reports keepalived running with the config
+    named ``digest``. Returns ``"ok"``, ``"other"`` (running, but with
+    another config: the node rendered from a newer pillar than the master's
+    model) or ``"failed"`` (not running, or no report in time).
+    """
     deadline = time.monotonic() + timeout
     while True:
         report = _reports(model).get(node)
         if report and report.running and report.config_digest == digest:
-            return True
+            return "ok"
         if time.monotonic() > deadline:
-            return False
+            if report and report.running and report.config_digest:
+                return "other"
+            return "failed"
         time.sleep(0.1)
 
 
@@ -587,8 +594,19 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
             comments = [v.get("comment", "") for v in (applied or {}).values() if isinstance(v, dict) and not v.get("result")] \
                 if isinstance(applied, dict) else [str(applied)]
             error = "state.apply edge failed: " + " | ".join(c.splitlines()[0] for c in comments if c)[:600]
-        elif not _await_config(model, node, digest):
-            error = "keepalived is not running with the new config after the reload"
+        else:
+            outcome = _await_config(model, node, digest)
+            if outcome == "other":
+                # keepalived runs a config the master did not expect: its model is older than the pillar the
+                # node rendered from. Nothing failed: stop here, compile the pillar, the next reconcile goes on.
+                if handed and node not in drained:
+                    _job(node, "keepalived.standby", [False], timeout=10)
+                _desired(refresh=True)
+                info["stopped_at"], info["outdated"] = node, True
+                steps.append((node, "applied (the pillar changed meanwhile; model compiled again)"))
+                break
+            if outcome == "failed":
+                error = "keepalived is not running with the new config after the reload"
         if error is None:
             held, holders, reports = _all_held(model, held_before)
             if not held:
@@ -681,6 +699,13 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
     kube = planner.KubeView(pods_ready=_pods_ready(model))
     split_hold = __opts__.get("edge_ha_split_brain_hold", SPLIT_HOLD)  # pylint: disable=undefined-variable
     wanted = planner.plan(model, reports, kube, drains, time.time(), digests, split_hold=split_hold)
+    if wanted.rerender and not refresh:
+        # a node runs another config than the kept model's: the pillar may have changed since it was
+        # compiled (a highstate renders from the node's fresh pillar). Compile now, then decide.
+        state = _desired(refresh=True)
+        model = state["model"]
+        digests = _digests(model, drains)
+        wanted = planner.plan(model, reports, kube, drains, time.time(), digests, split_hold=split_hold)
     if state.get("errors"):
         wanted.notes.insert(0, f"edge_ha pillar is invalid ({len(state['errors'])} errors, see edge.vip_report): "
                                "the last good model stays in force")
@@ -700,7 +725,7 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         if rollout["steps"] or rollout["stopped_at"]:
             _record("rollout", reason=reason, steps=rollout["steps"], stopped_at=rollout["stopped_at"],
                     error=rollout["error"])
-        if rollout["stopped_at"]:
+        if rollout["stopped_at"] and not rollout.get("outdated"):
             events.append(("RolloutStopped", f"staged reload stopped at {rollout['stopped_at']}: {rollout['error']}",
                            "Warning"))
         for node in rollout["blocked"]:
@@ -849,7 +874,7 @@ def _drain(model, node, reason, source, drain_timeout=None):
             _progress(f"drain {node}: its IPVS real servers to weight 0 on {', '.join(stale)} (staged reload)")
             actions, info = _rollout(model, reports, stale, digests, f"drain {node}", retry_failed=True)
             steps += actions
-            if info["stopped_at"]:
+            if info["stopped_at"] and not info.get("outdated"):
                 raise CommandExecutionError(f"staged reload for the IPVS weights stopped at {info['stopped_at']}: {info['error']}")
             reports = _reports(model)
         timeout = float(drain_timeout if drain_timeout is not None else __opts__.get("edge_ha_drain_timeout", 60))  # pylint: disable=undefined-variable
