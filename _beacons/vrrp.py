@@ -251,7 +251,8 @@ def _look(conf, ctx, mod, state_dir):
     published = {"changed": False, "digest": None}
     if conf.get("publish", True):
         try:
-            published = mod["edge_node.publish"](heartbeat=conf.get("heartbeat", HEARTBEAT))
+            # a look that fires events publishes a fresh report too (its time says "as of this event")
+            published = mod["edge_node.publish"](force=bool(events), heartbeat=conf.get("heartbeat", HEARTBEAT))
         except Exception as exc:  # pylint: disable=broad-except
             log.warning("vrrp beacon: report not published: %s", exc)
     if published["changed"] and not events:

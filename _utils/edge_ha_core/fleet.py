@@ -219,10 +219,23 @@ def vrrp_winner(model, reports, instance, exclude=(), ready_override=()):
     return max(ready, key=lambda n: _rank(model, inst, n)) if ready else None
 
 
+def concurrent(reports, holders, instance):
+    """
+    Whether the holders' reports describe the same moment: every report was
+    built at or after the latest transition among them. A report older than
+    another holder's takeover may describe a VIP that is already gone (an owner
+    stopping gracefully gives its VIP up just as the backup takes it).
+    """
+    latest = max((reports[n].instances[instance].since or 0.0) for n in holders
+                 if instance in reports[n].instances)
+    return all(reports[n].time >= latest for n in holders)
+
+
 def split_brain_losers(model, reports, reason="split brain"):
     """
-    Nodes to fence because another running keepalived holds the same VIP.
-    Deterministic: the holder VRRP would elect keeps it. ``{node: reason}``.
+    Nodes to fence because another running keepalived holds the same VIP at
+    the same time (``concurrent`` reports). Deterministic: the holder VRRP
+    would elect keeps it. ``{node: reason}``.
     """
     losers = {}
     for inst in model["vrrp_instances"].values():
@@ -230,7 +243,7 @@ def split_brain_losers(model, reports, reason="split brain"):
             n for n in inst["nodes"]
             if reports.get(n) and reports[n].running and any(reports[n].holds(inst["name"], v) for v in inst["vips"])
         ]
-        if len(holders) < 2:
+        if len(holders) < 2 or not concurrent(reports, holders, inst["name"]):
             continue
         winner = max(holders, key=lambda n: _rank(model, inst, n))
         for node in holders:

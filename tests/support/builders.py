@@ -27,11 +27,11 @@ def model3():
 
 
 def report(node, state="BACKUP", prio=100, vips=(), running=True, healthy=True, out=False, reason="",
-           standby=False, drained=(), since=None, digest=None, out_since=None):
-    """A node report as ``edge_node.report`` returns it (a dict: the wire format)."""
+           standby=False, drained=(), since=None, digest=None, out_since=None, time=2000.0):
+    """A node report as ``edge_node.report`` returns it (a dict: the wire format); built at ``time``."""
     data = {
         "node": node,
-        "time": 1000.0,
+        "time": time,
         "keepalived": {"running": running, "instances": {"VI_INGRESS": {
             "state": state, "priority": prio, "since": 1000.0 + prio if since is None else since,
             "vips_present": list(vips)}}},

@@ -128,3 +128,18 @@ def test_reports_are_read_from_the_mine_fresh_and_under_their_own_name():
     assert got["edge1"].holds("VI_INGRESS", VIP) and got["edge1"].received == 990
     assert got["edge2"] is None and got["edge3"] is None and got["edge5"] is None
     assert got["edge4"].node == "edge4"
+
+
+def test_split_brain_needs_reports_of_the_same_moment():
+    """A graceful stop: the old owner's last report (before edge2 took over) still shows the VIP."""
+    model = model3()
+    stopping = {
+        "edge1": report("edge1", "MASTER", 150, [VIP], since=900.0, time=1000.0),  # built before the takeover
+        "edge2": report("edge2", "MASTER", 140, [VIP], since=1000.5, time=1000.6),
+        "edge3": report("edge3", prio=130),
+    }
+    assert fleet.split_brain_losers(model, typed(stopping)) == {}
+    assert planner.plan(model, stopping, now=1001.0).split_fence == {}
+    # both still hold it in reports built after the takeover: a real split brain, edge2 is fenced
+    split = dict(stopping, edge1=report("edge1", "MASTER", 150, [VIP], since=900.0, time=1001.0))
+    assert planner.plan(model, split, now=1002.0).split_fence == {"edge2": "split brain: edge1 keeps VI_INGRESS"}
