@@ -391,8 +391,14 @@ def _client():
 
 
 def _progress(message):
-    """What a long operation is doing now: a progress event (``salt-run`` prints it as it comes) and the log."""
+    """
+    What a long operation is doing now: in the log, and with salt-run's default
+    output a progress event, which salt-run prints as it comes (not with
+    ``--out=json``/``yaml``, whose readers expect one document).
+    """
     log.info("edge: %s", message)
+    if __opts__.get("output"):  # pylint: disable=undefined-variable
+        return
     try:
         __jid_event__.fire_event({"message": message}, "progress")  # pylint: disable=undefined-variable
     except NameError:  # not run as a job (no event to fire)
@@ -949,6 +955,12 @@ def _exit_code(result):
     return result
 
 
+def _refused(node, exc):
+    """A call refused before anything was touched: the reason, and ``retcode: 1`` (salt-run exits 1)."""
+    log.error("edge: %s", exc)
+    return {"ok": False, "node": node, "error": str(exc), "steps": [], "retcode": 1}
+
+
 def _seconds(name, value):
     """A positive number of seconds, or SaltInvocationError naming the argument (checked before anything is touched)."""
     try:
@@ -995,9 +1007,12 @@ def drain(node, reason="maintenance", drain_timeout=None):
         salt-run edge.drain edge1
         salt-run edge.drain edge1 reason="kernel update" drain_timeout=120
     """
-    drain_timeout = None if drain_timeout is None else _seconds("drain_timeout", drain_timeout)
-    model = _model()
-    _check_node(model, node)
+    try:
+        drain_timeout = None if drain_timeout is None else _seconds("drain_timeout", drain_timeout)
+        model = _model()
+        _check_node(model, node)
+    except SaltInvocationError as exc:
+        return _refused(node, exc)
     with _locked():
         result = _drain(model, node, reason, "manual", drain_timeout)
         if result["ok"]:
@@ -1020,8 +1035,11 @@ def undrain(node, reason="maintenance done"):
 
         salt-run edge.undrain edge1
     """
-    model = _model()
-    _check_node(model, node)
+    try:
+        model = _model()
+        _check_node(model, node)
+    except SaltInvocationError as exc:
+        return _refused(node, exc)
     with _locked():
         result = _undrain(model, node, reason)
         result["reconcile"] = _reconcile(f"undrain {node}", refresh=True)["actions"]

@@ -178,8 +178,10 @@ def test_runner_exit_codes_arguments_first_and_progress(baseline):
     assert lab.run("edge.drained") == {}, "nothing was drained by the refused call"
     # a real drain of a backup: progress as it goes, exit 0; then back
     code, out, err = salt_run(lab, "edge.drain", "edge3", "drain_timeout=5")
-    assert code == 0, out + err
-    assert "drain edge3: waiting for IPVS connections to it to end" in out, out
-    code, out, err = salt_run(lab, "edge.undrain", "edge3")
+    try:
+        assert code == 0, out + err
+        assert "drain edge3: waiting for IPVS connections to it to end" in out, out
+    finally:
+        code, out, err = salt_run(lab, "edge.undrain", "edge3")
     assert code == 0, out + err
     assert lab.run("edge.drained") == {}
