@@ -1116,11 +1116,14 @@ def history(limit=50, kind=None):
     """
     kinds = set(kind.split(",")) if isinstance(kind, str) else (set(kind) if kind else None)
     try:
-        limit = int(limit)
+        number = int(limit)
     except (TypeError, ValueError):
-        raise SaltInvocationError(f"limit must be a whole number of entries, not {limit!r}") from None
-    if limit < 1:
-        raise SaltInvocationError(f"limit must be at least 1, not {limit}")
+        number = 0
+    if number < 1 or str(number) != str(limit).strip():
+        message = f"limit must be a whole number of entries (at least 1), not {limit!r}"
+        log.error("edge: %s", message)
+        return {"ok": False, "error": message, "retcode": 1}
+    limit = number
     rows = views.history_rows(_history_entries(), limit, kinds)
     if __opts__.get("output"):  # pylint: disable=undefined-variable
         return rows

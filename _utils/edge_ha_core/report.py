@@ -120,9 +120,12 @@ def format_report(report):
 
 
 def history_rows(entries, limit=50, kinds=None):
-    """History entries newest first as ``{time, kind, who, what, why}`` rows."""
+    """History entries newest first as ``{time, kind, who, what, why}`` rows.
+
+    Sorted by the time each entry carries: two writers (the stale-VIP fast path and a reconcile) can append
+    in the other order than they stamped."""
     rows = []
-    for entry in reversed(entries):
+    for entry in sorted(reversed(entries), key=lambda e: e.get("time") or 0, reverse=True):
         kind = entry.get("kind")
         if kinds and kind not in kinds:
             continue

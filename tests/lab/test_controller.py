@@ -176,6 +176,8 @@ def test_runner_exit_codes_arguments_first_and_progress(baseline):
     code, out, err = salt_run(lab, "edge.drain", "edge3", "drain_timeout=abc")
     assert code != 0 and "drain_timeout must be a positive number of seconds" in out + err
     assert lab.run("edge.drained") == {}, "nothing was drained by the refused call"
+    code, out, err = salt_run(lab, "edge.history", "limit=abc")
+    assert code != 0 and "limit must be a whole number" in out + err
     # a real drain of a backup: progress as it goes, exit 0; then back
     code, out, err = salt_run(lab, "edge.drain", "edge3", "drain_timeout=5")
     try:

@@ -132,6 +132,18 @@ def test_history_rows_newest_first_with_who_what_why():
     assert [r["kind"] for r in views.history_rows(entries, kinds={"fence"})] == ["fence"]
 
 
+def test_history_rows_sorted_by_their_own_time_when_appended_out_of_order():
+    # the stale-VIP fast path and a reconcile stamp, then append: the file order can differ by a millisecond
+    entries = [
+        {"kind": "fence", "node": "edge1", "action": "a", "why": "w", "time": 10.002},
+        {"kind": "reconcile", "reason": "r", "actions": [], "time": 10.001},
+        {"kind": "reconcile", "reason": "same time, written later", "actions": [], "time": 10.002},
+    ]
+    rows = views.history_rows(entries)
+    assert [r["time"] for r in rows] == [10.002, 10.002, 10.001]
+    assert [r["kind"] for r in rows[:2]] == ["reconcile", "fence"], "equal times: the later-written first"
+
+
 def test_metrics_text_is_valid_prometheus_exposition():
     from prometheus_client.parser import text_string_to_metric_families  # pylint: disable=import-outside-toplevel
 
