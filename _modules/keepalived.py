@@ -48,6 +48,7 @@ import tempfile
 import time
 
 from edge_ha_core import desired
+from edge_ha_core import fleet
 from salt.exceptions import CommandExecutionError
 from salt.exceptions import SaltInvocationError
 
@@ -247,6 +248,11 @@ NOTIFY_SCRIPT = r"""#!/bin/sh
 # transition to the FIFO:  INSTANCE "VI_1" MASTER 150
 # Each instance's current state goes to <state_dir>/<instance>.json (replaced
 # atomically); every transition is appended to <state_dir>/transitions.log.
+# keepalived sends SIGTERM to this script's process group when it stops, and only
+# then writes each instance's STOP line: ignore it to record STOP (the master then
+# knows at once that the node is stopping); the loop ends when keepalived closes
+# the FIFO at its exit.
+trap '' TERM
 dir="$1"
 fifo="$2"
 mkdir -p "$dir"
@@ -1140,7 +1146,9 @@ def status(node=None):
     """
     Per VRRP instance of this node: state and priority as keepalived last
     reported them (notify FIFO), the instance's VIPs actually present on the
-    interface now, and whether the daemon runs.
+    interface now, and whether the daemon runs (``running``; False while it
+    is ``stopping``: every instance has recorded STOP, the second or so
+    between a graceful stop's priority-0 advert and the process's exit).
 
     CLI Example:
 
@@ -1169,4 +1177,13 @@ def status(node=None):
             "vips": inst["vips"],
             "vips_present": [v for v in inst["vips"] if v in present_by_if[iface]],
         }
-    return {"node": view["node"], "running": alive, "instances": instances}
+    stopping = alive and fleet.keepalived_stopping(
+        {name: reported.get(name, {}) for name in instances}, _mtime(_pid_files(conf)["vrrp"]))
+    return {"node": view["node"], "running": alive and not stopping, "stopping": stopping, "instances": instances}
+
+
+def _mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None

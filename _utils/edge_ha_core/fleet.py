@@ -46,7 +46,8 @@ class NodeReport:
 
     node: str
     time: float = 0.0
-    running: bool = False
+    running: bool = False  # keepalived runs and is not stopping
+    stopping: bool = False  # keepalived runs but has recorded STOP (a graceful stop, its VIPs already given up)
     instances: Dict[str, InstanceStatus] = dataclasses.field(default_factory=dict)
     out_of_service: Flag = Flag()
     standby: Flag = Flag()
@@ -94,6 +95,7 @@ class NodeReport:
             node=str(data.get("node") or ""),
             time=float(data.get("time") or 0.0),
             running=bool(keepalived.get("running")),
+            stopping=bool(keepalived.get("stopping")),
             instances=instances,
             out_of_service=flag(data.get("out_of_service"), "out_of_service"),
             standby=flag(data.get("standby"), "standby"),
@@ -106,6 +108,25 @@ class NodeReport:
 
 
 Reports = Dict[str, Optional[NodeReport]]
+
+
+def keepalived_stopping(recorded, started_at=None):
+    """
+    True when keepalived is shutting down: every instance's last recorded state
+    (``{instance: {"state", "time"}}`` from the notify FIFO) is STOP, recorded
+    after the running keepalived started (``started_at``, e.g. the mtime of its
+    VRRP pid file; None: unknown). keepalived writes STOP only when it stops,
+    after it has dropped its VIPs and sent its priority-0 advert; the process
+    lives on for about a second after that.
+    """
+    if not recorded:
+        return False
+    for seen in recorded.values():
+        if not isinstance(seen, dict) or seen.get("state") != "STOP":
+            return False
+        if started_at is not None and float(seen.get("time") or 0.0) < started_at:
+            return False
+    return True
 
 
 def as_reports(reports):

@@ -117,7 +117,10 @@ def plan(model, reports, kube=None, drains=None, now=None, desired=None, split_h
         notes.append(f"{node}: keepalived is not running; it still answers for {', '.join(vips)} "
                      "until a backup takes over (then the copy is removed)")
     for node in sorted(stopped):
-        notes.append(f"{node}: keepalived is not running (not restarted by reconcile; state.apply starts it)")
+        if reports[node].stopping:
+            notes.append(f"{node}: keepalived is stopping (it has given up its VIPs)")
+        else:
+            notes.append(f"{node}: keepalived is not running (not restarted by reconcile; state.apply starts it)")
     healthy = {n for n in reachable if fleet.node_healthy(reports[n])}
     out_now = {n for n in reachable if reports[n].out_of_service.on}
     ours = {n for n in out_now if reports[n].out_of_service.reason == FENCE_REASON}

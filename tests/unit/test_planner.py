@@ -143,3 +143,30 @@ def test_split_brain_needs_reports_of_the_same_moment():
     # both still hold it in reports built after the takeover: a real split brain, edge2 is fenced
     split = dict(stopping, edge1=report("edge1", "MASTER", 150, [VIP], since=900.0, time=1001.0))
     assert planner.plan(model, split, now=1002.0).split_fence == {"edge2": "split brain: edge1 keeps VI_INGRESS"}
+
+
+@pytest.mark.parametrize("recorded, started_at, stopping", [
+    ({"VI_INGRESS": {"state": "STOP", "time": 50.0}}, 10.0, True),        # graceful stop under way
+    ({"VI_INGRESS": {"state": "STOP", "time": 5.0}}, 10.0, False),        # a STOP from before this keepalived started
+    ({"VI_INGRESS": {"state": "STOP", "time": 5.0}}, None, True),         # start time unknown: STOP counts
+    ({"A": {"state": "STOP", "time": 50.0}, "B": {"state": "MASTER", "time": 60.0}}, 10.0, False),  # not all
+    ({"VI_INGRESS": {}}, 10.0, False),                                    # never recorded anything
+    ({}, 10.0, False),
+])
+def test_keepalived_stopping_needs_every_instance_stopped_since_it_started(recorded, started_at, stopping):
+    assert fleet.keepalived_stopping(recorded, started_at) is stopping
+
+
+def test_a_stopping_owner_leaves_the_service_at_once_and_is_no_vrrp_candidate():
+    model = model3()
+    digests = desired.node_digests(model)
+    reports = converged(model, digests)
+    # graceful stop of the owner: its VIP is already gone, the process lives on for about a second
+    reports["edge1"]["keepalived"].update(running=False, stopping=True)
+    reports["edge1"]["keepalived"]["instances"]["VI_INGRESS"].update(state="STOP", vips_present=[])
+    wanted = planner.plan(model, reports, planner.KubeView({n: True for n in model["nodes"]}), desired=digests)
+    assert wanted.service_nodes == ["edge2", "edge3"]
+    assert not wanted.safety and wanted.node_jobs == 0
+    assert "edge1: keepalived is stopping (it has given up its VIPs)" in wanted.notes
+    assert fleet.vrrp_winner(model, typed(reports), "VI_INGRESS") == "edge2"
+    assert typed(reports)["edge1"].stopping
