@@ -91,9 +91,17 @@ class Prober:
 
     def stop(self):
         self._stop(self.proc)
-        data = wait_for(lambda: json.loads(pathlib.Path(self.out).read_text()), 10, 0.1)
+
+        def summary():
+            return json.loads(pathlib.Path(self.out).read_text())
+
+        data = wait_for(lambda: summary().get("final") and summary(), 10, 0.1)
         if not data:
-            raise RuntimeError("the prober wrote no summary")
+            # killed before its final summary: the last snapshot (at most a second old), marked as such
+            data = wait_for(summary, 1, 0.1)
+            if not data:
+                raise RuntimeError(f"the prober wrote no summary ({self.out})")
+            data["partial"] = True
         return data
 
 

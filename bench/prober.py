@@ -3,7 +3,8 @@ A client that sends one HTTP request to a URL every 1/RATE seconds, each in
 its own thread (a slow answer does not delay the next request), until SIGTERM
 or SECONDS have passed; then writes a JSON summary: requests sent, requests
 lost (no complete answer within TIMEOUT s), who answered, and each lost
-request's send time (wall clock). Run inside the client's namespace.
+request's send time (wall clock); ``final`` is False in the snapshot it
+rewrites every second while it runs. Run inside the client's namespace.
 
     python bench/prober.py URL RATE TIMEOUT SECONDS OUT.json
 """
@@ -54,25 +55,31 @@ def main(url, rate, timeout, seconds, out):
                 stats["lost"] += 1
                 stats["lost_at"].append([round(sent, 3), type(exc).__name__])
 
+    def write(final):
+        with lock:
+            snapshot = dict(stats, requests=n, lost_at=sorted(stats["lost_at"]), final=final,
+                            answers=dict(stats["answers"]))
+        with open(out + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump(snapshot, fh)
+        os.replace(out + ".tmp", out)
+
+    n = 0
     threads = []
     interval = 1.0 / rate
     start = time.monotonic()
-    n = 0
     while not stop.is_set() and time.monotonic() - start < seconds:
         thread = threading.Thread(target=one, args=(time.time(),), daemon=True)
         thread.start()
         threads.append(thread)
         n += 1
+        if n % max(1, int(rate)) == 0:  # a snapshot every second: a prober killed hard still leaves its counts
+            write(False)
         stop.wait(max(0.0, start + n * interval - time.monotonic()))
         threads = [t for t in threads if t.is_alive()]
     stats["stopped"] = time.time()
     for thread in threads:  # the last requests get their full timeout
         thread.join(timeout + 1)
-    stats["requests"] = n
-    stats["lost_at"].sort()
-    with open(out + ".tmp", "w", encoding="utf-8") as fh:
-        json.dump(stats, fh)
-    os.replace(out + ".tmp", out)
+    write(True)
 
 
 if __name__ == "__main__":
