@@ -240,6 +240,7 @@ class ProjectEdge:
         self.events_file = pathlib.Path(events_file)
         self.kube_log = pathlib.Path(kube_log)
         self.lab = Lab(self.dir, prefix)
+        self.label = "default"
         self.owner = "edge1"
         self.backups = ["edge2", "edge3"]
         self.variant = None

@@ -144,10 +144,13 @@ def burn_section(res):
     burn = res.get("burn")
     if not burn:
         return "not run"
-    idle = res.get("burn_idle") or {}
+    idle = dict(res.get("burn_idle") or {}, **(res.get("burn_fast_idle") or {}))
+    burn = dict(burn, **(res.get("burn_fast") or {}))
     rows = []
     for label, name in [("plain", "plain keepalived.conf (VRRPv2, advert_int 1) — baseline"),
-                        ("default", "project defaults (VRRPv2, advert_int 1)")]:
+                        ("default", "project defaults (VRRPv2, advert_int 1)"),
+                        ("plain-fast", "plain keepalived.conf (VRRPv3, advert_int 0.1) — baseline for the fast option"),
+                        ("fast", "project fast option (VRRPv3, advert_int 0.1, watch 0.05)")]:
         b = burn.get(label)
         if not b:
             continue
@@ -158,7 +161,8 @@ def burn_section(res):
     text = table(["setup", "burn, s", "VRRP state changes under burn", "VIP holder changes",
                   "samples (every 0.25 s) with the VIP not on the owner alone", "state changes, 60 s idle",
                   "holder changes, 60 s idle"], rows)
-    text += (f"\n\nLoad average during the burn: {', '.join(burn.get('_loadavg', []))}. Other busy processes just "
+    text += (f"\n\nLoad average during the burn: {', '.join(res['burn'].get('_loadavg', []))}"
+             f"{'; fast option burn: ' + ', '.join(res['burn_fast'].get('_loadavg', [])) if res.get('burn_fast') else ''}. Other busy processes just "
              f"before it: {', '.join(res.get('other_load_before_burn') or []) or 'none'}.")
     return text
 

@@ -161,6 +161,20 @@ def run_lab(res, only, reps, burn, work, pid):
         res["burn"] = lab_bench.cpu_burn([plain, project], burn, burners_per_edge=2)
         res["burn_idle"] = lab_bench.cpu_burn([plain, project], min(burn, 60), burners_per_edge=0)
 
+    def cpu_burn_fast():
+        # the fast option (VRRPv3, advert_int 0.1) beside a hand-written keepalived.conf with the same timers
+        plain_fast = PlainEdge(work / "plain-fast", f"ehq{pid}", version=3, advert=0.1, label="plain-fast")
+        try:
+            plain_fast.up()
+            project.set_variant("fast", watch=0.05)
+            project.label = "fast"
+            log(f"false failovers, fast option: {burn} s of CPU burn (plain VRRPv3 0.1 and the project's fast option)")
+            res["burn_fast"] = lab_bench.cpu_burn([plain_fast, project], burn, burners_per_edge=2)
+            res["burn_fast_idle"] = lab_bench.cpu_burn([plain_fast, project], min(burn, 60), burners_per_edge=0)
+        finally:
+            plain_fast.down()
+            project.label = "default"
+
     try:
         log("building the plain setup and the project's lab")
         t = time.monotonic()
@@ -178,6 +192,7 @@ def run_lab(res, only, reps, burn, work, pid):
             guard("drain", drain)
         if "burn" in only:
             guard("burn", cpu_burn)
+            guard("burn_fast", cpu_burn_fast)
     finally:
         log("tearing down")
         project.down()
