@@ -156,6 +156,7 @@ def run_lab(res, only, reps, burn, work, pid):
 
     def cpu_burn():
         project.set_variant("default", watch=0.05)
+        project.label = "default"
         log(f"false failovers: {burn} s of CPU burn in the edge namespaces (plain and project side by side)")
         res["other_load_before_burn"] = other_load([os.getpid()])
         res["burn"] = lab_bench.cpu_burn([plain, project], burn, burners_per_edge=2)
