@@ -71,7 +71,9 @@ from edge_ha_core import history as history_log
 from edge_ha_core import model as edge_model
 from edge_ha_core import planner
 from edge_ha_core import report as views
+from edge_ha_core import store
 from edge_ha_core.planner import FENCE_REASON
+from edge_ha_core.planner import HANDOVER_PREFIX
 from edge_ha_core.planner import SPLIT_HOLD
 from salt.exceptions import CommandExecutionError
 from salt.exceptions import SaltInvocationError
@@ -215,9 +217,10 @@ def _edge_node_names():
     path = os.path.join(_state_dir(), "nodes.json")
     try:
         if time.time() - os.path.getmtime(path) < NODES_CACHE_TTL:
-            with open(path, encoding="utf-8") as fh:
-                return set(json.load(fh))
-    except (OSError, ValueError):
+            names = _load_json("nodes.json", None)
+            if isinstance(names, list):
+                return set(names)
+    except OSError:
         pass
     return set(_desired()["model"]["nodes"])
 
@@ -324,25 +327,44 @@ def _history_entries():
 
 
 def _load_json(name, default):
-    try:
-        with open(os.path.join(_state_dir(), name), encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+    """A record of the controller's (``edge_ha_core.store``); an unreadable one is logged and read as ``default``."""
+    loaded = store.load(os.path.join(_state_dir(), name), default)
+    if loaded.error:
+        log.error("edge: %s", loaded.error)
         return default
+    return loaded.data
 
 
 def _save_json(name, data):
-    path = os.path.join(_state_dir(), name)
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    """Write a record durably (fsync, atomic rename, checksum)."""
+    store.dump(os.path.join(_state_dir(), name), data)
 
 
-def _drained():
-    """``{node: {reason, since, source}}`` of drained nodes (the master's record, survives restarts)."""
-    data = _load_json("drained.json", {})
-    return data if isinstance(data, dict) else {}
+def _drained(reports=None):
+    """
+    ``{node: {reason, since, source}}`` of drained nodes (the master's record,
+    survives restarts). An unreadable record is never read as "nothing
+    drained": every node any edge node still lists as drained (each keeps the
+    list, ``keepalived.set_drained_nodes``) stays drained, and the error shows
+    in the report and the history until a drain or undrain writes the record
+    again.
+    """
+    loaded = store.load(os.path.join(_state_dir(), "drained.json"), {})
+    if loaded.error is None and isinstance(loaded.data, dict):
+        _PROCESS.pop("drain_record_error", None)
+        return loaded.data
+    error = loaded.error or "drained.json: not a mapping of node -> drain"
+    if reports is None:
+        reports = _reports(_desired()["model"])
+    recovered = planner.drains_from_reports(reports, error)
+    with _PROCESS["lock"]:
+        first = _PROCESS.get("drain_record_error") != error
+        _PROCESS["drain_record_error"] = error
+    if first:
+        log.error("edge: the drain record is unreadable (%s); treating %s as drained (from the nodes' lists)",
+                  error, ", ".join(sorted(recovered)) or "no node")
+        _record("drain_record", error=error, recovered=sorted(recovered))
+    return recovered
 
 
 @contextlib.contextmanager
@@ -437,8 +459,13 @@ def _apply_safety(wanted, actions, events):
                                               f"{released.get(node)}", "Warning"))
 
 
-def _apply_flags(wanted, actions, drains):
-    """Unfence, standby and the recorded drained lists as the plan says."""
+def _apply_flags(wanted, actions, drains, events):
+    """
+    Unfence, standby, the recorded drained lists, and what an interrupted
+    operation left behind, as the plan says. A drained node goes to standby
+    before its leftover handover flag is lifted (it must not take its VIPs back
+    in between); each repair is in the history and an Event.
+    """
     _job(wanted.unfence, "keepalived.out_of_service", [False])
     actions += [f"{node}: back in VIP ownership (ingress healthy)" for node in wanted.unfence]
     names = sorted(drains)
@@ -448,6 +475,13 @@ def _apply_flags(wanted, actions, drains):
     actions += [f"{node}: standby (drained)" for node in wanted.standby_on]
     _job(wanted.standby_off, "keepalived.standby", [False])
     actions += [f"{node}: standby lifted (not drained)" for node in wanted.standby_off]
+    _job(wanted.lift_handover, "keepalived.out_of_service", [False])
+    _job(wanted.unquiesce, "edge_node.quiesce", [False])
+    for node, what in wanted.repairs:
+        text = f"{node}: left by an interrupted operation: {what}"
+        actions.append(text)
+        _record("repair", node=node, what=what, drained=node in drains)
+        events.append(("OperationUndone", text, "Warning"))
 
 
 def _handover_timeout(model, node):
@@ -503,7 +537,7 @@ def _release(model, node, reason, standby_after, before=None, quiesce_timeout=No
     try:
         if before:
             before()
-        _job(node, "keepalived.out_of_service", [True, f"handover: {reason}"], timeout=10)
+        _job(node, "keepalived.out_of_service", [True, f"{HANDOVER_PREFIX}{reason}"], timeout=10)
         deadline = time.monotonic() + _handover_timeout(model, node)
         while True:
             reports = _reports(model)
@@ -536,7 +570,8 @@ def _await_config(model, node, digest, timeout=10):
     Wait (bounded) until ``node`` reports keepalived running with the config
     named ``digest``. Returns ``"ok"``, ``"other"`` (running, but with
     another config: the node rendered from a newer pillar than the master's
-    model) or ``"failed"`` (not running, or no report in time).
+    model), ``"failed"`` (its report says keepalived is not running) or
+    ``"silent"`` (no fresh report in time).
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -546,7 +581,7 @@ def _await_config(model, node, digest, timeout=10):
         if time.monotonic() > deadline:
             if report and report.running and report.config_digest:
                 return "other"
-            return "failed"
+            return "failed" if report else "silent"
         time.sleep(0.1)
 
 
@@ -557,18 +592,28 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
     first (standby), so a config that makes keepalived exit never costs a VIP.
     After each node: keepalived running with the new config (its report
     names the desired digest) and every VIP held; otherwise the node goes back to its previous config and the rollout
-    stops. A config that failed is not retried until it changes (or
-    ``retry_failed``); while it is there, the other nodes' new configs are
-    held back too (the rollout stays stopped). Returns ``(actions, info)``.
+    stops. A config that keepalived refused (or that it did not run with) is
+    not retried until it changes (or ``retry_failed``); while it is there, the
+    other nodes' new configs are held back too (the rollout stays stopped).
+    A transient failure (no answer in time, another state run in progress)
+    counts against that node only: the rollout goes on with the others and the
+    node is tried again after a backoff (5 s, doubling, at most 300 s).
+    Returns ``(actions, info)``.
     """
     failed = _load_json("rollout_failed.json", {})
+    retries = _load_json("rollout_retry.json", {})
     actions, steps, blocked = [], [], []
-    info = {"order": [], "steps": steps, "stopped_at": None, "error": None, "blocked": blocked, "held": []}
+    info = {"order": [], "steps": steps, "stopped_at": None, "error": None, "blocked": blocked, "held": [],
+            "retry": {}}
     todo = []
+    now = time.time()
     for node in nodes:
         digest = digests[node]
         if not retry_failed and failed.get(node, {}).get("hash") == digest:
             blocked.append(node)
+            continue
+        if not retry_failed and not planner.retry_due(retries, node, digest, now):
+            info["retry"][node] = retries[node]
             continue
         todo.append(node)
     if blocked:
@@ -593,15 +638,28 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
                 info["stopped_at"], info["error"] = node, f"could not hand its VIPs over before the reload: {holders}"
                 steps.append((node, "not reloaded"))
                 break
-        applied = _job(node, "state.apply", ["edge"], timeout=120).get(node)
-        ok = isinstance(applied, dict) and all(isinstance(v, dict) and v.get("result") for v in applied.values())
-        error = None
-        if not ok:
-            comments = [v.get("comment", "") for v in (applied or {}).values() if isinstance(v, dict) and not v.get("result")] \
-                if isinstance(applied, dict) else [str(applied)]
-            error = "state.apply edge failed: " + " | ".join(c.splitlines()[0] for c in comments if c)[:600]
-        else:
+        applied = _job(node, "state.apply", ["edge"], timeout=_apply_timeout()).get(node)
+        outcome = planner.classify_apply(applied)
+        error = outcome.error if outcome.kind == planner.REFUSED else None
+        if outcome.kind == planner.TRANSIENT:
+            if handed and node not in drained:
+                _job(node, "keepalived.standby", [False], timeout=10)
+            entry = _retry_later(retries, node, digest, outcome.error)
+            info["retry"][node] = entry
+            steps.append((node, f"not applied ({outcome.error}); retried in {entry['backoff']:.0f}s"))
+            actions.append(f"{node}: keepalived NOT re-applied, transient ({outcome.error}); retried in "
+                           f"{entry['backoff']:.0f}s; the other nodes go on")
+            continue
+        if outcome.kind == "ok":
             outcome = _await_config(model, node, digest)
+            if outcome == "silent":
+                # applied, but no fresh report yet: not a refused config; look again later
+                if handed and node not in drained:
+                    _job(node, "keepalived.standby", [False], timeout=10)
+                entry = _retry_later(retries, node, digest, "no fresh report from the node after the reload")
+                info["retry"][node] = entry
+                steps.append((node, "applied; no report yet"))
+                continue
             if outcome == "other":
                 # keepalived runs a config the master did not expect: its model is older than the pillar the
                 # node rendered from. Nothing failed: stop here, compile the pillar, the next reconcile goes on.
@@ -632,12 +690,32 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
             break
         if handed and node not in drained:
             _job(node, "keepalived.standby", [False], timeout=10)
-        failed.pop(node, None)
-        _save_json("rollout_failed.json", failed)
+        if failed.pop(node, None) is not None:
+            _save_json("rollout_failed.json", failed)
+        if retries.pop(node, None) is not None:
+            _save_json("rollout_retry.json", retries)
         steps.append((node, "ok"))
         actions.append(f"{node}: keepalived re-applied (ok{', after handing its VIPs over' if handed else ''})")
     info["skipped"] = [n for n in order if n not in [s[0] for s in steps]]
     return actions, info
+
+
+def _apply_timeout():
+    """Seconds one node's ``state.apply edge`` may take in a staged reload (``edge_ha_apply_timeout``, 120)."""
+    return float(__opts__.get("edge_ha_apply_timeout", 120))  # pylint: disable=undefined-variable
+
+
+def _retry_later(retries, node, digest, error):
+    """Record a transient failure of ``node``'s staged reload; returns its retry entry (durable)."""
+    previous = retries.get(node) or {}
+    attempts = (previous.get("attempts", 0) if previous.get("digest") == digest else 0) + 1
+    backoff = planner.retry_backoff(attempts)
+    entry = {"digest": digest, "attempts": attempts, "backoff": backoff, "next": time.time() + backoff,
+             "error": error}
+    retries[node] = entry
+    _save_json("rollout_retry.json", retries)
+    _record("retry", node=node, attempts=attempts, backoff=backoff, error=error)
+    return entry
 
 
 def _kube_drains(model):
@@ -699,8 +777,8 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
     state = _desired()
     model = state["model"]
     actions = [] if test or not refresh else _kube_drains(model)
-    drains = _drained()
     reports = _reports(model)
+    drains = _drained(reports)
     digests = _digests(model, drains)
     kube = planner.KubeView(pods_ready=_pods_ready(model))
     split_hold = __opts__.get("edge_ha_split_brain_hold", SPLIT_HOLD)  # pylint: disable=undefined-variable
@@ -712,6 +790,9 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         model = state["model"]
         digests = _digests(model, drains)
         wanted = planner.plan(model, reports, kube, drains, time.time(), digests, split_hold=split_hold)
+    if _PROCESS.get("drain_record_error"):
+        wanted.notes.insert(0, f"the drain record is unreadable ({_PROCESS['drain_record_error']}): nodes the edge "
+                               "nodes list as drained stay drained; a drain or undrain writes it again")
     if state.get("errors"):
         wanted.notes.insert(0, f"edge_ha pillar is invalid ({len(state['errors'])} errors, see edge.vip_report): "
                                "the last good model stays in force")
@@ -722,7 +803,7 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         _apply_safety(wanted, actions, events)
         if wanted.safety:
             _bump("fencing_actions", by=len(wanted.fence) + len(wanted.split_fence) + len(wanted.release))
-        _apply_flags(wanted, actions, drains)
+        _apply_flags(wanted, actions, drains, events)
     if wanted.rerender and not test:
         if wanted.node_jobs > len(wanted.rerender):
             reports = _reports(model)  # who holds what now
@@ -737,6 +818,10 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         for node in rollout["blocked"]:
             wanted.notes.append(f"{node}: its new keepalived config failed before and is not retried until it "
                                 "changes (salt-run edge.reconcile retry_failed=True)")
+        for node, entry in sorted(rollout["retry"].items()):
+            wanted.notes.append(f"{node}: new keepalived config not applied yet ({entry.get('error')}); tried again "
+                                f"after {time.strftime('%H:%M:%S', time.localtime(entry.get('next', 0)))} "
+                                f"(attempt {entry.get('attempts')})")
         for node in rollout["held"]:
             wanted.notes.append(f"{node}: new keepalived config held back: the staged reload stopped at "
                                 f"{', '.join(rollout['blocked'])}")
