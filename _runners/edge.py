@@ -130,6 +130,53 @@ def _k8s():
         return _PROCESS["k8s"]
 
 
+KUBE_DOWN_PREFIXES = ("timeout:", "unreachable:", "connection failed:")
+
+
+def _kube_call(name, model, *args, **kwargs):
+    """
+    One ``edge_k8s`` call on the reconcile path (None if the function is not
+    loaded). When the API did not answer (timeout, unreachable), later calls
+    are skipped at once for ``edge_ha_kubernetes_backoff`` seconds (default
+    10; then one call tries again): a hung API costs one request timeout, not
+    one per call, and never holds the data plane.
+    """
+    fun = _k8s().get(name)
+    if not fun:
+        return None
+    backoff = float(__opts__.get("edge_ha_kubernetes_backoff", 10))  # pylint: disable=undefined-variable
+    down = _PROCESS.get("kube_down")
+    if down and time.monotonic() - down["at"] < backoff:
+        raise CommandExecutionError(f"skipped: the Kubernetes API did not answer {time.monotonic() - down['at']:.1f}s "
+                                    f"ago ({down['error']})")
+    try:
+        result = fun(*args, kubernetes=_kubernetes(model), **kwargs)
+    except Exception as exc:
+        if str(exc).startswith(KUBE_DOWN_PREFIXES):
+            _PROCESS["kube_down"] = {"at": time.monotonic(), "error": str(exc), "since": (down or {}).get(
+                "since", time.time())}
+        raise
+    _PROCESS.pop("kube_down", None)
+    return result
+
+
+def _standing_notes(state=None):
+    """What holds for the whole edge right now: an invalid pillar, an unreadable drain record, Kubernetes down."""
+    notes = []
+    if state and state.get("errors"):
+        notes.append(f"edge_ha pillar is invalid ({len(state['errors'])} errors, see edge.vip_report): "
+                     "the last good model stays in force")
+    if _PROCESS.get("drain_record_error"):
+        notes.append(f"the drain record is unreadable ({_PROCESS['drain_record_error']}): nodes the edge nodes "
+                     "list as drained stay drained; a drain or undrain writes it again")
+    down = _PROCESS.get("kube_down")
+    if down:
+        since = time.strftime("%H:%M:%S", time.localtime(down["since"]))
+        notes.append(f"the Kubernetes API has not answered since {since} ({down['error']}); the data plane is "
+                     "kept safe without it, the Service is written when it answers again")
+    return notes
+
+
 def _kubernetes(model):
     """The model's Kubernetes settings with the reconcile path's short request timeout."""
     k8s = dict(model["kubernetes"])
@@ -264,7 +311,7 @@ def _await_report(node, digest, seen, timeout):
 
 def _pods_ready(model):
     try:
-        pods = _k8s()["edge_k8s.ingress_pods"](kubernetes=_kubernetes(model))
+        pods = _kube_call("edge_k8s.ingress_pods", model)
     except Exception as exc:  # pylint: disable=broad-except
         log.warning("edge: cannot read ingress pods: %s", exc)
         return None
@@ -390,12 +437,9 @@ def _locked(timeout=LOCK_WAIT):
 
 def _event(reason, message, event_type="Normal", model=None):
     """A Kubernetes Event on the ingress Service (never fails the caller)."""
-    fun = _k8s().get("edge_k8s.record_event")
-    if not fun:
-        return None
     try:
-        model = model or _desired()["model"]
-        return fun(reason, message, event_type=event_type, kubernetes=_kubernetes(model))
+        return _kube_call("edge_k8s.record_event", model or _desired()["model"], reason, message,
+                          event_type=event_type)
     except Exception as exc:  # pylint: disable=broad-except
         log.warning("edge: Kubernetes Event %s not recorded: %s", reason, exc)
         return None
@@ -720,13 +764,12 @@ def _retry_later(retries, node, digest, error):
 
 def _kube_drains(model):
     """Drain nodes Kubernetes excludes (cordoned / exclude-from-external-load-balancers); undrain them when that ends."""
-    fun = _k8s().get("edge_k8s.excluded_nodes")
-    if not fun:
-        return []
     try:
-        excluded = fun(kubernetes=_kubernetes(model))
+        excluded = _kube_call("edge_k8s.excluded_nodes", model)
     except Exception as exc:  # pylint: disable=broad-except
         log.warning("edge: cannot read Kubernetes nodes: %s", exc)
+        return []
+    if excluded is None:
         return []
     by_kube = {v["kubernetes_node"]: n for n, v in model["nodes"].items()}
     want = {by_kube[k]: why for k, why in excluded.items() if k in by_kube}
@@ -760,14 +803,12 @@ def _owners_changed(model, reports, actions):
             _event("VIPFailover", f"{vip}: owner {before} -> {owner}", model=model)
     if any(last.get(v) != o for v, o in live.items()):
         _save_json("owners.json", dict(last, **live))
-    fun = _k8s().get("edge_k8s.set_vip_owners")
-    if fun:
-        try:
-            result = fun(owners, kubernetes=_kubernetes(model))
-            if result.get("changed"):
-                actions.append(f"service annotation vip-owners: {result.get('new')}")
-        except Exception as exc:  # pylint: disable=broad-except
-            log.warning("edge: vip-owners annotation not updated: %s", exc)
+    try:
+        result = _kube_call("edge_k8s.set_vip_owners", model, owners)
+        if result and result.get("changed"):
+            actions.append(f"service annotation vip-owners: {result.get('new')}")
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("edge: vip-owners annotation not updated: %s", exc)
     return owners
 
 
@@ -776,12 +817,27 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
     started = time.monotonic()
     state = _desired()
     model = state["model"]
-    actions = [] if test or not refresh else _kube_drains(model)
     reports = _reports(model)
     drains = _drained(reports)
     digests = _digests(model, drains)
-    kube = planner.KubeView(pods_ready=_pods_ready(model))
     split_hold = __opts__.get("edge_ha_split_brain_hold", SPLIT_HOLD)  # pylint: disable=undefined-variable
+    actions, events = [], []
+    jobs_before = _PROCESS.get("jobs", 0)
+    # data-plane safety first, before any Kubernetes call: pod readiness does not change it, and a
+    # Kubernetes API that accepts connections but never answers must not delay a fence
+    safety = planner.plan(model, reports, None, drains, time.time(), digests, split_hold=split_hold)
+    if not test:
+        _apply_safety(safety, actions, events)
+        if safety.safety:
+            _bump("fencing_actions", by=len(safety.fence) + len(safety.split_fence) + len(safety.release))
+        if refresh:
+            drained_by_kube = _kube_drains(model)
+            if drained_by_kube:
+                actions += drained_by_kube
+                reports = _reports(model)
+                drains = _drained(reports)
+                digests = _digests(model, drains)
+    kube = planner.KubeView(pods_ready=_pods_ready(model))
     wanted = planner.plan(model, reports, kube, drains, time.time(), digests, split_hold=split_hold)
     if wanted.rerender and not refresh:
         # a node runs another config than the kept model's: the pillar may have changed since it was
@@ -790,19 +846,9 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         model = state["model"]
         digests = _digests(model, drains)
         wanted = planner.plan(model, reports, kube, drains, time.time(), digests, split_hold=split_hold)
-    if _PROCESS.get("drain_record_error"):
-        wanted.notes.insert(0, f"the drain record is unreadable ({_PROCESS['drain_record_error']}): nodes the edge "
-                               "nodes list as drained stay drained; a drain or undrain writes it again")
-    if state.get("errors"):
-        wanted.notes.insert(0, f"edge_ha pillar is invalid ({len(state['errors'])} errors, see edge.vip_report): "
-                               "the last good model stays in force")
-    events = []
+    wanted.notes[:0] = _standing_notes(state)
     rollout = None
-    jobs_before = _PROCESS.get("jobs", 0)
     if not test:
-        _apply_safety(wanted, actions, events)
-        if wanted.safety:
-            _bump("fencing_actions", by=len(wanted.fence) + len(wanted.split_fence) + len(wanted.release))
         _apply_flags(wanted, actions, drains, events)
     if wanted.rerender and not test:
         if wanted.node_jobs > len(wanted.rerender):
@@ -862,15 +908,17 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
 def _set_service(model, wanted, reason, test):
     """The Service's externalIPs as the plan says (a PATCH only when they differ)."""
     try:
-        return _k8s()["edge_k8s.set_external_ips"](
+        result = _kube_call(
+            "edge_k8s.set_external_ips",
+            model,
             vips=_vips(model),
             nodes=_kube_nodes(model),
             healthy=wanted.service_nodes,
             reason=f"salt-edge-ha reconcile ({reason})",
             address_source="pillar",
-            kubernetes=_kubernetes(model),
             test=test,
         )
+        return result if result is not None else {"error": "edge_k8s.set_external_ips is not loaded"}
     except Exception as exc:  # pylint: disable=broad-except
         return {"error": str(exc)}
 
@@ -1368,9 +1416,10 @@ def vip_report(test=False):  # pylint: disable=unused-argument
     state = _desired(refresh=True)
     model = state["model"]
     reports = _reports(model)
-    drained_nodes = _drained()
+    drained_nodes = _drained(reports)
     wanted = planner.plan(model, reports, planner.KubeView(_pods_ready(model)), drained_nodes,
                           desired=_digests(model, drained_nodes))
+    wanted.notes[:0] = _standing_notes()
     desired = _set_service(model, wanted, "report", True)
     if "error" in desired:
         service = {"match": None, "error": desired["error"]}

@@ -174,3 +174,73 @@ def test_backoff_doubles_up_to_a_bound_and_a_new_config_is_tried_at_once():
     assert planner.retry_due(retries, "edge2", "a" * 16, 105.0)
     assert planner.retry_due(retries, "edge2", "b" * 16, 100.0), "another config: no waiting"
     assert planner.retry_due(retries, "edge3", "a" * 16, 0.0)
+
+
+# ---------------------------------------------------------------- the runner's Kubernetes calls and records
+
+from tests.support.modload import load  # noqa: E402  pylint: disable=wrong-import-position
+
+runner = load("_runners/edge.py")
+
+
+@pytest.fixture(name="master")
+def _master(tmp_path, monkeypatch):
+    """The runner with a master's opts (cachedir in tmp_path) and a fake edge_k8s; its process state reset."""
+    calls = []
+    monkeypatch.setattr(runner, "__opts__", {"cachedir": str(tmp_path), "edge_ha_kubernetes_backoff": 10},
+                        raising=False)
+    monkeypatch.setattr(runner, "_PROCESS", {"lock": runner._PROCESS["lock"]})  # pylint: disable=protected-access
+    k8s = {}
+    monkeypatch.setattr(runner, "_k8s", lambda: k8s)
+    return {"calls": calls, "k8s": k8s, "dir": tmp_path}
+
+
+def test_a_hung_kubernetes_api_costs_one_timeout_then_calls_are_skipped_at_once(master):
+    def hung(*args, **kwargs):
+        master["calls"].append(args)
+        raise runner.CommandExecutionError("timeout: no answer from the Kubernetes API within 3s")
+
+    master["k8s"]["edge_k8s.ingress_pods"] = hung
+    master["k8s"]["edge_k8s.record_event"] = hung
+    model = model3()
+    assert runner._pods_ready(model) is None  # pylint: disable=protected-access
+    assert len(master["calls"]) == 1
+    # every later call in the backoff window is skipped without a request: an Event per fenced node costs nothing
+    for _ in range(5):
+        assert runner._event("VIPFenced", "edge1: out of VIP ownership", "Warning", model) is None  # pylint: disable=protected-access
+    assert len(master["calls"]) == 1
+    notes = runner._standing_notes()  # pylint: disable=protected-access
+    assert len(notes) == 1 and notes[0].startswith("the Kubernetes API has not answered since")
+    # after the backoff one call tries again; an answer clears the state
+    runner._PROCESS["kube_down"]["at"] -= 11  # pylint: disable=protected-access
+    master["k8s"]["edge_k8s.ingress_pods"] = lambda **kw: {}
+    assert runner._pods_ready(model) == {n: False for n in model["nodes"]}  # pylint: disable=protected-access
+    assert runner._standing_notes() == []  # pylint: disable=protected-access
+
+
+def test_other_kubernetes_errors_do_not_skip_later_calls(master):
+    def forbidden(*args, **kwargs):
+        master["calls"].append(args)
+        raise runner.CommandExecutionError("forbidden: the service account may not list pods")
+
+    master["k8s"]["edge_k8s.ingress_pods"] = forbidden
+    runner._pods_ready(model3())  # pylint: disable=protected-access
+    runner._pods_ready(model3())  # pylint: disable=protected-access
+    assert len(master["calls"]) == 2
+
+
+def test_truncated_drain_record_is_read_as_the_nodes_lists_and_rewritten_by_the_next_drain(master, monkeypatch):
+    path = master["dir"] / "edge_ha" / "drained.json"
+    runner._save_json("drained.json", {"edge1": {"reason": "disk", "since": 1.0, "source": "manual"}})  # pylint: disable=protected-access
+    path.write_text(path.read_text()[:20])
+    monkeypatch.setattr(runner, "_record", lambda kind, **data: master["calls"].append((kind, data)))
+    reports = typed({"edge1": report("edge1", drained=["edge1"]), "edge2": report("edge2", drained=["edge1"]),
+                     "edge3": None})
+    drains = runner._drained(reports)  # pylint: disable=protected-access
+    assert list(drains) == ["edge1"] and drains["edge1"]["source"] == planner.RECOVERED
+    assert master["calls"] == [("drain_record", {"error": master["calls"][0][1]["error"], "recovered": ["edge1"]})]
+    assert "not valid JSON" in runner._standing_notes()[0]  # pylint: disable=protected-access
+    runner._drained(reports)  # pylint: disable=protected-access
+    assert len(master["calls"]) == 1, "recorded once, not on every reconcile"
+    runner._save_json("drained.json", drains)  # pylint: disable=protected-access
+    assert runner._drained(reports) == drains and runner._standing_notes() == []  # pylint: disable=protected-access
