@@ -674,7 +674,10 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
         others = [n for n in model["nodes"] if n != node and reports.get(n) and reports[n].running
                   and not reports[n].standby.on and not reports[n].out_of_service.on]
         handed = False
-        if holds and others:
+        in_place = holds and _reload_keeps_state(node, reports.get(node))
+        held_states = {name: (inst.state, inst.since) for name, inst in reports[node].instances.items()
+                       if inst.vips_present} if in_place else {}
+        if holds and others and not in_place:
             done, holders, reports = _handover(model, node, f"staged reload ({reason})")
             handed = True
             if not done:
@@ -734,14 +737,36 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
             break
         if handed and node not in drained:
             _job(node, "keepalived.standby", [False], timeout=10)
+        if in_place:
+            after = reports.get(node)
+            flipped = sorted(name for name, (state, since) in held_states.items()
+                             if not after or name not in after.instances
+                             or (after.instances[name].state, after.instances[name].since) != (state, since))
+            if flipped:
+                actions.append(f"{node}: {', '.join(flipped)} changed VRRP state on the in-place reload")
         if failed.pop(node, None) is not None:
             _save_json("rollout_failed.json", failed)
         if retries.pop(node, None) is not None:
             _save_json("rollout_retry.json", retries)
-        steps.append((node, "ok"))
-        actions.append(f"{node}: keepalived re-applied (ok{', after handing its VIPs over' if handed else ''})")
+        steps.append((node, "ok, in place" if in_place else "ok"))
+        how = ", after handing its VIPs over" if handed else (", reloaded in place: it kept its VIPs" if in_place else "")
+        actions.append(f"{node}: keepalived re-applied (ok{how})")
     info["skipped"] = [n for n in order if n not in [s[0] for s in steps]]
     return actions, info
+
+
+def _reload_keeps_state(node, report):
+    """
+    Whether ``node`` can reload in place, owner included: every instance it
+    holds VIPs for keeps its interface, VRID and VRRP version in the new config
+    (keepalived's SIGHUP then keeps its state). One ``keepalived.plan`` job
+    to the node; False (hand over first) when it cannot tell.
+    """
+    held = sorted(name for name, inst in (report.instances.items() if report else ()) if inst.vips_present)
+    planned = _job(node, "keepalived.plan", timeout=30).get(node)
+    if not isinstance(planned, dict) or not planned.get("valid") or "state_lost_on_reload" not in planned:
+        return False
+    return not set(held) & set(planned["state_lost_on_reload"])
 
 
 def _apply_timeout():

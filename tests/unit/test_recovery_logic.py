@@ -244,3 +244,45 @@ def test_truncated_drain_record_is_read_as_the_nodes_lists_and_rewritten_by_the_
     assert len(master["calls"]) == 1, "recorded once, not on every reconcile"
     runner._save_json("drained.json", drains)  # pylint: disable=protected-access
     assert runner._drained(reports) == drains and runner._standing_notes() == []  # pylint: disable=protected-access
+
+
+# ---------------------------------------------------------------- the cheapest safe path for a planned change
+
+keepalived_mod = load("_modules/keepalived.py")
+PATHS = {"state_dir": "/run/edge-ha", "notify_script": "/usr/local/sbin/edge-ha-notify"}
+
+
+def rendered(pillar_changes=None, node="edge1"):
+    from tests.support.builders import example_pillar  # pylint: disable=import-outside-toplevel
+    from edge_ha_core import model as edge_model  # pylint: disable=import-outside-toplevel
+
+    data = example_pillar()
+    for change in pillar_changes or ():
+        change(data)
+    return keepalived_mod.render_config(edge_model.view_for_node(edge_model.normalize(data), node), PATHS)
+
+
+def test_vrrp_identities_read_from_the_rendered_config():
+    ids = desired.vrrp_identities(rendered())
+    assert ids and all(len(v) == 3 and v[0] and v[1] for v in ids.values())
+
+
+def first_instance(data):
+    return next(iter(data["vrrp_instances"].values()))
+
+
+@pytest.mark.parametrize("change, lost", [
+    (lambda d: first_instance(d).__setitem__("advert_int", 2), False),          # timers: SIGHUP keeps state
+    (lambda d: first_instance(d).__setitem__("virtual_ipaddress",
+                                             first_instance(d)["virtual_ipaddress"] + ["198.18.0.101/24"]), False),
+    (lambda d: first_instance(d).__setitem__("virtual_router_id", 99), True),   # another VRID: a new instance
+    (lambda d: (first_instance(d).__setitem__("vrrp_version", 3), first_instance(d).pop("authentication", None)),
+     True),
+])
+def test_reload_keeps_state_unless_vrid_interface_or_version_change(change, lost):
+    old, new = rendered(), rendered([change])
+    assert old != new
+    names = sorted(desired.vrrp_identities(old))
+    gone = desired.reload_keeps_state(old, new, names)
+    assert bool(gone) is lost
+    assert desired.reload_keeps_state(old, old, names) == []
