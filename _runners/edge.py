@@ -50,6 +50,8 @@ Master settings (master config, all optional):
     edge_ha_model_ttl: 300          # seconds an event-triggered reconcile uses the last compiled model
     edge_ha_report_max_age: 35      # seconds after which a node's report counts as no answer
     edge_ha_kubernetes_timeout: 3   # seconds per Kubernetes request on the reconcile path
+    edge_ha_kubernetes_backoff: 10  # seconds Kubernetes calls are skipped after the API did not answer
+    edge_ha_apply_timeout: 120      # seconds one node's state.apply may take in a staged reload
 """
 
 import contextlib
@@ -59,6 +61,7 @@ import json
 import logging
 import os
 import re
+import signal
 import threading
 import time
 
@@ -473,6 +476,17 @@ def _progress(message):
         log.debug("edge: progress event not fired: %s", exc)
 
 
+def _crash_point(name):
+    """
+    Fault injection for the lab's interruption tests: with the environment
+    variable ``EDGE_HA_CRASH_AT=<name>`` the process running this runner is
+    killed here (SIGKILL), as a crash or a killed ``salt-run`` would stop it.
+    """
+    if os.environ.get("EDGE_HA_CRASH_AT") == name:
+        log.warning("edge: EDGE_HA_CRASH_AT=%s: killing this process (fault injection)", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _job(nodes, fun, args=(), timeout=None):
     """One job for ``nodes`` (a list; one node: a str); returns ``{node: return}`` (the returns are not state)."""
     if not nodes:
@@ -564,6 +578,7 @@ def _release(model, node, reason, standby_after, before=None, quiesce_timeout=No
     steps = []
     timeout = float(quiesce_timeout or __opts__.get("edge_ha_quiesce_timeout", 10))  # pylint: disable=undefined-variable
     quiesced = _job(node, "edge_node.quiesce", [True], timeout=10).get(node)
+    _crash_point("release:quiesced")
     if not isinstance(quiesced, dict):
         steps.append(f"new connections NOT held back ({quiesced})")
     start = time.monotonic()
@@ -582,6 +597,7 @@ def _release(model, node, reason, standby_after, before=None, quiesce_timeout=No
         if before:
             before()
         _job(node, "keepalived.out_of_service", [True, f"{HANDOVER_PREFIX}{reason}"], timeout=10)
+        _crash_point("release:flagged")
         deadline = time.monotonic() + _handover_timeout(model, node)
         while True:
             reports = _reports(model)
@@ -589,6 +605,7 @@ def _release(model, node, reason, standby_after, before=None, quiesce_timeout=No
             if done or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+        _crash_point("release:handed")
         if standby_after:
             _job(node, "keepalived.standby", [True, reason], timeout=10)
     finally:
@@ -685,6 +702,7 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
                 info["stopped_at"], info["error"] = node, f"could not hand its VIPs over before the reload: {holders}"
                 steps.append((node, "not reloaded"))
                 break
+        _crash_point("rollout:before-apply")
         applied = _job(node, "state.apply", ["edge"], timeout=_apply_timeout()).get(node)
         outcome = planner.classify_apply(applied)
         error = outcome.error if outcome.kind == planner.REFUSED else None
@@ -1014,6 +1032,7 @@ def _drain(model, node, reason, source, drain_timeout=None):
     previous = drained.get(node)
     drained[node] = {"reason": reason, "since": time.time(), "source": source}
     _save_json("drained.json", drained)
+    _crash_point("drain:recorded")
     try:
         names = sorted(drained)
         _job(model["nodes"], "keepalived.set_drained_nodes", [names])
@@ -1066,6 +1085,7 @@ def _undrain(model, node, reason):
     drained = _drained()
     info = drained.pop(node, None)
     _save_json("drained.json", drained)
+    _crash_point("undrain:recorded")
     steps = []
     _job(model["nodes"], "keepalived.set_drained_nodes", [sorted(drained)])
     reports = _reports(model)
