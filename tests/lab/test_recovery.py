@@ -17,7 +17,8 @@ import pytest
 
 from lab.lab import NODES, lab_pillar
 
-from tests.support.labtools import ALL_IPS, ADDR, salt_run, wait_for
+from tests.support.labtools import ADDR, ALL_IPS, VipMonitor, salt_run, wait_for
+from tests.support.netns import sh
 
 pytestmark = [
     pytest.mark.lab,
@@ -171,3 +172,37 @@ def test_fence_does_not_wait_for_a_hung_kubernetes_api(baseline):
     lab.set_ingress_healthy("edge1", True)
     assert wait_for(lambda: lab.holders() == ["edge1"], 60), lab.holders()
     assert wait_for(lambda: lab.external_ips() == ALL_IPS, 60), lab.external_ips()
+
+
+V6 = "2001:2::100"  # RFC 5180's IPv6 benchmarking range, as 198.18.0.0/15 for IPv4
+
+
+def test_ipv6_vip_stale_copy_stays_until_another_node_answers_for_it(baseline):
+    lab = baseline
+    added = []
+    try:
+        for node, octet in NODES.items():
+            sh("ip", "-6", "addr", "add", f"2001:2::{octet}/64", "dev", "eth0", "nodad", ns=lab.ns(node))
+            added.append((node, octet))
+        pillar = lab_pillar(lab.dir / "kubeconfig")
+        for node, octet in NODES.items():
+            pillar["nodes"][node]["address6"] = f"2001:2::{octet}"
+        pillar["vrrp_instances"]["VI_V6"] = {"virtual_router_id": 61, "vrrp_version": 3, "advert_int": 1,
+                                             "unicast": True, "virtual_ipaddress": [f"{V6}/64"]}
+        lab.set_pillar(pillar)
+        lab.salt(",".join(NODES), "saltutil.refresh_pillar", "wait=True", "--list")
+        result = lab.run("edge.reconcile", timeout=300)
+        assert not result["rollout"]["error"], result["rollout"]
+        assert wait_for(lambda: lab.holders(V6) == ["edge1"], 30), lab.holders(V6)
+        with VipMonitor(lab, list(NODES), vip=V6) as monitor:
+            lab.kill_keepalived("edge1", signal.SIGKILL)
+            assert wait_for(lambda: lab.holders(V6) == ["edge2"], 30), lab.holders(V6)
+        # the killed node kept answering for the IPv6 VIP until edge2 held it (Neighbour Solicitation
+        # answered), then its copy was removed: no moment without a holder
+        assert monitor.initial == {"edge1"}, monitor.initial
+        assert monitor.gaps() == [], (monitor.gaps(), sorted(monitor.events))
+        order = [(node, up) for _, node, up in sorted(monitor.events)]
+        assert order.index(("edge2", True)) < order.index(("edge1", False)), order
+    finally:
+        for node, octet in added:
+            sh("ip", "-6", "addr", "del", f"2001:2::{octet}/64", "dev", "eth0", ns=lab.ns(node), check=False)

@@ -52,7 +52,7 @@ class VipMonitor:
         import datetime  # pylint: disable=import-outside-toplevel
 
         for line in proc.stdout:
-            if f"inet {self.vip}/" not in line or not line.startswith("["):
+            if (f"inet {self.vip}/" not in line and f"inet6 {self.vip}/" not in line) or not line.startswith("["):
                 continue
             stamp = datetime.datetime.fromisoformat(line[1:line.index("]")]).timestamp()
             self.events.append((stamp, node, " Deleted " not in f" {line[line.index(']') + 1:].strip()} "))
