@@ -231,6 +231,18 @@ def publish(force=False, heartbeat=HEARTBEAT):
     return {"published": True, "changed": changed, "digest": digest}
 
 
+def _received(sock, timeout, size):
+    """The packets ``sock`` receives until ``timeout`` seconds have passed."""
+    import select  # pylint: disable=import-outside-toplevel
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            return
+        yield sock.recv(size)
+
+
 def arp_probe(interface, address, timeout=0.3):
     """
     Who else answers ARP for ``address`` on ``interface``: an RFC 5227 probe
@@ -239,7 +251,6 @@ def arp_probe(interface, address, timeout=0.3):
     """
     import socket  # pylint: disable=import-outside-toplevel
     import struct  # pylint: disable=import-outside-toplevel
-    import select  # pylint: disable=import-outside-toplevel
 
     target = socket.inet_aton(address)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
@@ -253,12 +264,7 @@ def arp_probe(interface, address, timeout=0.3):
         )
         sock.send(frame)
         seen = set()
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
-                break
-            data = sock.recv(128)
+        for data in _received(sock, timeout, 128):
             if len(data) < 42 or data[12:14] != b"\x08\x06" or struct.unpack("!H", data[20:22])[0] != 2:
                 continue
             sender_mac, sender_ip = data[22:28], data[28:32]
@@ -312,7 +318,6 @@ def ndp_probe(interface, address, timeout=0.3):
     addresses in the Neighbour Advertisements received, other than ours.
     This host's own kernel does not answer its own solicitation. Needs root.
     """
-    import select  # pylint: disable=import-outside-toplevel
     import socket  # pylint: disable=import-outside-toplevel
     import struct  # pylint: disable=import-outside-toplevel
 
@@ -327,12 +332,8 @@ def ndp_probe(interface, address, timeout=0.3):
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)  # not to our own stack
         sock.sendto(neighbor_solicitation(address, own_mac), (solicited_node(address), 0, 0, index))
         seen = set()
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
-                break
-            mac = parse_neighbor_advert(sock.recv(1024), address)
+        for data in _received(sock, timeout, 1024):
+            mac = parse_neighbor_advert(data, address)
             if mac and mac != own_mac:
                 seen.add(mac)
         return sorted(seen)
