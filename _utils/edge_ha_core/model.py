@@ -20,6 +20,7 @@ Validation reports every error at once, each naming its pillar path
 allowed values. Nothing on a node is changed unless the model is valid.
 """
 
+import hashlib
 import ipaddress
 import math
 import numbers
@@ -942,16 +943,38 @@ def validate_model(data):
 INTERNAL_ERROR = "could not be validated: internal error"
 
 
-def derived_priorities(nodes):
+def owner_order(instance, members):
     """
-    Base priority per node: the node's own ``priority`` if set, otherwise
-    150, 140, 130, ... in node-name order (floor 1).
+    The nodes of one VRRP instance, preferred owner first: rendezvous
+    (highest-random-weight) hashing of ``(instance name, node name)``.
+
+    Each instance gets its own order, so N instances over M nodes give each
+    node about N/M as preferred owner. The order of two nodes never depends on
+    the other nodes or on the other instances: adding a node moves only the
+    instances it now tops (about N/(M+1) of them), removing one moves only the
+    instances it owned, adding an instance moves nothing. SHA-256, not
+    Python's ``hash()``: the same order on every node and every run.
     """
-    out = {}
-    for i, name in enumerate(sorted(nodes)):
-        derived = max(1, DERIVED_PRIORITY_TOP - DERIVED_PRIORITY_STEP * i)
-        out[name] = nodes[name].get("priority", derived)
-    return out
+    def weight(node):
+        digest = hashlib.sha256(f"{instance}\0{node}".encode()).digest()
+        return int.from_bytes(digest[:8], "big"), node
+
+    return sorted(members, key=weight, reverse=True)
+
+
+def derived_priorities(nodes, instance, members=None):
+    """
+    Base priority per node of one instance: the node's own ``priority`` if
+    set; the other nodes get 150, 140, 130, ... (floor 1) in
+    ``owner_order(instance, ...)`` (``members``: the instance's nodes,
+    default every node).
+    """
+    members = sorted(nodes) if members is None else members
+    out = {name: nodes[name]["priority"] for name in members if "priority" in nodes[name]}
+    derived = owner_order(instance, [name for name in members if name not in out])
+    for rank, name in enumerate(derived):
+        out[name] = max(1, DERIVED_PRIORITY_TOP - DERIVED_PRIORITY_STEP * rank)
+    return {name: out[name] for name in members}
 
 
 def _merge(defaults, value):
@@ -992,9 +1015,9 @@ def normalize(data):
         }
         for name, n in data["nodes"].items()
     }
-    base = derived_priorities(data["nodes"])
     for name in nodes:
-        nodes[name]["priority"] = base[name]
+        # the node's own base priority; None: derived per instance (owner_order)
+        nodes[name]["priority"] = data["nodes"][name].get("priority")
     instances = {}
     for name, inst in data["vrrp_instances"].items():
         vlist = inst["virtual_ipaddress"]
@@ -1002,6 +1025,7 @@ def normalize(data):
             vlist = [vlist]
         vips = [ipaddress.ip_interface(v) for v in vlist]
         members = inst.get("nodes", sorted(nodes))
+        base = derived_priorities(data["nodes"], name, members)
         prio = inst.get("priority")
         priorities = {}
         for node in members:
