@@ -12,7 +12,7 @@ Reads what keepalived's notify FIFO script records in the state directory
   keepalived is not running (once per occurrence): ``vips``, ``time``;
 - ``salt/beacon/<id>/vrrp/split_brain`` when this node holds a VIP and another
   host answers ARP for it too (an RFC 5227 probe every ``conflict_check``
-  seconds, default 5; IPv4): ``conflicts`` (VIP -> MAC addresses), ``time``;
+  seconds, default 5; a Neighbour Solicitation for IPv6): ``conflicts`` (VIP -> MAC addresses), ``time``;
 - ``salt/beacon/<id>/vrrp/report`` when the node's report changed and none
   of the above says why (a flag set, a VIP added or removed, ingress health).
 

@@ -48,6 +48,7 @@ import re
 import socket
 import time
 
+from edge_ha_core import lb
 from edge_ha_core import model as edge_ha_model
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -85,6 +86,11 @@ __load__ = [
     "set_vip_owners",
     "record_event",
     "excluded_nodes",
+    "load_balancer_services",
+    "watch_load_balancer_services",
+    "set_load_balancer_status",
+    "record_assignment",
+    "service_event",
 ]
 
 MANAGED_ANNOTATION = "edge-ha.salt/managed-external-ips"
@@ -103,7 +109,10 @@ EVENT_REASONS = (
     "NodeUndrained",
     "RolloutStopped",
     "PillarInvalid",
-)
+    # LoadBalancer Services (service_event): assigned, released, refused (edge_ha_core.lb.REFUSAL_REASONS)
+    "AddressAssigned",
+    "AddressReleased",
+) + lb.REFUSAL_REASONS
 EVENT_REASON_RE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
 EVENT_TYPES = ("Normal", "Warning")
 POLICIES = edge_ha_model.EXTERNAL_IPS_POLICIES
@@ -124,6 +133,12 @@ API_CALLS = (
     ("get", "services", "namespaced", "external_ips, set_external_ips, set_vip_owners, record_event"),
     ("patch", "services", "namespaced", "set_external_ips, set_vip_owners"),
     ("create", "events", "namespaced", "set_external_ips, record_event"),
+    # LoadBalancer Services in every namespace (issue #15): a ClusterRole in deploy/rbac.yaml
+    ("list", "services", "cluster", "load_balancer_services"),
+    ("watch", "services", "cluster", "watch_load_balancer_services"),
+    ("patch", "services", "cluster", "record_assignment"),
+    ("patch", "services/status", "cluster", "set_load_balancer_status"),
+    ("create", "events", "cluster", "service_event"),
 )
 
 
@@ -1343,3 +1358,297 @@ def wait_ingress_ready(node, ready=True, timeout=60, kubernetes=None, nodes=None
             if time.monotonic() >= deadline:
                 return result(state, False)
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+
+
+# ---------------------------------------------------------------------------
+# LoadBalancer Services (issue #15): what the runner calls to serve them
+
+
+LB_FIELD_SELECTOR = "spec.type=LoadBalancer"
+
+
+def _lb_service_view(service):
+    """The part of a Service (wire dict) the assignment and the status need (lb.service_record reads it)."""
+    meta = service.get("metadata") or {}
+    return {
+        "metadata": {k: meta.get(k) for k in ("namespace", "name", "uid", "resourceVersion", "annotations")},
+        "spec": dict(service.get("spec") or {}),
+        "status": dict(service.get("status") or {}),
+    }
+
+
+def load_balancer_services(kubernetes=None):
+    """
+    Every Service of ``type: LoadBalancer`` in the cluster, whatever its class.
+
+    One LIST of Services in all namespaces with the field selector
+    ``spec.type=LoadBalancer``; transient errors (429/5xx) are retried.
+    ``edge_ha_core.lb.service_record`` turns each item into the record the
+    assignment plans with, and ``lb.is_ours`` tells which of them this
+    project serves.
+
+    kubernetes
+        the ``edge_ha:kubernetes`` section (default: from the pillar)
+
+    Returns ``{"resource_version": the list's (to watch from), "services":
+    [{"metadata": {namespace, name, uid, resourceVersion, annotations},
+    "spec": ..., "status": ...}]}`` sorted by namespace and name. A 403 names
+    the missing ``list services`` grant (a ClusterRole).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run salt.cmd edge_k8s.load_balancer_services
+        salt-call edge_k8s.load_balancer_services
+    """
+    k8s, _, _ = _resolve(kubernetes, nodes={})
+    with _Session(k8s) as session:
+        listing = session.retrying(lambda: session.call(
+            "list", "services", "list_service_for_all_namespaces", field_selector=LB_FIELD_SELECTOR))
+    items = [_lb_service_view(s) for s in listing.get("items") or []]
+    items.sort(key=lambda s: (s["metadata"]["namespace"] or "", s["metadata"]["name"] or ""))
+    return {"resource_version": (listing.get("metadata") or {}).get("resourceVersion"), "services": items}
+
+
+def watch_load_balancer_services(resource_version, timeout=60, kubernetes=None):
+    """
+    Wait until a LoadBalancer Service changes (added, modified, deleted) after
+    ``resource_version``, or ``timeout`` seconds pass.
+
+    resource_version
+        where to start: the ``resource_version`` of ``load_balancer_services``
+        (or of the previous call), so no change between the two is missed
+    timeout
+        seconds to wait at most (the server ends the watch then)
+    kubernetes
+        the ``edge_ha:kubernetes`` section (default: from the pillar)
+
+    Returns ``{"events": [{"type", "namespace", "name", "resource_version"}],
+    "resource_version": the newest seen, "expired": bool}``. The events are
+    the ones of the first answer (a burst arrives together); ``expired``
+    true (410 Gone: the version is too old) means: list again with
+    ``load_balancer_services``, then watch from its resource_version. No
+    event and not expired: the timeout passed; a resync is the caller's.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_k8s.watch_load_balancer_services 12345 timeout=30
+    """
+    k8s, _, _ = _resolve(kubernetes, nodes={})
+    timeout = float(timeout)
+    result = {"events": [], "resource_version": str(resource_version), "expired": False}
+    with _Session(k8s) as session:
+        _check_call("watch", "services")
+        watcher = k8s_watch.Watch()
+        stream = watcher.stream(
+            session.core.list_service_for_all_namespaces,
+            field_selector=LB_FIELD_SELECTOR,
+            resource_version=str(resource_version),
+            timeout_seconds=max(1, int(timeout)),
+            _request_timeout=(session.timeout, timeout + session.timeout),
+        )
+        try:
+            for event in stream:
+                obj = event.get("raw_object") or {}
+                meta = obj.get("metadata") or {}
+                if event.get("type") == "ERROR":
+                    if obj.get("code") == 410:
+                        result["expired"] = True
+                        break
+                    raise KubernetesAPIError(f"watch services: {obj.get('message') or obj}", status=obj.get("code"))
+                if event.get("type") == "BOOKMARK":
+                    result["resource_version"] = meta.get("resourceVersion", result["resource_version"])
+                    continue
+                result["events"].append({"type": event.get("type"), "namespace": meta.get("namespace"),
+                                         "name": meta.get("name"), "resource_version": meta.get("resourceVersion")})
+                result["resource_version"] = meta.get("resourceVersion", result["resource_version"])
+                break  # the caller reconciles now; it watches again from here
+        except ApiException as exc:
+            if exc.status != 410:
+                raise session.error(exc, "watch", "services") from None
+            result["expired"] = True
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise session.error(exc, "watch", "services") from None
+        finally:
+            stream.close()
+    return result
+
+
+def _service_name_args(namespace, name, resource_version):
+    for label, value in (("namespace", namespace), ("name", name)):
+        if not isinstance(value, str) or not value:
+            raise SaltInvocationError(f"{label} must be the Service's {label}, not {value!r}")
+    if resource_version is not None and (not isinstance(resource_version, (str, int)) or str(resource_version) == ""):
+        raise SaltInvocationError(f"resource_version must be the Service's metadata.resourceVersion, "
+                                  f"not {resource_version!r}")
+
+
+def load_balancer_status_patch(addresses, resource_version):
+    """The JSON merge patch of ``status.loadBalancer.ingress`` (pure): one ``{"ip"}`` per address, in order;
+    no address removes the list. Carries ``metadata.resourceVersion`` when given."""
+    ips = [normalize_address(a) for a in _as_list(addresses)]
+    patch = {"status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips] or None}}}
+    if resource_version is not None:
+        patch["metadata"] = {"resourceVersion": str(resource_version)}
+    return patch
+
+
+def set_load_balancer_status(namespace, name, addresses, resource_version, kubernetes=None, test=False):
+    """
+    Write ``status.loadBalancer.ingress`` of a LoadBalancer Service: one
+    ``{"ip": address}`` per address; an empty list removes them.
+
+    One JSON merge PATCH of the ``status`` subresource carrying
+    ``resource_version`` (the version the caller planned from): if the
+    Service changed since, the API server answers 409 and nothing is written
+    (KubernetesAPIError with ``conflict`` true: list again and re-plan).
+    Transient errors (429/5xx) are retried with the same version.
+
+    namespace, name
+        the Service
+    addresses
+        the addresses that answer now (the runner writes an address only
+        once an edge node holds it)
+    resource_version
+        the Service's ``metadata.resourceVersion`` as listed; None writes
+        unconditionally
+    kubernetes
+        the ``edge_ha:kubernetes`` section (default: from the pillar)
+    test
+        build the patch only
+
+    Returns ``{"changed", "patch", "resource_version", "ingress", "test"}``:
+    the new resourceVersion and the ingress list the API server stored.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_k8s.set_load_balancer_status apps web '[203.0.113.5]' 4711
+        salt-call edge_k8s.set_load_balancer_status apps web '[]' 4712
+    """
+    _service_name_args(namespace, name, resource_version)
+    patch = load_balancer_status_patch(addresses, resource_version)
+    if test:
+        return {"changed": True, "patch": patch, "resource_version": resource_version, "ingress": None, "test": True}
+    k8s, _, _ = _resolve(kubernetes, nodes={})
+    with _Session(k8s) as session:
+        patched = session.retrying(lambda: session.call(
+            "patch", "services/status", "patch_namespaced_service_status", name, namespace, patch,
+            namespace=namespace, name=name, _content_type="application/merge-patch+json"))
+    return {
+        "changed": True,
+        "patch": patch,
+        "resource_version": patched["metadata"].get("resourceVersion"),
+        "ingress": ((patched.get("status") or {}).get("loadBalancer") or {}).get("ingress") or [],
+        "test": False,
+    }
+
+
+def _assignment_value(assignment):
+    """The annotation text of an assignment given as lb.Assignment, lb.Recorded, a dict or its JSON; None removes."""
+    if assignment is None:
+        return None
+    if isinstance(assignment, lb.Assignment):
+        return assignment.annotation
+    if isinstance(assignment, lb.Recorded):
+        return lb.format_recorded(assignment)
+    text = json.dumps(assignment) if isinstance(assignment, dict) else str(assignment)
+    recorded = lb.parse_recorded(text)
+    if recorded is None:
+        raise SaltInvocationError(
+            f"assignment must be {{address, pool, vrid}} (as edge_ha_core.lb records it) or null, not {assignment!r}")
+    return lb.format_recorded(recorded)
+
+
+def record_assignment(namespace, name, assignment, resource_version, kubernetes=None, test=False):
+    """
+    Record a Service's address assignment in its annotation
+    ``edge-ha.salt/assignment`` (or remove it: ``assignment`` null), so the
+    next plan keeps it (``edge_ha_core.lb``: stable across restarts).
+
+    One JSON merge PATCH of that annotation only, carrying
+    ``resource_version``: 409 (the Service changed since it was listed)
+    raises KubernetesAPIError with ``conflict`` true and writes nothing.
+
+    namespace, name
+        the Service
+    assignment
+        ``{"address", "pool", "vrid"}`` (``lb.Assignment.annotation``), or
+        null to remove the record
+    resource_version
+        the Service's ``metadata.resourceVersion`` as listed; None writes
+        unconditionally
+    kubernetes
+        the ``edge_ha:kubernetes`` section (default: from the pillar)
+    test
+        build the patch only
+
+    Returns ``{"changed", "patch", "resource_version", "test"}``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_k8s.record_assignment apps web '{"address": "203.0.113.5", "pool": "public", "vrid": 100}' 4711
+        salt-call edge_k8s.record_assignment apps web null 4712
+    """
+    _service_name_args(namespace, name, resource_version)
+    patch = {"metadata": {"annotations": {lb.ASSIGNMENT_ANNOTATION: _assignment_value(assignment)}}}
+    if resource_version is not None:
+        patch["metadata"]["resourceVersion"] = str(resource_version)
+    if test:
+        return {"changed": True, "patch": patch, "resource_version": resource_version, "test": True}
+    k8s, _, _ = _resolve(kubernetes, nodes={})
+    with _Session(k8s) as session:
+        patched = session.retrying(lambda: session.call(
+            "patch", "services", "patch_namespaced_service", name, namespace, patch,
+            namespace=namespace, name=name, _content_type="application/merge-patch+json"))
+    return {"changed": True, "patch": patch, "resource_version": patched["metadata"].get("resourceVersion"),
+            "test": False}
+
+
+def service_event(namespace, name, reason, message, event_type="Normal", uid=None, kubernetes=None):
+    """
+    Create a Kubernetes Event on any Service (a LoadBalancer Service this
+    project serves): why it got an address, or why not.
+
+    namespace, name
+        the Service
+    reason
+        an UpperCamelCase word: ``AddressAssigned``, ``AddressReleased``, or
+        a refusal of ``edge_ha_core.lb`` (``AddressPoolExhausted``,
+        ``AddressTaken``, ``AddressOutsidePools``, ``AddressPoolUnknown``,
+        ``AddressRequestInvalid``; use ``event_type=Warning`` for those)
+    message
+        the text (cut at 1024 characters)
+    event_type
+        ``Normal`` or ``Warning``
+    uid
+        the Service's uid (``kubectl describe service`` shows Events whose
+        involvedObject has it)
+    kubernetes
+        the ``edge_ha:kubernetes`` section (default: from the pillar)
+
+    Returns ``{"created": bool, "name", "error"}``; an API failure is logged
+    and returned in ``error``, never raised (as ``record_event``).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_k8s.service_event apps web AddressPoolExhausted "pool public: every address is taken" event_type=Warning
+    """
+    check_event(reason, event_type)
+    _service_name_args(namespace, name, None)
+    service = {"metadata": {"namespace": namespace, "name": name, "uid": uid}}
+    try:
+        k8s, _, _ = _resolve(kubernetes, nodes={})
+        with _Session(k8s) as session:
+            return _create_event(session, service, reason, message, event_type)
+    except (CommandExecutionError, SaltInvocationError) as err:
+        log.warning("edge_k8s: the %s Event was not created: %s", reason, err)
+        return {"created": False, "name": None, "error": str(err)}

@@ -231,6 +231,18 @@ def publish(force=False, heartbeat=HEARTBEAT):
     return {"published": True, "changed": changed, "digest": digest}
 
 
+def _received(sock, timeout, size):
+    """The packets ``sock`` receives until ``timeout`` seconds have passed."""
+    import select  # pylint: disable=import-outside-toplevel
+
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            return
+        yield sock.recv(size)
+
+
 def arp_probe(interface, address, timeout=0.3):
     """
     Who else answers ARP for ``address`` on ``interface``: an RFC 5227 probe
@@ -239,7 +251,6 @@ def arp_probe(interface, address, timeout=0.3):
     """
     import socket  # pylint: disable=import-outside-toplevel
     import struct  # pylint: disable=import-outside-toplevel
-    import select  # pylint: disable=import-outside-toplevel
 
     target = socket.inet_aton(address)
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
@@ -253,12 +264,7 @@ def arp_probe(interface, address, timeout=0.3):
         )
         sock.send(frame)
         seen = set()
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([sock], [], [], left)[0]:
-                break
-            data = sock.recv(128)
+        for data in _received(sock, timeout, 128):
             if len(data) < 42 or data[12:14] != b"\x08\x06" or struct.unpack("!H", data[20:22])[0] != 2:
                 continue
             sender_mac, sender_ip = data[22:28], data[28:32]
@@ -269,10 +275,84 @@ def arp_probe(interface, address, timeout=0.3):
         sock.close()
 
 
+ICMP6_NS, ICMP6_NA = 135, 136
+
+
+def solicited_node(address):
+    """The solicited-node multicast group of an IPv6 address (ff02::1:ffXX:XXXX)."""
+    import ipaddress  # pylint: disable=import-outside-toplevel
+
+    low = ipaddress.IPv6Address(address).packed[-3:]
+    return str(ipaddress.IPv6Address(bytes.fromhex("ff0200000000000000000001ff") + low))
+
+
+def neighbor_solicitation(target, mac):
+    """An ICMPv6 Neighbour Solicitation for ``target`` with our link-layer address (checksum left to the kernel)."""
+    import ipaddress  # pylint: disable=import-outside-toplevel
+
+    option = bytes([1, 1]) + bytes.fromhex(mac.replace(":", ""))
+    return bytes([ICMP6_NS, 0, 0, 0, 0, 0, 0, 0]) + ipaddress.IPv6Address(target).packed + option
+
+
+def parse_neighbor_advert(data, target):
+    """The link-layer address a Neighbour Advertisement for ``target`` names (``"aa:bb:..."``), else None."""
+    import ipaddress  # pylint: disable=import-outside-toplevel
+
+    if len(data) < 24 or data[0] != ICMP6_NA or data[8:24] != ipaddress.IPv6Address(target).packed:
+        return None
+    options = data[24:]
+    while len(options) >= 8:
+        kind, length = options[0], options[1] * 8
+        if length == 0:
+            break
+        if kind == 2 and length >= 8:
+            return ":".join(f"{b:02x}" for b in options[2:8])
+        options = options[length:]
+    return "unknown"  # an answer without the option still says someone holds the address
+
+
+def ndp_probe(interface, address, timeout=0.3):
+    """
+    Who else answers Neighbour Solicitation for the IPv6 ``address`` on
+    ``interface`` (what :func:`arp_probe` is for IPv4): the link-layer
+    addresses in the Neighbour Advertisements received, other than ours.
+    This host's own kernel does not answer its own solicitation. Needs root.
+    """
+    import socket  # pylint: disable=import-outside-toplevel
+    import struct  # pylint: disable=import-outside-toplevel
+
+    with open(f"/sys/class/net/{interface}/address", encoding="ascii") as fh:
+        own_mac = fh.read().strip().lower()
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    try:
+        index = socket.if_nametoindex(interface)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, struct.pack("@I", index))
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)  # RFC 4861: hop limit 255
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)  # not to our own stack
+        sock.sendto(neighbor_solicitation(address, own_mac), (solicited_node(address), 0, 0, index))
+        seen = set()
+        for data in _received(sock, timeout, 1024):
+            mac = parse_neighbor_advert(data, address)
+            if mac and mac != own_mac:
+                seen.add(mac)
+        return sorted(seen)
+    finally:
+        sock.close()
+
+
+def neighbor_probe(interface, address, timeout=0.3):
+    """Other hosts that answer for ``address``: ARP for IPv4, Neighbour Solicitation for IPv6."""
+    if ":" in address:
+        return ndp_probe(interface, address, timeout)
+    return arp_probe(interface, address, timeout)
+
+
 def vip_conflicts():
     """
-    For every VIP this node holds: the other hosts that answer ARP for it too
-    (a split brain, or a stale copy on another node). IPv4 VIPs only.
+    For every VIP this node holds: the other hosts that answer for it too
+    (ARP for IPv4, Neighbour Solicitation for IPv6): a split brain, or a
+    stale copy on another node.
 
     CLI Example:
 
@@ -284,9 +364,7 @@ def vip_conflicts():
     out = {}
     for inst in status["instances"].values():
         for vip in inst["vips_present"]:
-            if ":" in vip:
-                continue
-            others = arp_probe(inst["interface"], vip)
+            others = neighbor_probe(inst["interface"], vip)
             if others:
                 out[vip] = others
     return out
@@ -384,8 +462,9 @@ def release_when_taken_over(timeout=15, interval=0.1):
     """
     After keepalived died without cleaning up (SIGKILL), this node still has
     its VIPs and still answers for them, which is right until a backup takes
-    over. Wait (up to ``timeout`` s) until another host answers ARP for every
-    one of them (an RFC 5227 probe, IPv4), then remove them here
+    over. Wait (up to ``timeout`` s) until another host answers for every
+    one of them (an RFC 5227 ARP probe for IPv4, a Neighbour Solicitation
+    for IPv6), then remove them here
     (``keepalived.release_stale_vips``). Does nothing while keepalived runs.
     Returns the addresses removed.
 
@@ -404,7 +483,7 @@ def release_when_taken_over(timeout=15, interval=0.1):
         stale = [(i["interface"], v) for i in status["instances"].values() for v in i["vips_present"]]
         if not stale:
             return []
-        if all(":" in vip or arp_probe(iface, vip, timeout=0.1) for iface, vip in stale):
+        if all(neighbor_probe(iface, vip, timeout=0.1) for iface, vip in stale):
             return mod["keepalived.release_stale_vips"]()
         if time.monotonic() > deadline:
             return []

@@ -698,6 +698,9 @@ def _plan(node=None, template=None, pillar=None):
         return out
     out["valid"] = True
     out["diff"] = masked_diff(out["old"], out["new"], path)
+    # instances whose VRRP state a reload (SIGHUP) would not keep: another interface, VRID or version, or gone
+    out["state_lost_on_reload"] = desired.reload_keeps_state(
+        out["old"], out["new"], sorted(desired.vrrp_identities(out["old"])))
     out["notify_script_current"] = read_text(conf["notify_script"]) == NOTIFY_SCRIPT
     out["running"] = running()
     return out
@@ -707,8 +710,10 @@ def plan(node=None, template=None, fresh_pillar=False):
     """
     What applying the pillar would change, without changing anything:
     ``{valid, errors, check_output, config_file, old_hash, new_hash, changed,
-    diff, notify_script_current, running}``. ``valid`` covers the pillar model
-    and ``keepalived -t``.
+    diff, notify_script_current, running, state_lost_on_reload}``. ``valid``
+    covers the pillar model and ``keepalived -t``; ``state_lost_on_reload``
+    names the running config's VRRP instances whose state a reload would not
+    keep (gone, or another interface, VRID or VRRP version).
 
     No secret is returned (the master's reconcile calls this on every node, so
     the return lands in the job cache and on the event bus): the configs are

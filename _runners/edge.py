@@ -50,6 +50,8 @@ Master settings (master config, all optional):
     edge_ha_model_ttl: 300          # seconds an event-triggered reconcile uses the last compiled model
     edge_ha_report_max_age: 35      # seconds after which a node's report counts as no answer
     edge_ha_kubernetes_timeout: 3   # seconds per Kubernetes request on the reconcile path
+    edge_ha_kubernetes_backoff: 10  # seconds Kubernetes calls are skipped after the API did not answer
+    edge_ha_apply_timeout: 120      # seconds one node's state.apply may take in a staged reload
 """
 
 import contextlib
@@ -59,6 +61,7 @@ import json
 import logging
 import os
 import re
+import signal
 import threading
 import time
 
@@ -71,7 +74,9 @@ from edge_ha_core import history as history_log
 from edge_ha_core import model as edge_model
 from edge_ha_core import planner
 from edge_ha_core import report as views
+from edge_ha_core import store
 from edge_ha_core.planner import FENCE_REASON
+from edge_ha_core.planner import HANDOVER_PREFIX
 from edge_ha_core.planner import SPLIT_HOLD
 from salt.exceptions import CommandExecutionError
 from salt.exceptions import SaltInvocationError
@@ -126,6 +131,53 @@ def _k8s():
         if "k8s" not in _PROCESS:
             _PROCESS["k8s"] = salt.loader.raw_mod(__opts__, "edge_k8s", None)  # pylint: disable=undefined-variable
         return _PROCESS["k8s"]
+
+
+KUBE_DOWN_PREFIXES = ("timeout:", "unreachable:", "connection failed:")
+
+
+def _kube_call(name, model, *args, **kwargs):
+    """
+    One ``edge_k8s`` call on the reconcile path (None if the function is not
+    loaded). When the API did not answer (timeout, unreachable), later calls
+    are skipped at once for ``edge_ha_kubernetes_backoff`` seconds (default
+    10; then one call tries again): a hung API costs one request timeout, not
+    one per call, and never holds the data plane.
+    """
+    fun = _k8s().get(name)
+    if not fun:
+        return None
+    backoff = float(__opts__.get("edge_ha_kubernetes_backoff", 10))  # pylint: disable=undefined-variable
+    down = _PROCESS.get("kube_down")
+    if down and time.monotonic() - down["at"] < backoff:
+        raise CommandExecutionError(f"skipped: the Kubernetes API did not answer {time.monotonic() - down['at']:.1f}s "
+                                    f"ago ({down['error']})")
+    try:
+        result = fun(*args, kubernetes=_kubernetes(model), **kwargs)
+    except Exception as exc:
+        if str(exc).startswith(KUBE_DOWN_PREFIXES):
+            _PROCESS["kube_down"] = {"at": time.monotonic(), "error": str(exc), "since": (down or {}).get(
+                "since", time.time())}
+        raise
+    _PROCESS.pop("kube_down", None)
+    return result
+
+
+def _standing_notes(state=None):
+    """What holds for the whole edge right now: an invalid pillar, an unreadable drain record, Kubernetes down."""
+    notes = []
+    if state and state.get("errors"):
+        notes.append(f"edge_ha pillar is invalid ({len(state['errors'])} errors, see edge.vip_report): "
+                     "the last good model stays in force")
+    if _PROCESS.get("drain_record_error"):
+        notes.append(f"the drain record is unreadable ({_PROCESS['drain_record_error']}): nodes the edge nodes "
+                     "list as drained stay drained; a drain or undrain writes it again")
+    down = _PROCESS.get("kube_down")
+    if down:
+        since = time.strftime("%H:%M:%S", time.localtime(down["since"]))
+        notes.append(f"the Kubernetes API has not answered since {since} ({down['error']}); the data plane is "
+                     "kept safe without it, the Service is written when it answers again")
+    return notes
 
 
 def _kubernetes(model):
@@ -215,9 +267,10 @@ def _edge_node_names():
     path = os.path.join(_state_dir(), "nodes.json")
     try:
         if time.time() - os.path.getmtime(path) < NODES_CACHE_TTL:
-            with open(path, encoding="utf-8") as fh:
-                return set(json.load(fh))
-    except (OSError, ValueError):
+            names = _load_json("nodes.json", None)
+            if isinstance(names, list):
+                return set(names)
+    except OSError:
         pass
     return set(_desired()["model"]["nodes"])
 
@@ -261,7 +314,7 @@ def _await_report(node, digest, seen, timeout):
 
 def _pods_ready(model):
     try:
-        pods = _k8s()["edge_k8s.ingress_pods"](kubernetes=_kubernetes(model))
+        pods = _kube_call("edge_k8s.ingress_pods", model)
     except Exception as exc:  # pylint: disable=broad-except
         log.warning("edge: cannot read ingress pods: %s", exc)
         return None
@@ -324,25 +377,44 @@ def _history_entries():
 
 
 def _load_json(name, default):
-    try:
-        with open(os.path.join(_state_dir(), name), encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+    """A record of the controller's (``edge_ha_core.store``); an unreadable one is logged and read as ``default``."""
+    loaded = store.load(os.path.join(_state_dir(), name), default)
+    if loaded.error:
+        log.error("edge: %s", loaded.error)
         return default
+    return loaded.data
 
 
 def _save_json(name, data):
-    path = os.path.join(_state_dir(), name)
-    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    """Write a record durably (fsync, atomic rename, checksum)."""
+    store.dump(os.path.join(_state_dir(), name), data)
 
 
-def _drained():
-    """``{node: {reason, since, source}}`` of drained nodes (the master's record, survives restarts)."""
-    data = _load_json("drained.json", {})
-    return data if isinstance(data, dict) else {}
+def _drained(reports=None):
+    """
+    ``{node: {reason, since, source}}`` of drained nodes (the master's record,
+    survives restarts). An unreadable record is never read as "nothing
+    drained": every node any edge node still lists as drained (each keeps the
+    list, ``keepalived.set_drained_nodes``) stays drained, and the error shows
+    in the report and the history until a drain or undrain writes the record
+    again.
+    """
+    loaded = store.load(os.path.join(_state_dir(), "drained.json"), {})
+    if loaded.error is None and isinstance(loaded.data, dict):
+        _PROCESS.pop("drain_record_error", None)
+        return loaded.data
+    error = loaded.error or "drained.json: not a mapping of node -> drain"
+    if reports is None:
+        reports = _reports(_desired()["model"])
+    recovered = planner.drains_from_reports(reports, error)
+    with _PROCESS["lock"]:
+        first = _PROCESS.get("drain_record_error") != error
+        _PROCESS["drain_record_error"] = error
+    if first:
+        log.error("edge: the drain record is unreadable (%s); treating %s as drained (from the nodes' lists)",
+                  error, ", ".join(sorted(recovered)) or "no node")
+        _record("drain_record", error=error, recovered=sorted(recovered))
+    return recovered
 
 
 @contextlib.contextmanager
@@ -368,12 +440,9 @@ def _locked(timeout=LOCK_WAIT):
 
 def _event(reason, message, event_type="Normal", model=None):
     """A Kubernetes Event on the ingress Service (never fails the caller)."""
-    fun = _k8s().get("edge_k8s.record_event")
-    if not fun:
-        return None
     try:
-        model = model or _desired()["model"]
-        return fun(reason, message, event_type=event_type, kubernetes=_kubernetes(model))
+        return _kube_call("edge_k8s.record_event", model or _desired()["model"], reason, message,
+                          event_type=event_type)
     except Exception as exc:  # pylint: disable=broad-except
         log.warning("edge: Kubernetes Event %s not recorded: %s", reason, exc)
         return None
@@ -407,6 +476,17 @@ def _progress(message):
         log.debug("edge: progress event not fired: %s", exc)
 
 
+def _crash_point(name):
+    """
+    Fault injection for the lab's interruption tests: with the environment
+    variable ``EDGE_HA_CRASH_AT=<name>`` the process running this runner is
+    killed here (SIGKILL), as a crash or a killed ``salt-run`` would stop it.
+    """
+    if os.environ.get("EDGE_HA_CRASH_AT") == name:
+        log.warning("edge: EDGE_HA_CRASH_AT=%s: killing this process (fault injection)", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _job(nodes, fun, args=(), timeout=None):
     """One job for ``nodes`` (a list; one node: a str); returns ``{node: return}`` (the returns are not state)."""
     if not nodes:
@@ -437,8 +517,13 @@ def _apply_safety(wanted, actions, events):
                                               f"{released.get(node)}", "Warning"))
 
 
-def _apply_flags(wanted, actions, drains):
-    """Unfence, standby and the recorded drained lists as the plan says."""
+def _apply_flags(wanted, actions, drains, events):
+    """
+    Unfence, standby, the recorded drained lists, and what an interrupted
+    operation left behind, as the plan says. A drained node goes to standby
+    before its leftover handover flag is lifted (it must not take its VIPs back
+    in between); each repair is in the history and an Event.
+    """
     _job(wanted.unfence, "keepalived.out_of_service", [False])
     actions += [f"{node}: back in VIP ownership (ingress healthy)" for node in wanted.unfence]
     names = sorted(drains)
@@ -448,6 +533,13 @@ def _apply_flags(wanted, actions, drains):
     actions += [f"{node}: standby (drained)" for node in wanted.standby_on]
     _job(wanted.standby_off, "keepalived.standby", [False])
     actions += [f"{node}: standby lifted (not drained)" for node in wanted.standby_off]
+    _job(wanted.lift_handover, "keepalived.out_of_service", [False])
+    _job(wanted.unquiesce, "edge_node.quiesce", [False])
+    for node, what in wanted.repairs:
+        text = f"{node}: left by an interrupted operation: {what}"
+        actions.append(text)
+        _record("repair", node=node, what=what, drained=node in drains)
+        events.append(("OperationUndone", text, "Warning"))
 
 
 def _handover_timeout(model, node):
@@ -486,6 +578,7 @@ def _release(model, node, reason, standby_after, before=None, quiesce_timeout=No
     steps = []
     timeout = float(quiesce_timeout or __opts__.get("edge_ha_quiesce_timeout", 10))  # pylint: disable=undefined-variable
     quiesced = _job(node, "edge_node.quiesce", [True], timeout=10).get(node)
+    _crash_point("release:quiesced")
     if not isinstance(quiesced, dict):
         steps.append(f"new connections NOT held back ({quiesced})")
     start = time.monotonic()
@@ -503,7 +596,8 @@ def _release(model, node, reason, standby_after, before=None, quiesce_timeout=No
     try:
         if before:
             before()
-        _job(node, "keepalived.out_of_service", [True, f"handover: {reason}"], timeout=10)
+        _job(node, "keepalived.out_of_service", [True, f"{HANDOVER_PREFIX}{reason}"], timeout=10)
+        _crash_point("release:flagged")
         deadline = time.monotonic() + _handover_timeout(model, node)
         while True:
             reports = _reports(model)
@@ -511,6 +605,7 @@ def _release(model, node, reason, standby_after, before=None, quiesce_timeout=No
             if done or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+        _crash_point("release:handed")
         if standby_after:
             _job(node, "keepalived.standby", [True, reason], timeout=10)
     finally:
@@ -536,7 +631,8 @@ def _await_config(model, node, digest, timeout=10):
     Wait (bounded) until ``node`` reports keepalived running with the config
     named ``digest``. Returns ``"ok"``, ``"other"`` (running, but with
     another config: the node rendered from a newer pillar than the master's
-    model) or ``"failed"`` (not running, or no report in time).
+    model), ``"failed"`` (its report says keepalived is not running) or
+    ``"silent"`` (no fresh report in time).
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -546,7 +642,7 @@ def _await_config(model, node, digest, timeout=10):
         if time.monotonic() > deadline:
             if report and report.running and report.config_digest:
                 return "other"
-            return "failed"
+            return "failed" if report else "silent"
         time.sleep(0.1)
 
 
@@ -557,18 +653,28 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
     first (standby), so a config that makes keepalived exit never costs a VIP.
     After each node: keepalived running with the new config (its report
     names the desired digest) and every VIP held; otherwise the node goes back to its previous config and the rollout
-    stops. A config that failed is not retried until it changes (or
-    ``retry_failed``); while it is there, the other nodes' new configs are
-    held back too (the rollout stays stopped). Returns ``(actions, info)``.
+    stops. A config that keepalived refused (or that it did not run with) is
+    not retried until it changes (or ``retry_failed``); while it is there, the
+    other nodes' new configs are held back too (the rollout stays stopped).
+    A transient failure (no answer in time, another state run in progress)
+    counts against that node only: the rollout goes on with the others and the
+    node is tried again after a backoff (5 s, doubling, at most 300 s).
+    Returns ``(actions, info)``.
     """
     failed = _load_json("rollout_failed.json", {})
+    retries = _load_json("rollout_retry.json", {})
     actions, steps, blocked = [], [], []
-    info = {"order": [], "steps": steps, "stopped_at": None, "error": None, "blocked": blocked, "held": []}
+    info = {"order": [], "steps": steps, "stopped_at": None, "error": None, "blocked": blocked, "held": [],
+            "retry": {}}
     todo = []
+    now = time.time()
     for node in nodes:
         digest = digests[node]
         if not retry_failed and failed.get(node, {}).get("hash") == digest:
             blocked.append(node)
+            continue
+        if not retry_failed and not planner.retry_due(retries, node, digest, now):
+            info["retry"][node] = retries[node]
             continue
         todo.append(node)
     if blocked:
@@ -585,7 +691,10 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
         others = [n for n in model["nodes"] if n != node and reports.get(n) and reports[n].running
                   and not reports[n].standby.on and not reports[n].out_of_service.on]
         handed = False
-        if holds and others:
+        in_place = holds and _reload_keeps_state(node, reports.get(node))
+        held_states = {name: (inst.state, inst.since) for name, inst in reports[node].instances.items()
+                       if inst.vips_present} if in_place else {}
+        if holds and others and not in_place:
             done, holders, reports = _handover(model, node, f"staged reload ({reason})")
             handed = True
             if not done:
@@ -593,15 +702,29 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
                 info["stopped_at"], info["error"] = node, f"could not hand its VIPs over before the reload: {holders}"
                 steps.append((node, "not reloaded"))
                 break
-        applied = _job(node, "state.apply", ["edge"], timeout=120).get(node)
-        ok = isinstance(applied, dict) and all(isinstance(v, dict) and v.get("result") for v in applied.values())
-        error = None
-        if not ok:
-            comments = [v.get("comment", "") for v in (applied or {}).values() if isinstance(v, dict) and not v.get("result")] \
-                if isinstance(applied, dict) else [str(applied)]
-            error = "state.apply edge failed: " + " | ".join(c.splitlines()[0] for c in comments if c)[:600]
-        else:
+        _crash_point("rollout:before-apply")
+        applied = _job(node, "state.apply", ["edge"], timeout=_apply_timeout()).get(node)
+        outcome = planner.classify_apply(applied)
+        error = outcome.error if outcome.kind == planner.REFUSED else None
+        if outcome.kind == planner.TRANSIENT:
+            if handed and node not in drained:
+                _job(node, "keepalived.standby", [False], timeout=10)
+            entry = _retry_later(retries, node, digest, outcome.error)
+            info["retry"][node] = entry
+            steps.append((node, f"not applied ({outcome.error}); retried in {entry['backoff']:.0f}s"))
+            actions.append(f"{node}: keepalived NOT re-applied, transient ({outcome.error}); retried in "
+                           f"{entry['backoff']:.0f}s; the other nodes go on")
+            continue
+        if outcome.kind == "ok":
             outcome = _await_config(model, node, digest)
+            if outcome == "silent":
+                # applied, but no fresh report yet: not a refused config; look again later
+                if handed and node not in drained:
+                    _job(node, "keepalived.standby", [False], timeout=10)
+                entry = _retry_later(retries, node, digest, "no fresh report from the node after the reload")
+                info["retry"][node] = entry
+                steps.append((node, "applied; no report yet"))
+                continue
             if outcome == "other":
                 # keepalived runs a config the master did not expect: its model is older than the pillar the
                 # node rendered from. Nothing failed: stop here, compile the pillar, the next reconcile goes on.
@@ -632,23 +755,64 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
             break
         if handed and node not in drained:
             _job(node, "keepalived.standby", [False], timeout=10)
-        failed.pop(node, None)
-        _save_json("rollout_failed.json", failed)
-        steps.append((node, "ok"))
-        actions.append(f"{node}: keepalived re-applied (ok{', after handing its VIPs over' if handed else ''})")
+        if in_place:
+            after = reports.get(node)
+            flipped = sorted(name for name, (state, since) in held_states.items()
+                             if not after or name not in after.instances
+                             or (after.instances[name].state, after.instances[name].since) != (state, since))
+            if flipped:
+                actions.append(f"{node}: {', '.join(flipped)} changed VRRP state on the in-place reload")
+        if failed.pop(node, None) is not None:
+            _save_json("rollout_failed.json", failed)
+        if retries.pop(node, None) is not None:
+            _save_json("rollout_retry.json", retries)
+        steps.append((node, "ok, in place" if in_place else "ok"))
+        how = ", after handing its VIPs over" if handed else (", reloaded in place: it kept its VIPs" if in_place else "")
+        actions.append(f"{node}: keepalived re-applied (ok{how})")
     info["skipped"] = [n for n in order if n not in [s[0] for s in steps]]
     return actions, info
 
 
+def _reload_keeps_state(node, report):
+    """
+    Whether ``node`` can reload in place, owner included: every instance it
+    holds VIPs for keeps its interface, VRID and VRRP version in the new config
+    (keepalived's SIGHUP then keeps its state). One ``keepalived.plan`` job
+    to the node; False (hand over first) when it cannot tell.
+    """
+    held = sorted(name for name, inst in (report.instances.items() if report else ()) if inst.vips_present)
+    planned = _job(node, "keepalived.plan", timeout=30).get(node)
+    if not isinstance(planned, dict) or not planned.get("valid") or "state_lost_on_reload" not in planned:
+        return False
+    return not set(held) & set(planned["state_lost_on_reload"])
+
+
+def _apply_timeout():
+    """Seconds one node's ``state.apply edge`` may take in a staged reload (``edge_ha_apply_timeout``, 120)."""
+    return float(__opts__.get("edge_ha_apply_timeout", 120))  # pylint: disable=undefined-variable
+
+
+def _retry_later(retries, node, digest, error):
+    """Record a transient failure of ``node``'s staged reload; returns its retry entry (durable)."""
+    previous = retries.get(node) or {}
+    attempts = (previous.get("attempts", 0) if previous.get("digest") == digest else 0) + 1
+    backoff = planner.retry_backoff(attempts)
+    entry = {"digest": digest, "attempts": attempts, "backoff": backoff, "next": time.time() + backoff,
+             "error": error}
+    retries[node] = entry
+    _save_json("rollout_retry.json", retries)
+    _record("retry", node=node, attempts=attempts, backoff=backoff, error=error)
+    return entry
+
+
 def _kube_drains(model):
     """Drain nodes Kubernetes excludes (cordoned / exclude-from-external-load-balancers); undrain them when that ends."""
-    fun = _k8s().get("edge_k8s.excluded_nodes")
-    if not fun:
-        return []
     try:
-        excluded = fun(kubernetes=_kubernetes(model))
+        excluded = _kube_call("edge_k8s.excluded_nodes", model)
     except Exception as exc:  # pylint: disable=broad-except
         log.warning("edge: cannot read Kubernetes nodes: %s", exc)
+        return []
+    if excluded is None:
         return []
     by_kube = {v["kubernetes_node"]: n for n, v in model["nodes"].items()}
     want = {by_kube[k]: why for k, why in excluded.items() if k in by_kube}
@@ -682,14 +846,12 @@ def _owners_changed(model, reports, actions):
             _event("VIPFailover", f"{vip}: owner {before} -> {owner}", model=model)
     if any(last.get(v) != o for v, o in live.items()):
         _save_json("owners.json", dict(last, **live))
-    fun = _k8s().get("edge_k8s.set_vip_owners")
-    if fun:
-        try:
-            result = fun(owners, kubernetes=_kubernetes(model))
-            if result.get("changed"):
-                actions.append(f"service annotation vip-owners: {result.get('new')}")
-        except Exception as exc:  # pylint: disable=broad-except
-            log.warning("edge: vip-owners annotation not updated: %s", exc)
+    try:
+        result = _kube_call("edge_k8s.set_vip_owners", model, owners)
+        if result and result.get("changed"):
+            actions.append(f"service annotation vip-owners: {result.get('new')}")
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("edge: vip-owners annotation not updated: %s", exc)
     return owners
 
 
@@ -698,12 +860,27 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
     started = time.monotonic()
     state = _desired()
     model = state["model"]
-    actions = [] if test or not refresh else _kube_drains(model)
-    drains = _drained()
     reports = _reports(model)
+    drains = _drained(reports)
     digests = _digests(model, drains)
-    kube = planner.KubeView(pods_ready=_pods_ready(model))
     split_hold = __opts__.get("edge_ha_split_brain_hold", SPLIT_HOLD)  # pylint: disable=undefined-variable
+    actions, events = [], []
+    jobs_before = _PROCESS.get("jobs", 0)
+    # data-plane safety first, before any Kubernetes call: pod readiness does not change it, and a
+    # Kubernetes API that accepts connections but never answers must not delay a fence
+    safety = planner.plan(model, reports, None, drains, time.time(), digests, split_hold=split_hold)
+    if not test:
+        _apply_safety(safety, actions, events)
+        if safety.safety:
+            _bump("fencing_actions", by=len(safety.fence) + len(safety.split_fence) + len(safety.release))
+        if refresh:
+            drained_by_kube = _kube_drains(model)
+            if drained_by_kube:
+                actions += drained_by_kube
+                reports = _reports(model)
+                drains = _drained(reports)
+                digests = _digests(model, drains)
+    kube = planner.KubeView(pods_ready=_pods_ready(model))
     wanted = planner.plan(model, reports, kube, drains, time.time(), digests, split_hold=split_hold)
     if wanted.rerender and not refresh:
         # a node runs another config than the kept model's: the pillar may have changed since it was
@@ -712,17 +889,10 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         model = state["model"]
         digests = _digests(model, drains)
         wanted = planner.plan(model, reports, kube, drains, time.time(), digests, split_hold=split_hold)
-    if state.get("errors"):
-        wanted.notes.insert(0, f"edge_ha pillar is invalid ({len(state['errors'])} errors, see edge.vip_report): "
-                               "the last good model stays in force")
-    events = []
+    wanted.notes[:0] = _standing_notes(state)
     rollout = None
-    jobs_before = _PROCESS.get("jobs", 0)
     if not test:
-        _apply_safety(wanted, actions, events)
-        if wanted.safety:
-            _bump("fencing_actions", by=len(wanted.fence) + len(wanted.split_fence) + len(wanted.release))
-        _apply_flags(wanted, actions, drains)
+        _apply_flags(wanted, actions, drains, events)
     if wanted.rerender and not test:
         if wanted.node_jobs > len(wanted.rerender):
             reports = _reports(model)  # who holds what now
@@ -737,6 +907,10 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         for node in rollout["blocked"]:
             wanted.notes.append(f"{node}: its new keepalived config failed before and is not retried until it "
                                 "changes (salt-run edge.reconcile retry_failed=True)")
+        for node, entry in sorted(rollout["retry"].items()):
+            wanted.notes.append(f"{node}: new keepalived config not applied yet ({entry.get('error')}); tried again "
+                                f"after {time.strftime('%H:%M:%S', time.localtime(entry.get('next', 0)))} "
+                                f"(attempt {entry.get('attempts')})")
         for node in rollout["held"]:
             wanted.notes.append(f"{node}: new keepalived config held back: the staged reload stopped at "
                                 f"{', '.join(rollout['blocked'])}")
@@ -777,15 +951,17 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
 def _set_service(model, wanted, reason, test):
     """The Service's externalIPs as the plan says (a PATCH only when they differ)."""
     try:
-        return _k8s()["edge_k8s.set_external_ips"](
+        result = _kube_call(
+            "edge_k8s.set_external_ips",
+            model,
             vips=_vips(model),
             nodes=_kube_nodes(model),
             healthy=wanted.service_nodes,
             reason=f"salt-edge-ha reconcile ({reason})",
             address_source="pillar",
-            kubernetes=_kubernetes(model),
             test=test,
         )
+        return result if result is not None else {"error": "edge_k8s.set_external_ips is not loaded"}
     except Exception as exc:  # pylint: disable=broad-except
         return {"error": str(exc)}
 
@@ -856,6 +1032,7 @@ def _drain(model, node, reason, source, drain_timeout=None):
     previous = drained.get(node)
     drained[node] = {"reason": reason, "since": time.time(), "source": source}
     _save_json("drained.json", drained)
+    _crash_point("drain:recorded")
     try:
         names = sorted(drained)
         _job(model["nodes"], "keepalived.set_drained_nodes", [names])
@@ -908,6 +1085,7 @@ def _undrain(model, node, reason):
     drained = _drained()
     info = drained.pop(node, None)
     _save_json("drained.json", drained)
+    _crash_point("undrain:recorded")
     steps = []
     _job(model["nodes"], "keepalived.set_drained_nodes", [sorted(drained)])
     reports = _reports(model)
@@ -1283,9 +1461,10 @@ def vip_report(test=False):  # pylint: disable=unused-argument
     state = _desired(refresh=True)
     model = state["model"]
     reports = _reports(model)
-    drained_nodes = _drained()
+    drained_nodes = _drained(reports)
     wanted = planner.plan(model, reports, planner.KubeView(_pods_ready(model)), drained_nodes,
                           desired=_digests(model, drained_nodes))
+    wanted.notes[:0] = _standing_notes()
     desired = _set_service(model, wanted, "report", True)
     if "error" in desired:
         service = {"match": None, "error": desired["error"]}

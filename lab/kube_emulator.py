@@ -8,7 +8,12 @@ runners, through a kubeconfig) and the same protocol on a Unix socket (for the
 lab tool and the tests in the root namespace, which has no route to the lab).
 
     python lab/kube_emulator.py --seed seed.json --port 6443 \
-        --kubeconfig kubeconfig --socket kube.sock
+        --kubeconfig kubeconfig --socket kube.sock [--deny-external-ips]
+
+``--deny-external-ips`` (or ``"deny_external_ips": true`` in the seed) makes it
+a hardened cluster: the ``DenyServiceExternalIPs`` admission plugin answers
+403 to a create or update that adds ``spec.externalIPs`` to a Service. The
+seed's ingress Service is stored directly, as before.
 """
 
 import argparse
@@ -71,9 +76,13 @@ def main():
     parser.add_argument("--port", type=int, default=6443)
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--socket", required=True)
+    parser.add_argument("--deny-external-ips", action="store_true",
+                        help="emulate the DenyServiceExternalIPs admission plugin (a hardened cluster)")
     args = parser.parse_args()
-    api = KubeAPIEmulator(port=args.port).start()
-    seed(api, json.loads(pathlib.Path(args.seed).read_text()))
+    data = json.loads(pathlib.Path(args.seed).read_text())
+    api = KubeAPIEmulator(port=args.port,
+                          deny_external_ips=args.deny_external_ips or bool(data.get("deny_external_ips"))).start()
+    seed(api, data)
     if os.environ.get("EDGE_HA_KUBE_REQUEST_LOG"):
         log_requests(api, os.environ["EDGE_HA_KUBE_REQUEST_LOG"])
     api.write_kubeconfig(args.kubeconfig)

@@ -54,6 +54,9 @@ def lab_pillar(kubeconfig):
         "vrrp_instances": {
             "VI_INGRESS": {
                 "virtual_router_id": 51,
+                # explicit: the lab's tests and benchmarks want edge1 the owner, edge2 the
+                # first backup (derived priorities would spread instances by a hash)
+                "priority": {"edge1": 150, "edge2": 140, "edge3": 130},
                 "vrrp_version": 3,
                 "advert_int": 1,
                 "unicast": True,

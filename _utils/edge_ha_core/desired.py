@@ -59,3 +59,37 @@ def read_digest(text):
 def node_digests(model, drained=()):
     """``{node: digest}`` of every edge node's view (``drained``: nodes whose real servers get weight 0)."""
     return {node: view_digest(edge_model.view_for_node(model, node, drained)) for node in sorted(model["nodes"])}
+
+
+def vrrp_identities(text):
+    """
+    ``{instance: (interface, virtual_router_id, version)}`` of the
+    ``vrrp_instance`` blocks in a keepalived.conf: what keepalived's reload
+    (SIGHUP) must find unchanged to keep an instance's VRRP state.
+    """
+    out = {}
+    name, depth, seen = None, 0, {}
+    for raw in (text or "").splitlines():
+        line = raw.split("#", 1)[0].split("!", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split()
+        if depth == 0 and words[0] == "vrrp_instance" and len(words) >= 2:
+            name, seen = words[1], {}
+        if name and depth == 1 and len(words) >= 2 and words[0] in ("interface", "virtual_router_id", "version"):
+            seen.setdefault(words[0], words[1])
+        depth += line.count("{") - line.count("}")
+        if name and depth <= 0:
+            out[name] = (seen.get("interface"), seen.get("virtual_router_id"), seen.get("version", "2"))
+            name, depth = None, 0
+    return out
+
+
+def reload_keeps_state(old_text, new_text, instances):
+    """
+    The ``instances`` (those a node holds VIPs for) whose VRRP state a reload
+    would not keep: gone from the new config, or another interface, VRID or
+    VRRP version. An empty list: an in-place reload keeps the node the owner.
+    """
+    old, new = vrrp_identities(old_text), vrrp_identities(new_text)
+    return sorted(i for i in instances if i not in new or old.get(i) != new[i])

@@ -20,6 +20,7 @@ Validation reports every error at once, each naming its pillar path
 allowed values. Nothing on a node is changed unless the model is valid.
 """
 
+import hashlib
 import ipaddress
 import math
 import numbers
@@ -347,6 +348,8 @@ TOP_KEYS = (
     "vrrp_instances",
     "virtual_servers",
     "kubernetes",
+    "address_pools",
+    "load_balancer",
 )
 
 
@@ -568,11 +571,14 @@ def _check_auth(errors, apath, auth, version, state):
             )
 
 
-def _validate_instance(errors, name, inst, ctx):
-    """One vrrp_instance; records its VIPs in ``ctx['vips']`` and VRIDs in ``ctx['vrids']``."""
-    ipath = _path(ROOT, "vrrp_instances", name)
+def _validate_instance(errors, name, inst, ctx, ipath=None, keys=INSTANCE_KEYS):
+    """
+    One vrrp_instance; records its VIPs in ``ctx['vips']`` and VRIDs in ``ctx['vrids']``.
+    ``ipath``/``keys``: an address pool's ``vrrp`` settings checked by the same rules.
+    """
+    ipath = ipath or _path(ROOT, "vrrp_instances", name)
     nodes = ctx["nodes"]
-    if not _check_keys(errors, ipath, inst, INSTANCE_KEYS, required=("virtual_router_id", "virtual_ipaddress")):
+    if not _check_keys(errors, ipath, inst, keys, required=("virtual_router_id", "virtual_ipaddress")):
         return
     version = 2
     if "vrrp_version" in inst:
@@ -733,11 +739,11 @@ def _validate_instances(errors, instances, data, nodes):
     }
     if not isinstance(instances, dict) or not instances:
         errors.add(path, "must be a non-empty mapping of instance name -> settings")
-        return ctx["vips"]
+        return ctx
     _check_names(errors, path, instances)
     for name, inst in instances.items():
         _validate_instance(errors, name, inst, ctx)
-    return ctx["vips"]
+    return ctx
 
 
 def _validate_check(errors, path, check):
@@ -898,6 +904,180 @@ def _validate_ingress(errors, ingress):
             errors.add(_path(path, key), f"must be a number of seconds above 0 and up to 60, got {describe(value)}")
 
 
+POOL_KEYS = ("addresses", "virtual_router_ids", "prefix", "prefix6", "auto_assign", "avoid_buggy_ips", "vrrp")
+# a pool's instances: every vrrp_instance key but the two the pool decides per address
+POOL_VRRP_KEYS = tuple(k for k in INSTANCE_KEYS if k not in ("virtual_router_id", "virtual_ipaddress"))
+DEFAULT_LOAD_BALANCER = {"default_class": False}
+LOAD_BALANCER_KEYS = tuple(DEFAULT_LOAD_BALANCER)
+_RANGE_EXAMPLE = "CIDR (203.0.113.0/28) or range (203.0.113.10-203.0.113.20)"
+
+
+def parse_pool_entry(value):
+    """
+    One ``address_pools:*:addresses`` entry -> ``(first, last)`` ip_address
+    objects. A CIDR (``203.0.113.0/28``, ``2001:db8::/124``) or an inclusive
+    range ``FIRST-LAST`` of one family (MetalLB's syntax; spaces around ``-``
+    allowed). Raises ValueError with the reason.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a {_RANGE_EXAMPLE}, got {describe(value)}")
+    text = value.strip()
+    if "-" in text:
+        first_text, _, last_text = text.partition("-")
+        try:
+            first = ipaddress.ip_address(first_text.strip())
+            last = ipaddress.ip_address(last_text.strip())
+        except ValueError:
+            raise ValueError(f"{describe(value)} is not a {_RANGE_EXAMPLE}") from None
+        if first.version != last.version:
+            raise ValueError(f"{describe(value)} mixes IPv{first.version} and IPv{last.version}")
+        if first > last:
+            raise ValueError(f"{describe(value)}: the first address is above the last")
+        return first, last
+    if "/" not in text:
+        raise ValueError(f"{describe(value)} is a single address; write {text}/{32 if ':' not in text else 128} "
+                         f"or {text}-{text}")
+    try:
+        net = ipaddress.ip_network(text)
+    except ValueError as exc:
+        if "has host bits set" in str(exc):
+            raise ValueError(f"{describe(value)} has host bits set; the network is "
+                             f"{ipaddress.ip_network(text, strict=False)}") from None
+        raise ValueError(f"{describe(value)} is not a {_RANGE_EXAMPLE}") from None
+    if net.prefixlen == 0:
+        raise ValueError(f"{describe(value)} would claim every address")
+    return net.network_address, net.broadcast_address
+
+
+def parse_vrid_range(value):
+    """``virtual_router_ids``: an integer, ``"FIRST-LAST"`` or a list of them -> sorted VRIDs (ValueError)."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ValueError("must not be empty")
+    out = set()
+    for item in items:
+        if _is_int(item):
+            low = high = item
+        elif isinstance(item, str) and re.fullmatch(r"\s*\d{1,3}\s*-\s*\d{1,3}\s*", item):
+            low, high = (int(p) for p in item.split("-"))
+        else:
+            raise ValueError(f"must be a VRID, a range like 100-119 or a list of them, got {describe(item)}")
+        if not 1 <= low <= high <= 255:
+            raise ValueError(f"{describe(item)}: VRIDs are 1-255, the first not above the last")
+        out.update(range(low, high + 1))
+    return sorted(out)
+
+
+def _range_problem(first, last):
+    """Why a pool range holds addresses no Service may get, or None (checked at both ends and for
+    the special blocks it may span)."""
+    for addr in (first, last):
+        problem = _host_problem(addr, link_local=False)
+        if problem:
+            return problem
+    specials = (
+        ["0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/3"] if first.version == 4
+        else ["::/127", "fe80::/10", "ff00::/8", "::ffff:0:0/96"]
+    )
+    for block in map(ipaddress.ip_network, specials):
+        if first <= block.network_address and block.broadcast_address <= last:
+            return f"it spans {block}, whose addresses are not unicast host addresses"
+    return None
+
+
+def _validate_address_pools(errors, pools, ctx):
+    """
+    ``address_pools``: the addresses LoadBalancer Services get. Every entry
+    parses, no overlap between pools, no pillar VIP or node address inside a
+    pool, VRIDs disjoint from the pillar's instances and from other pools;
+    ``vrrp`` follows the vrrp_instances rules (checked on a sample instance
+    per address family the pool has).
+    """
+    path = _path(ROOT, "address_pools")
+    if not _named_mapping(errors, path, pools):
+        return
+    ranges = []  # (first, last, pool, index)
+    vrid_owner = {}
+    pillar_vrids = {vrid: inst for (_node, _iface, _family, vrid), inst in ctx["vrids"].items()}
+    for name, pool in pools.items():
+        ppath = _path(path, name)
+        if not _check_keys(errors, ppath, pool, POOL_KEYS, required=("addresses", "virtual_router_ids")):
+            continue
+        families = {}
+        apath = _path(ppath, "addresses")
+        entries = pool.get("addresses")
+        if isinstance(entries, str):
+            entries = [entries]
+        if "addresses" in pool and (not isinstance(entries, list) or not entries):
+            errors.add(apath, f"must be a non-empty list of {_RANGE_EXAMPLE} entries")
+            entries = []
+        for i, entry in enumerate(entries or []):
+            try:
+                first, last = parse_pool_entry(entry)
+            except ValueError as exc:
+                errors.add(_path(apath, i), str(exc))
+                continue
+            if not _check_problem(errors, _path(apath, i), _range_problem(first, last)):
+                continue
+            families.setdefault(first.version, first)
+            ranges.append((first, last, name, i))
+            for addr, owner in ctx["node_owner"].items():
+                if addr.version == first.version and first <= addr <= last:
+                    errors.add(_path(apath, i), f"holds {addr}, the address of node {owner}")
+            for vip, inst in ctx["vips"].items():
+                if vip.version == first.version and first <= vip <= last:
+                    errors.add(_path(apath, i), f"holds {vip}, a VIP of vrrp_instances:{inst}; "
+                                                "pool addresses go to Services only")
+        for key, family, top in (("prefix", 4, 32), ("prefix6", 6, 128)):
+            if key in pool:
+                _check_int(errors, _path(ppath, key), pool[key], 1, top)
+        for key in ("auto_assign", "avoid_buggy_ips"):
+            if key in pool:
+                _check_bool(errors, _path(ppath, key), pool[key])
+        vpath = _path(ppath, "virtual_router_ids")
+        vrids = []
+        if "virtual_router_ids" in pool:
+            try:
+                vrids = parse_vrid_range(pool["virtual_router_ids"])
+            except ValueError as exc:
+                errors.add(vpath, str(exc))
+        for vrid in vrids:
+            if vrid in pillar_vrids:
+                errors.add(vpath, f"VRID {vrid} is used by vrrp_instances:{pillar_vrids[vrid]}; each address of "
+                                  "the pool becomes an instance of its own with a VRID from this list")
+                break
+            if vrid_owner.setdefault(vrid, name) != name:
+                errors.add(vpath, f"VRID {vrid} is also in address_pools:{vrid_owner[vrid]}:virtual_router_ids")
+                break
+        template = pool.get("vrrp", {})
+        tpath = _path(ppath, "vrrp")
+        if "vrrp" in pool and not isinstance(template, dict):
+            errors.add(tpath, f"must be a mapping of vrrp_instance settings, got {type(template).__name__}")
+            continue
+        if not _check_keys(errors, tpath, template, POOL_VRRP_KEYS):
+            continue
+        found = _Errors()
+        scratch = dict(ctx, vips={}, vrids={})
+        known = {k: v for k, v in template.items() if k in POOL_VRRP_KEYS}
+        for family, sample in sorted(families.items()):
+            inst = dict(known, virtual_router_id=vrids[0] if vrids else 1,
+                        virtual_ipaddress=[f"{sample}/{32 if family == 4 else 128}"])
+            _validate_instance(found, name, inst, scratch, ipath=tpath)
+        for item in dict.fromkeys(found.items):  # one family's message once, not per family
+            errors.items.append(item)
+    ranges.sort(key=lambda r: (r[0].version, r[0], r[1]))
+    for (f1, l1, p1, i1), (f2, l2, p2, i2) in zip(ranges, ranges[1:]):
+        if f1.version == f2.version and f2 <= l1:
+            errors.add(_path(path, p2, "addresses", i2),
+                       f"overlaps address_pools:{p1}:addresses:{i1} ({f2}-{min(l1, l2)})")
+
+
+def _validate_load_balancer(errors, data):
+    path = _path(ROOT, "load_balancer")
+    if _check_keys(errors, path, data, LOAD_BALANCER_KEYS) and "default_class" in data:
+        _check_bool(errors, _path(path, "default_class"), data["default_class"])
+
+
 def _validate(errors, data):
     _check_keys(errors, ROOT, data, TOP_KEYS, required=("nodes", "vrrp_instances"))
     nodes = _validate_nodes(errors, data.get("nodes"))
@@ -909,11 +1089,15 @@ def _validate(errors, data):
         _validate_scripts(errors, data["vrrp_scripts"])
     if "vrrp_track_files" in data:
         _validate_track_files(errors, data["vrrp_track_files"])
-    vips = {}
+    ctx = {"vips": {}, "vrids": {}, "nodes": nodes, "node_owner": {}, "scripts": set(), "files": set()}
     if "vrrp_instances" in data:
-        vips = _validate_instances(errors, instances, data, nodes)
+        ctx = _validate_instances(errors, instances, data, nodes)
     if "virtual_servers" in data:
-        _validate_virtual_servers(errors, data["virtual_servers"], vips, nodes)
+        _validate_virtual_servers(errors, data["virtual_servers"], ctx["vips"], nodes)
+    if "address_pools" in data:
+        _validate_address_pools(errors, data["address_pools"], ctx)
+    if "load_balancer" in data:
+        _validate_load_balancer(errors, data["load_balancer"])
     if "kubernetes" in data:
         _validate_kubernetes(errors, data["kubernetes"])
     if "ingress" in data:
@@ -942,16 +1126,38 @@ def validate_model(data):
 INTERNAL_ERROR = "could not be validated: internal error"
 
 
-def derived_priorities(nodes):
+def owner_order(instance, members):
     """
-    Base priority per node: the node's own ``priority`` if set, otherwise
-    150, 140, 130, ... in node-name order (floor 1).
+    The nodes of one VRRP instance, preferred owner first: rendezvous
+    (highest-random-weight) hashing of ``(instance name, node name)``.
+
+    Each instance gets its own order, so N instances over M nodes give each
+    node about N/M as preferred owner. The order of two nodes never depends on
+    the other nodes or on the other instances: adding a node moves only the
+    instances it now tops (about N/(M+1) of them), removing one moves only the
+    instances it owned, adding an instance moves nothing. SHA-256, not
+    Python's ``hash()``: the same order on every node and every run.
     """
-    out = {}
-    for i, name in enumerate(sorted(nodes)):
-        derived = max(1, DERIVED_PRIORITY_TOP - DERIVED_PRIORITY_STEP * i)
-        out[name] = nodes[name].get("priority", derived)
-    return out
+    def weight(node):
+        digest = hashlib.sha256(f"{instance}\0{node}".encode()).digest()
+        return int.from_bytes(digest[:8], "big"), node
+
+    return sorted(members, key=weight, reverse=True)
+
+
+def derived_priorities(nodes, instance, members=None):
+    """
+    Base priority per node of one instance: the node's own ``priority`` if
+    set; the other nodes get 150, 140, 130, ... (floor 1) in
+    ``owner_order(instance, ...)`` (``members``: the instance's nodes,
+    default every node).
+    """
+    members = sorted(nodes) if members is None else members
+    out = {name: nodes[name]["priority"] for name in members if "priority" in nodes[name]}
+    derived = owner_order(instance, [name for name in members if name not in out])
+    for rank, name in enumerate(derived):
+        out[name] = max(1, DERIVED_PRIORITY_TOP - DERIVED_PRIORITY_STEP * rank)
+    return {name: out[name] for name in members}
 
 
 def _merge(defaults, value):
@@ -992,9 +1198,9 @@ def normalize(data):
         }
         for name, n in data["nodes"].items()
     }
-    base = derived_priorities(data["nodes"])
     for name in nodes:
-        nodes[name]["priority"] = base[name]
+        # the node's own base priority; None: derived per instance (owner_order)
+        nodes[name]["priority"] = data["nodes"][name].get("priority")
     instances = {}
     for name, inst in data["vrrp_instances"].items():
         vlist = inst["virtual_ipaddress"]
@@ -1002,6 +1208,7 @@ def normalize(data):
             vlist = [vlist]
         vips = [ipaddress.ip_interface(v) for v in vlist]
         members = inst.get("nodes", sorted(nodes))
+        base = derived_priorities(data["nodes"], name, members)
         prio = inst.get("priority")
         priorities = {}
         for node in members:
@@ -1080,6 +1287,24 @@ def normalize(data):
         "virtual_servers": servers,
         "kubernetes": _merge(DEFAULT_KUBERNETES, data.get("kubernetes")),
         "ingress": _merge(DEFAULT_INGRESS, data.get("ingress")),
+        "address_pools": {name: _normalize_pool(name, pool) for name, pool in (data.get("address_pools") or {}).items()},
+        "load_balancer": _merge(DEFAULT_LOAD_BALANCER, data.get("load_balancer")),
+    }
+
+
+def _normalize_pool(name, pool):
+    """One validated address pool: ranges as ``[first, last]`` strings in pillar order, defaults filled in."""
+    entries = pool["addresses"]
+    ranges = [parse_pool_entry(e) for e in ([entries] if isinstance(entries, str) else entries)]
+    return {
+        "name": name,
+        "ranges": [[str(first), str(last)] for first, last in ranges],
+        "virtual_router_ids": parse_vrid_range(pool["virtual_router_ids"]),
+        "prefix": pool.get("prefix", 32),
+        "prefix6": pool.get("prefix6", 128),
+        "auto_assign": pool.get("auto_assign", True),
+        "avoid_buggy_ips": pool.get("avoid_buggy_ips", False),
+        "vrrp": dict(pool.get("vrrp") or {}),
     }
 
 

@@ -18,6 +18,8 @@ from edge_ha_core import fleet
 FENCE_REASON = "ingress unhealthy"
 SPLIT_REASON = "split brain"
 SPLIT_HOLD = 30  # seconds a split-brain fence stays before it is lifted to test the path again
+HANDOVER_PREFIX = "handover: "  # the out-of-service reason while an operation hands a node's VIPs over
+RECOVERED = "recovered"  # the source of a drain read back from the nodes' lists (the record was unreadable)
 
 
 @dataclasses.dataclass
@@ -39,6 +41,8 @@ class Plan:
     standby_on: List[str] = dataclasses.field(default_factory=list)
     standby_off: List[str] = dataclasses.field(default_factory=list)
     drained_lists: List[str] = dataclasses.field(default_factory=list)
+    lift_handover: List[str] = dataclasses.field(default_factory=list)  # left by an interrupted operation
+    unquiesce: List[str] = dataclasses.field(default_factory=list)  # left by an interrupted operation
     rerender: List[str] = dataclasses.field(default_factory=list)
     notes: List[str] = dataclasses.field(default_factory=list)
 
@@ -51,7 +55,14 @@ class Plan:
     def node_jobs(self):
         """How many minion jobs applying the plan sends (re-renders count one each)."""
         return (len(self.fence) + len(self.unfence) + len(self.release) + len(self.split_fence)
-                + len(self.standby_on) + len(self.standby_off) + len(self.drained_lists) + len(self.rerender))
+                + len(self.standby_on) + len(self.standby_off) + len(self.drained_lists) + len(self.rerender)
+                + len(self.lift_handover) + len(self.unquiesce))
+
+    @property
+    def repairs(self):
+        """What an interrupted operation left behind and this plan undoes: ``[(node, what)]``."""
+        return ([(n, "handover flag (out of VIP ownership) lifted") for n in self.lift_handover]
+                + [(n, "quiesce table (new connections to its VIPs dropped) removed") for n in self.unquiesce])
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -61,13 +72,48 @@ def stale_copies(model, reports, stopped):
     """
     Nodes whose keepalived is not running but whose interface still holds
     VIPs: ``(release, waiting)``. A stale copy is released once a live node
-    holds each of its VIPs; until then the killed node is what still answers.
+    holds each of its VIPs, as a report built no earlier than the stopped
+    node's own says (a report from before the kill can show a node that held
+    the VIP a moment ago: releasing on it would leave nobody answering until
+    the backups' master-down interval ends); until then the killed node is
+    what still answers.
     """
     live = fleet.vip_holders(model, reports)
     leftover = {n: fleet.stale_vips(reports[n]) for n in stopped}
-    release = sorted(n for n, vips in leftover.items() if vips and all(live.get(v) for v in vips))
+
+    def taken_over(node, vip):
+        return any(reports[h].time >= reports[node].time for h in live.get(vip) or ())
+
+    release = sorted(n for n, vips in leftover.items() if vips and all(taken_over(n, v) for v in vips))
     waiting = {n: vips for n, vips in leftover.items() if vips and n not in release}
     return release, waiting
+
+
+def handover_left(reports):
+    """
+    Nodes out of VIP ownership for a handover. An operation (drain, undrain,
+    staged reload) sets this flag and lifts it before it returns, and the
+    plan is only applied under the lock that operations hold: a flag seen
+    here was left by an operation that was interrupted (process killed,
+    master restarted).
+    """
+    return sorted(n for n, r in reports.items()
+                  if r and r.out_of_service.on and r.out_of_service.reason.startswith(HANDOVER_PREFIX))
+
+
+def quiesce_left(reports):
+    """Nodes with the quiesce table (new connections dropped): left by an interrupted operation, as above."""
+    return sorted(n for n, r in reports.items() if r and r.quiesced)
+
+
+def drains_from_reports(reports, error):
+    """
+    The safe reading of an unreadable drain record: every node that any edge
+    node's report lists as drained stays drained (``source: recovered``).
+    """
+    names = sorted({n for r in reports.values() if r and r.drained_nodes for n in r.drained_nodes})
+    return {n: {"reason": f"kept drained: the drain record is unreadable ({error})", "since": None,
+                "source": RECOVERED} for n in names}
 
 
 def split_fences_to_lift(reports, fenced, splitting, now, hold):
@@ -122,7 +168,9 @@ def plan(model, reports, kube=None, drains=None, now=None, desired=None, split_h
         else:
             notes.append(f"{node}: keepalived is not running (not restarted by reconcile; state.apply starts it)")
     healthy = {n for n in reachable if fleet.node_healthy(reports[n])}
-    out_now = {n for n in reachable if reports[n].out_of_service.on}
+    # a handover flag left by an interrupted operation is lifted (or replaced by a fence) below
+    leftover = set(handover_left({n: reports[n] for n in reachable}))
+    out_now = {n for n in reachable if reports[n].out_of_service.on} - leftover
     ours = {n for n in out_now if reports[n].out_of_service.reason == FENCE_REASON}
     split = fleet.split_brain_losers(model, reports, SPLIT_REASON)
     split_fenced = {n for n in out_now if reports[n].out_of_service.reason.startswith(SPLIT_REASON)}
@@ -150,9 +198,70 @@ def plan(model, reports, kube=None, drains=None, now=None, desired=None, split_h
         n for n in reachable if reports[n].drained_nodes is not None and reports[n].drained_nodes != want_list
     )
     out.standby_on = sorted(set(drains) & set(reachable) - standby)
+    out.lift_handover = sorted(leftover - set(out.fence))
+    out.unquiesce = quiesce_left({n: reports[n] for n in reachable})
+    for node, what in out.repairs:
+        notes.append(f"{node}: left by an interrupted operation: {what}")
     out.standby_off = sorted(standby - set(drains))
     for node in sorted(drains):
         why = drains[node].get("reason") or drains[node].get("source") or ""
         notes.append(f"{node}: drained ({why})")
     out.rerender = config_to_rerender(model, reports, desired)
     return out
+
+
+# ------------------------------------------------ staged reload outcomes
+
+REFUSED = "refused"
+TRANSIENT = "transient"
+RETRY_BASE = 5.0  # seconds before the first retry of a transient failure; doubles per attempt
+RETRY_MAX = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyOutcome:
+    """What ``state.apply edge`` on one node came to: ``ok``, or ``refused``/``transient`` with the reason."""
+
+    kind: str
+    error: Optional[str] = None
+
+
+def _first_line(text):
+    return (str(text).strip().splitlines() or [""])[0]
+
+
+def classify_apply(applied):
+    """
+    Sort a node's ``state.apply edge`` return into ``ok``, ``refused`` (the
+    keepalived config itself was refused: the pillar model or ``keepalived -t``
+    said no, or keepalived did not run with it: remembered as failed, not
+    retried until it changes) or ``transient`` (no answer in time, another
+    state run in progress, a state other than keepalived's failed: retried
+    with backoff, never held against the config).
+    """
+    if not isinstance(applied, dict) or not applied:
+        if isinstance(applied, list) and any("is running as PID" in str(a) for a in applied):
+            return ApplyOutcome(TRANSIENT, "another state run is in progress: " + _first_line(applied[0]))
+        return ApplyOutcome(TRANSIENT, f"no usable answer from state.apply: {_first_line(applied)[:300] or 'none'}")
+    failed = {k: v for k, v in applied.items() if not (isinstance(v, dict) and v.get("result"))}
+    if not failed:
+        return ApplyOutcome("ok")
+    comments = " | ".join(_first_line(v.get("comment", "")) if isinstance(v, dict) else _first_line(v)
+                          for v in failed.values())[:600]
+    ours = [v for k, v in failed.items()
+            if isinstance(v, dict) and str(k).startswith("keepalived_|-") and str(k).endswith("_|-managed")]
+    refusal = ("nothing changed", "is not running after loading")
+    if ours and any(any(r in str(v.get("comment", "")) for r in refusal) for v in ours):
+        return ApplyOutcome(REFUSED, "state.apply edge failed: " + comments)
+    return ApplyOutcome(TRANSIENT, "state.apply edge failed: " + comments)
+
+
+def retry_backoff(attempts):
+    """Seconds to wait before retrying a node after ``attempts`` transient failures in a row."""
+    return min(RETRY_MAX, RETRY_BASE * 2 ** max(0, attempts - 1))
+
+
+def retry_due(retries, node, digest, now):
+    """Whether a node whose staged reload failed transiently may be tried again now (always, for a new config)."""
+    entry = retries.get(node) or {}
+    return entry.get("digest") != digest or now >= float(entry.get("next") or 0)

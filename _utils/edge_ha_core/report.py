@@ -155,6 +155,19 @@ def history_rows(entries, limit=50, kinds=None):
             if entry.get("stopped_at"):
                 what += f"; STOPPED at {entry['stopped_at']}: {entry.get('error')}"
             row = {"who": "edge.reconcile", "what": what, "why": entry.get("reason", "")}
+        elif kind == "repair":
+            row = {"who": "edge.reconcile",
+                   "what": f"{entry.get('node')}: {entry.get('what')}" + (" (drained: stays drained)" if entry.get("drained") else ""),
+                   "why": "left by an interrupted operation"}
+        elif kind == "drain_record":
+            row = {"who": "edge.reconcile",
+                   "what": "drain record unreadable; kept drained: " + (", ".join(entry.get("recovered") or []) or "no node"),
+                   "why": entry.get("error", "")}
+        elif kind == "retry":
+            row = {"who": "edge.reconcile",
+                   "what": f"{entry.get('node')}: staged reload failed for a transient reason, retried in "
+                           f"{entry.get('backoff')}s (attempt {entry.get('attempts')})",
+                   "why": entry.get("error", "")}
         elif kind == "ignored":
             row = {"who": "edge.trigger", "what": f"ignored event claiming {entry.get('claimed_id')!r}",
                    "why": entry.get("source", "")}

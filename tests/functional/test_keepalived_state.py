@@ -36,6 +36,7 @@ PILLAR = {
     "vrrp_instances": {
         "VI_1": {
             "virtual_router_id": 51,
+            "priority": {"edge1": 150, "edge2": 140, "edge3": 130},  # derived ones follow a hash
             "advert_int": 1,
             "unicast": True,
             "virtual_ipaddress": [f"{VIP}/24"],
@@ -104,7 +105,7 @@ def applied(edge):
     results = edge.apply()
     for name, (rc, data) in results.items():
         assert rc == 0, f"{name}: {json.dumps(data, indent=1)}"
-    # settled: edge1 has the highest derived priority (150) and preempts
+    # settled: edge1 has the highest priority (150) and preempts
     settled, _ = wait_for(lambda: edge.topo.holders(VIP) == ["edge1"], 15)
     assert settled, f"VIP holders: {edge.topo.holders(VIP)}"
     return edge

@@ -415,9 +415,22 @@ def test_requests_match_the_api_calls_table(edge_k8s, make_edge, cluster, emulat
     edge_k8s.set_vip_owners({VIP: "edge1"}, kubernetes=edge.settings)
     edge_k8s.record_event("VIPFailover", "table", kubernetes=edge.settings)
     edge_k8s.excluded_nodes(kubernetes=edge.settings)
-    seen = {(r.verb, r.resource) for r in emulator.requests}
+    lb_calls_in_emulator(edge_k8s, edge, cluster)
+    seen = {(r.verb, r.resource + ("/" + r.subresource if r.subresource else "")) for r in emulator.requests}
     table = {(verb, resource) for verb, resource, _scope, _used in edge_k8s.API_CALLS}
     assert seen == table
+
+
+def lb_calls_in_emulator(edge_k8s, edge, cluster):
+    """The LoadBalancer calls once each (tests/k8s/test_k8s_load_balancer.py tests what they do)."""
+    cluster.api.add_service("apps", "web", type="LoadBalancer", loadBalancerClass="edge-ha.salt/keepalived")
+    listing = edge_k8s.load_balancer_services(kubernetes=edge.settings)
+    edge_k8s.watch_load_balancer_services(listing["resource_version"], timeout=1, kubernetes=edge.settings)
+    rv = listing["services"][0]["metadata"]["resourceVersion"]
+    rv = edge_k8s.record_assignment("apps", "web", {"address": "203.0.113.5", "pool": "p", "vrid": 100}, rv,
+                                    kubernetes=edge.settings)["resource_version"]
+    edge_k8s.set_load_balancer_status("apps", "web", ["203.0.113.5"], rv, kubernetes=edge.settings)
+    assert edge_k8s.service_event("apps", "web", "AddressAssigned", "table", kubernetes=edge.settings)["created"]
 
 
 def test_wait_ingress_ready_follows_a_watch(edge_k8s, make_edge, cluster, emulator):

@@ -16,7 +16,7 @@ import pytest
 
 from lab.lab import BIN, NODES, lab_pillar
 
-from tests.support.labtools import ADDR, ALL_IPS, wait_for
+from tests.support.labtools import ADDR, ALL_IPS, salt_run, wait_for
 from tests.support.netns import alive
 
 pytestmark = [
@@ -160,13 +160,6 @@ def test_service_right_soon_after_the_transition(baseline, how):
     assert after < 1.5
     row = lab.report()["vips"][0]
     assert "edge2" in row["owner"]
-
-
-def salt_run(lab, *args, timeout=300):
-    """``salt-run`` as an operator runs it (default output): (exit code, stdout, stderr)."""
-    proc = subprocess.run(["ip", "netns", "exec", lab.ns("master"), str(BIN / "salt-run"), "-c", str(lab.etc),
-                           *args], capture_output=True, text=True, timeout=timeout, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_runner_exit_codes_arguments_first_and_progress(baseline):

@@ -18,11 +18,15 @@ def example_pillar():
     return copy.deepcopy(EXAMPLE["edge_ha"])
 
 
+PRIORITIES3 = {"edge1": 150, "edge2": 140, "edge3": 130}
+
+
 def model3():
-    """The example with a third node and derived priorities (edge1 150, edge2 140, edge3 130)."""
+    """The example with a third node and priorities edge1 150, edge2 140, edge3 130 (given in the
+    pillar: derived priorities would order the nodes by a hash, see model.owner_order)."""
     data = example_pillar()
     data["nodes"]["edge3"] = {"address": "198.18.0.13", "interface": "eth0"}
-    del data["vrrp_instances"]["VI_INGRESS"]["priority"]
+    data["vrrp_instances"]["VI_INGRESS"]["priority"] = dict(PRIORITIES3)
     return edge_model.normalize(data)
 
 

@@ -35,7 +35,16 @@ Protocol coverage:
   type reads back as on a real server); Events get the API server's legacy
   validation (``involvedObject.namespace`` must be the Event's namespace);
 * the status of Pods, Services and Nodes is kept on PUT/PATCH of the main
-  resource (they have a status subresource);
+  resource, and only the status changes through the ``/status`` subresource
+  (PUT or PATCH, with the same 409 on a stale ``metadata.resourceVersion``);
+  a Service's ``status.loadBalancer.ingress[].ip`` must be an IP address;
+* Services of ``type: LoadBalancer``: ``spec.loadBalancerClass`` is a
+  qualified name (``example.com/name``; unprefixed names are the users'), only with that type, immutable
+  while the type stays LoadBalancer (the API server's validation);
+* the ``DenyServiceExternalIPs`` admission plugin (``deny_external_ips=True``
+  or ``set_deny_external_ips``): a create or update of a Service that adds an
+  address to ``spec.externalIPs`` gets 403 Forbidden; removing addresses, the
+  status subresource and the seed helpers are not affected;
 * errors in the ``Status`` format (``kind: Status``, ``status: Failure``,
   ``message``, ``reason``, ``details``, ``code``); 401 without the token.
 
@@ -138,6 +147,9 @@ STRATEGIC_MERGE_KEYS = {
 STRATEGIC_MERGE_PRIMITIVES = {("metadata", "finalizers")}
 
 WRITE_VERBS = ("create", "update", "patch", "delete")
+# a qualified name as spec.loadBalancerClass needs it: [DNS-subdomain prefix "/"] name
+_QUALIFIED_NAME_RE = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 HISTORY_LIMIT = 10000
 _DELETE = object()
 
@@ -518,8 +530,10 @@ class _Server(ThreadingHTTPServer):
 class KubeAPIEmulator:
     """A Kubernetes API server emulator on 127.0.0.1 (see module docstring)."""
 
-    def __init__(self, token="emulator-token", user="system:serviceaccount:salt-edge-ha:salt-edge-ha", port=0):
+    def __init__(self, token="emulator-token", user="system:serviceaccount:salt-edge-ha:salt-edge-ha", port=0,
+                 deny_external_ips=False):
         self.token = token
+        self.deny_external_ips = deny_external_ips
         self.user = user
         self._requested_port = port
         self._lock = threading.RLock()
@@ -675,6 +689,11 @@ class KubeAPIEmulator:
                 if not (f.kind == "forbid" and f.verbs == frozenset({verb}) and f.resource == resource)
             ]
 
+    def set_deny_external_ips(self, enabled=True):
+        """Turn the ``DenyServiceExternalIPs`` admission plugin on or off (a hardened cluster)."""
+        with self._lock:
+            self.deny_external_ips = bool(enabled)
+
     def reset_faults(self):
         with self._lock:
             self._faults.clear()
@@ -733,7 +752,8 @@ class KubeAPIEmulator:
                 self._ip_counter += 1
                 spec["clusterIP"] = f"10.96.{self._ip_counter // 250}.{self._ip_counter % 250 + 1}"
                 spec["clusterIPs"] = [spec["clusterIP"]]
-            obj.setdefault("status", {"loadBalancer": {}})
+            if via_api or "status" not in obj:  # the API server ignores a status sent with the create
+                obj["status"] = {"loadBalancer": {}}
         elif resource == "pods":
             obj.setdefault("spec", {})
             if via_api and "status" not in obj:
@@ -759,7 +779,48 @@ class KubeAPIEmulator:
         if resource == "nodes" and isinstance(obj.get("spec"), dict) and obj["spec"].get("unschedulable") is False:
             del obj["spec"]["unschedulable"]
 
-    def _validate(self, resource, obj):
+    def _admit(self, resource, old, new, sub):
+        """Admission plugins after validation: ``DenyServiceExternalIPs`` (net-new externalIPs -> 403)."""
+        if resource != "services" or sub is not None or not self.deny_external_ips:
+            return
+        before = set(((old or {}).get("spec") or {}).get("externalIPs") or [])
+        added = [ip for ip in (new.get("spec") or {}).get("externalIPs") or [] if ip not in before]
+        if added:
+            name = new["metadata"]["name"]
+            raise ApiError(
+                403, "Forbidden",
+                f'services "{name}" is forbidden: use of external IPs is denied by admission control',
+                {"name": name, "kind": "services"},
+            )
+
+    def _validate_service(self, obj, old):
+        name = obj["metadata"]["name"]
+        spec = obj.get("spec") or {}
+        details = {"name": name, "kind": "Service"}
+        cls = spec.get("loadBalancerClass")
+        if cls is not None:
+            if spec.get("type") != "LoadBalancer":
+                raise ApiError(422, "Invalid", f'Service "{name}" is invalid: spec.loadBalancerClass: Invalid value: '
+                                               f'"{cls}": may only be used when `type` is \'LoadBalancer\'', details)
+            if not isinstance(cls, str) or not _QUALIFIED_NAME_RE.match(cls):
+                raise ApiError(422, "Invalid", f'Service "{name}" is invalid: spec.loadBalancerClass: Invalid value: '
+                                               f'"{cls}": must be a qualified name (e.g. example.com/my-lb)', details)
+        old_spec = (old or {}).get("spec") or {}
+        if old is not None and old_spec.get("type") == "LoadBalancer" and spec.get("type") == "LoadBalancer" \
+                and old_spec.get("loadBalancerClass") != cls:
+            raise ApiError(422, "Invalid", f'Service "{name}" is invalid: spec.loadBalancerClass: Invalid value: '
+                                           f'"{cls}": Field is immutable', details)
+        for index, ingress in enumerate(((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []):
+            ip = ingress.get("ip") if isinstance(ingress, dict) else None
+            if ip is None:
+                continue
+            try:
+                ipaddress.ip_address(ip)
+            except (ValueError, TypeError):
+                raise ApiError(422, "Invalid", f'Service "{name}" is invalid: status.loadBalancer.ingress[{index}].ip: '
+                                               f'Invalid value: "{ip}": must be a valid IP address', details) from None
+
+    def _validate(self, resource, obj, old=None):
         self._omit_empty(resource, obj)
         meta = obj.get("metadata")
         if not isinstance(meta, dict) or not meta.get("name"):
@@ -793,6 +854,7 @@ class KubeAPIEmulator:
                     {"name": name, "kind": "Event"},
                 )
         if resource == "services":
+            self._validate_service(obj, old)
             ips = (obj.get("spec") or {}).get("externalIPs")
             if ips is not None:
                 if not isinstance(ips, list):
@@ -1136,6 +1198,7 @@ class KubeAPIEmulator:
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         self._validate(resource, obj)
+        self._admit(resource, None, obj, None)
         with self._lock:
             key = self._key(resource, namespace, meta["name"])
             if key in self._objects:
@@ -1173,7 +1236,8 @@ class KubeAPIEmulator:
                 new.pop("status", None)
         meta = new["metadata"]
         meta["resourceVersion"] = current["metadata"]["resourceVersion"]
-        self._validate(resource, new)
+        self._validate(resource, new, current)
+        self._admit(resource, current, new, sub)
         if new == current or dry_run:
             return new
         return self._commit(resource, new, "MODIFIED")

@@ -1,8 +1,10 @@
-"""Constants and a poller for the lab tests."""
+"""Constants, a poller and the operator's salt-run for the lab tests."""
 
+import os
+import subprocess
 import time
 
-from lab.lab import NODES, USER_IP, VIP
+from lab.lab import BIN, NODES, USER_IP, VIP
 
 ADDR = {n: f"198.18.0.{o}" for n, o in NODES.items()}
 ALL_IPS = sorted([VIP, USER_IP] + list(ADDR.values()))
@@ -17,6 +19,14 @@ def wait_for(predicate, timeout, interval=0.1):
             return time.monotonic() - start
         time.sleep(interval)
     return None
+
+
+def salt_run(lab, *args, timeout=300, env=None):
+    """``salt-run`` as an operator runs it (default output): (exit code, stdout, stderr). ``env``: extra variables."""
+    proc = subprocess.run(["ip", "netns", "exec", lab.ns("master"), str(BIN / "salt-run"), "-c", str(lab.etc), *args],
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          env=dict(os.environ, **(env or {})))
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 class VipMonitor:
@@ -42,7 +52,7 @@ class VipMonitor:
         import datetime  # pylint: disable=import-outside-toplevel
 
         for line in proc.stdout:
-            if f"inet {self.vip}/" not in line or not line.startswith("["):
+            if (f"inet {self.vip}/" not in line and f"inet6 {self.vip}/" not in line) or not line.startswith("["):
                 continue
             stamp = datetime.datetime.fromisoformat(line[1:line.index("]")]).timestamp()
             self.events.append((stamp, node, " Deleted " not in f" {line[line.index(']') + 1:].strip()} "))
