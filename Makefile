@@ -41,6 +41,7 @@ demo: bootstrap
 	$(PY) lab/demo.py
 
 bench: bootstrap
+	$(PY) -m pip install -q -r requirements-bench.txt
 	$(PY) bench/run_all.py
 
 clean:

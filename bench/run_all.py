@@ -89,6 +89,12 @@ def main(argv=None):
                 text = replace_section(text, name, body)
             DOC.write_text(text)
             log(f"rewrote the tables in {DOC}")
+            try:
+                from bench import plots  # pylint: disable=import-outside-toplevel
+
+                log(f"pictures: {', '.join(str(p) for p in plots.draw(res, DOC.parent / 'img'))}")
+            except ImportError as exc:  # matplotlib: make bench installs requirements-bench.txt
+                log(f"no pictures ({exc})")
         if args.quick:
             print(report.summary_text(res))
         shutil.rmtree(work, ignore_errors=True)
