@@ -20,6 +20,7 @@ edge-keepalived-unit:
         ExecStartPre={{ unit.mkdir }} -p -m 0755 {{ settings['state_dir'] }}
         Restart={{ unit.restart }}
         RestartSec={{ unit.restart_sec }}
+        RestartPreventExitStatus={{ unit.restart_prevent_exit_status }}
     - require:
       - edge-packages
 

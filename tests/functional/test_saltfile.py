@@ -138,7 +138,7 @@ def test_systemd_drop_in_for_service_mode(confdir):
     unit = dict(kv for item in states["edge-keepalived-unit"]["file"] if isinstance(item, dict) for kv in item.items())
     assert unit["name"] == "/etc/systemd/system/keepalived.service.d/edge-ha.conf"
     assert "ExecStartPre=/usr/bin/mkdir -p -m 0755 /run/edge-x\n" in unit["contents"]
-    assert "Restart=on-failure\nRestartSec=5\n" in unit["contents"]
+    assert "Restart=on-failure\nRestartSec=5\nRestartPreventExitStatus=2\n" in unit["contents"]
     assert {"onchanges": [{"file": "edge-keepalived-unit"}]} in states["edge-keepalived-daemon-reload"]["cmd"]
     assert {"require": ["edge-packages", "edge-sysctl-nonlocal-bind", "edge-keepalived-unit",
                         "edge-keepalived-daemon-reload"]} in states["edge-keepalived"]["keepalived"]

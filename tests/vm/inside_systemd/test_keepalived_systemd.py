@@ -209,6 +209,7 @@ def test_highstate_installs_the_unit_settings_and_starts_keepalived(node):
     assert states["edge-keepalived-daemon-reload"]["result"] is True
     # the drop-in is in force for the packaged unit
     assert "Restart=on-failure" in DROPIN.read_text()
+    assert "RestartPreventExitStatus=2" in DROPIN.read_text()
     assert str(DROPIN) in unit_prop("DropInPaths")
     assert unit_prop("Restart") == "on-failure"
     assert systemctl("is-active", "keepalived").stdout.strip() == "active", journal()
@@ -251,6 +252,7 @@ def test_config_change_is_a_reload_without_transition(node):
 def test_failed_reload_rolls_back_and_keepalived_runs_again(node):
     before = CONFIG.read_text()
     main_pid = int(unit_prop("MainPID"))
+    restarts = unit_prop("NRestarts")
     bad = with_vip2()
     bad["vrrp_instances"]["VI_1"]["garp_master_delay"] = 3
     bad["nodes"]["edge1"]["interface"] = "eth9"  # not on this node: keepalived dies of it at the reload
@@ -270,6 +272,9 @@ def test_failed_reload_rolls_back_and_keepalived_runs_again(node):
     assert systemctl("is-active", "keepalived").stdout.strip() == "active", journal()
     new_pid = int(unit_prop("MainPID"))
     assert new_pid != main_pid, "keepalived died at the reload and was started again"
+    # by the rollback, not by systemd with the failed file (RestartPreventExitStatus=2: a config error)
+    assert unit_prop("NRestarts") == restarts, journal()
+    assert "status=2/" in journal(lines=200)
     assert wait_for(lambda: instance_state() == "MASTER", 20), (transitions(), journal())
     assert wait_for(lambda: {VIP, VIP2} <= addresses(), 10), addresses()
     # the pillar back as before: nothing to do
