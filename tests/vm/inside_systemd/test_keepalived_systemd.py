@@ -223,10 +223,7 @@ def test_highstate_installs_the_unit_settings_and_starts_keepalived(node):
     assert wait_for(lambda: instance_state() == "MASTER", 20), (transitions(), journal())
     assert transitions()[-1].split()[1:3] == ["VI_1", "MASTER"], transitions()
     assert wait_for(lambda: VIP in addresses(), 5), addresses()
-    # a second run changes nothing
-    rc, states = node.apply()
-    assert rc == 0 and states["edge-keepalived"]["changes"] == {}, states["edge-keepalived"]
-    assert int(unit_prop("MainPID")) == main_pid
+    # (a run that changes nothing: the last apply of the rollback test; ~30 s per apply under TCG)
 
 
 def test_config_change_is_a_reload_without_transition(node):
