@@ -257,10 +257,10 @@ class ProjectEdge:
         self.watch = 0
         self.extra_vip = False
 
-    def up(self, log=print):
+    def up(self, log=None):
         os.environ["EDGE_HA_KUBE_REQUEST_LOG"] = str(self.kube_log)
         try:
-            self.lab.up(log=lambda m: None)
+            self.lab.up(log=log or (lambda m: None))
             self.shipped_schedule()
             self.start_listener()
         except BaseException:
