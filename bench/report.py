@@ -177,7 +177,8 @@ def _reconcile_seconds(recs, service_only=False):
 def scale_lab_section(res):
     """bench/scale_lab.py: the controller with 3, 10, 50 real minions, ratios against the smallest size."""
     sizes = [s for s in res.get("scale_lab") or [] if s.get("runs")]
-    out = [header(res), ""]
+    # the repetitions are per size (the table's SIGKILLs column), not the run's --reps
+    out = [header(res).replace(f"({res['reps']} repetitions; ", "(repetitions per size below; ", 1), ""]
     if not sizes:
         return "\n".join(out + ["No size was measured."] + _scale_lab_errors(res))
     base = sizes[0]
