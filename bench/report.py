@@ -256,7 +256,7 @@ def _scale_lab_errors(res):
     lines = []
     for size in res.get("scale_lab") or []:
         if size.get("error"):
-            lines.append(f"- {size['edges']} edge nodes: failed: {size['error'].strip().splitlines()[-1]}")
+            lines.append(f"- {size['edges']} edge nodes: failed: {size['error'].strip().splitlines()[-1].split(': {', 1)[0][:300]}")
         for err in size.get("rep_errors") or []:
             lines.append(f"- {size['edges']} edge nodes, repetition {err}")
     return ["", "Failures in this run:", ""] + lines if lines else []

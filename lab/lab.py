@@ -179,7 +179,8 @@ class Lab:
             # the client is no edge node: its sync answers that the top file has nothing for it
             missing = [m for m in batch if m in self.nodes and not isinstance(synced.get(m), dict)]
             if missing:
-                raise RuntimeError(f"saltutil.sync_all failed on {missing}: {json.dumps(synced)[:2000]}")
+                raise RuntimeError(f"saltutil.sync_all failed on {missing} (timeout 120 s): "
+                                   + json.dumps({m: synced.get(m, "no answer") for m in missing})[:2000])
         log(f"modules synced after {time.monotonic() - began:.0f} s")
         for batch in self.batches(list(self.nodes)):
             results = self.salt(",".join(batch), "state.apply", "--list", timeout=300)
