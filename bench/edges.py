@@ -243,8 +243,8 @@ class ProjectEdge:
         self.nodes = self.lab.nodes
         self.addr = {n: f"198.18.0.{o}" for n, o in self.nodes.items()}
         self.label = "default"
-        # the model derives priorities in node-name order (150, 140, ...): edge1 owns the VIP, then edge10
-        # (with 10 nodes or more), edge11, ...
+        # lab_pillar gives priorities in node-name order (150, 140, 130, 129, ...): edge1 owns the VIP, then
+        # edge10 (with 10 nodes or more), edge11, ...
         ranked = sorted(self.nodes)
         self.owner = ranked[0]
         self.backups = ranked[1:]

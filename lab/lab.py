@@ -70,6 +70,12 @@ NODES = edge_nodes(3)  # the default lab's nodes (other code imports this); a La
 MINIONS = list(NODES) + ["client"]  # the client minion is not an edge node
 
 
+def name_order_priorities(nodes):
+    """``{node: priority}`` falling in node-name order: 150, 140, 130, then one less each (at least 45 for 88)."""
+    ranked = sorted(nodes)
+    return {n: (150, 140, 130)[i] if i < 3 else 129 - (i - 3) for i, n in enumerate(ranked)}
+
+
 def lab_pillar(kubeconfig, nodes=None):
     """The lab's edge_ha pillar for ``nodes`` (``{name: octet}``, default the three of NODES)."""
     nodes = NODES if nodes is None else nodes
@@ -78,9 +84,10 @@ def lab_pillar(kubeconfig, nodes=None):
         "vrrp_instances": {
             "VI_INGRESS": {
                 "virtual_router_id": 51,
-                # explicit: the lab's tests and benchmarks want edge1 the owner, edge2 the
-                # first backup (derived priorities would spread instances by a hash)
-                "priority": {"edge1": 150, "edge2": 140, "edge3": 130},
+                # explicit: the lab's tests and benchmarks want the owner and the backups in node-name
+                # order (edge1 150, then 140, 130, 129, 128, ...); derived priorities would spread
+                # instances by a hash
+                "priority": name_order_priorities(nodes),
                 "vrrp_version": 3,
                 "advert_int": 1,
                 "unicast": True,

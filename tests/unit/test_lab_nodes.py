@@ -43,7 +43,7 @@ def test_the_pillar_for_n_nodes_is_valid_with_one_owner_on_top(edges):
     pillar = lab_pillar("/k", edge_nodes(edges))
     assert edge_model.validate_model(pillar) == []
     model = edge_model.normalize(pillar)
-    prio = {n: v["priority"] for n, v in model["nodes"].items()}
+    prio = model["vrrp_instances"]["VI_INGRESS"]["priorities"]
     assert max(prio, key=prio.get) == "edge1"
     assert sorted(prio.values(), reverse=True)[0] > sorted(prio.values(), reverse=True)[1], "a single top priority"
 
