@@ -7,7 +7,9 @@ Pictures for docs/benchmarks.md, drawn from a results file of
   (seconds after the stop), graceful and SIGKILL side by side: the spread a
   table's median / p95 hides;
 - ``scale.png`` (when the results have a scale block): how the per-event work
-  grows with the number of edge nodes.
+  grows with the number of nodes (simulated reports);
+- ``scale-lab.png`` (a scale-lab run): with 3, 10, ... real salt-minions,
+  every run's Service-right time and every reconcile's runner time per size.
 
     .venv/bin/python bench/plots.py [bench/results/last.json] [docs/img]
 
@@ -101,11 +103,49 @@ def scale_png(res, path):
     return path
 
 
+def scale_lab_points(res):
+    """``[(edges, [Service right s per run], [reconcile runner s])]`` for the sizes of a scale-lab run that ran."""
+    out = []
+    for size in res.get("scale_lab") or []:
+        if size.get("error") or not size.get("runs"):
+            continue
+        service = [r["service"] for r in size["runs"] if isinstance(r.get("service"), (int, float))]
+        runner = [r["seconds"] for r in size.get("reconciles") or [] if isinstance(r.get("seconds"), (int, float))]
+        out.append((size["edges"], service, runner))
+    return out
+
+
+def scale_lab_png(res, path):
+    """Growth with the number of edge nodes: every run's Service-right time and every reconcile's runner time."""
+    points = scale_lab_points(res)
+    if not points:
+        return None
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, index, title in ((axes[0], 1, "Service right after a SIGKILL of the owner, s"),
+                             (axes[1], 2, "runner time per event-triggered reconcile, s")):
+        data = [p[index] for p in points]
+        ax.boxplot(data, tick_labels=[str(p[0]) for p in points], showfliers=True)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("edge nodes (real salt-minions)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"scale-lab run of {res.get('started', '')}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def draw(res, outdir):
     """Every picture the results allow; returns the paths written."""
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    written = [failover_png(res, outdir / "failover.png"), scale_png(res, outdir / "scale.png")]
+    written = [failover_png(res, outdir / "failover.png"), scale_png(res, outdir / "scale.png"),
+               scale_lab_png(res, outdir / "scale-lab.png")]
     return [p for p in written if p]
 
 

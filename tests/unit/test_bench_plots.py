@@ -31,3 +31,12 @@ def test_draw_writes_the_failover_png(tmp_path):
     written = plots.draw(RES, tmp_path)
     assert written == [tmp_path / "failover.png"]
     assert (tmp_path / "failover.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scale_lab_points_per_size_that_ran():
+    res = {"scale_lab": [
+        {"edges": 3, "runs": [{"service": 0.25}, {"service": None}], "reconciles": [{"seconds": 0.1}, {"seconds": 0.2}]},
+        {"edges": 10, "runs": [{"service": 0.31}], "reconciles": [{"seconds": 0.12}]},
+        {"edges": 50, "error": "saltutil.sync_all failed"},
+    ]}
+    assert plots.scale_lab_points(res) == [(3, [0.25], [0.1, 0.2]), (10, [0.31], [0.12])]
