@@ -893,6 +893,11 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         model = state["model"]
         digests = _digests(model, drains)
         wanted = planner.plan(model, reports, kube, drains, time.time(), digests, split_hold=split_hold)
+    if not test:
+        # safety actions that the second look found (reports read again after Kubernetes drains)
+        _apply_safety(planner.Plan(fence=[n for n in wanted.fence if n not in safety.fence],
+                                   split_fence={n: r for n, r in wanted.split_fence.items() if n not in safety.split_fence},
+                                   release=[n for n in wanted.release if n not in safety.release]), actions, events)
     wanted.notes[:0] = _standing_notes(state)
     rollout = None
     if not test:
