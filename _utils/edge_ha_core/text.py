@@ -48,13 +48,19 @@ def describe(value):
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def interface_problem(value):
-    """Why ``value`` is not a Linux interface name (kernel ``dev_valid_name``), or None."""
+def _string_problem(value):
+    """Why ``value`` is not a non-empty string of printable characters, or None."""
     if not isinstance(value, str) or not value:
         return f"must be a non-empty string, got {describe(value)}"
     bad = bad_char(value)
-    if bad:
-        return f"must not contain a {bad}"
+    return f"must not contain a {bad}" if bad else None
+
+
+def interface_problem(value):
+    """Why ``value`` is not a Linux interface name (kernel ``dev_valid_name``), or None."""
+    problem = _string_problem(value)
+    if problem:
+        return problem
     if len(value.encode()) > 15:
         return f"{describe(value)} is {len(value.encode())} bytes; Linux interface names are 1-15 bytes"
     if value in (".", ".."):
@@ -68,11 +74,9 @@ def interface_problem(value):
 
 def path_problem(value):
     """Why ``value`` is not an absolute path usable in keepalived.conf and a systemd unit line, or None."""
-    if not isinstance(value, str) or not value:
-        return f"must be a non-empty string, got {describe(value)}"
-    bad = bad_char(value)
-    if bad:
-        return f"must not contain a {bad}"
+    problem = _string_problem(value)
+    if problem:
+        return problem
     if not value.startswith("/"):
         return f"{describe(value)} must be an absolute path"
     if any(c.isspace() or c in KEEPALIVED_SPECIAL or c in "$%;" for c in value):
@@ -163,11 +167,9 @@ def _split_requirements(selector):
 
 def label_selector_problem(value):
     """Why ``value`` is not a Kubernetes label selector (``a=b,c!=d,e in (f,g),!h``), or None."""
-    if not isinstance(value, str) or not value:
-        return f"must be a non-empty string, got {describe(value)}"
-    bad = bad_char(value)
-    if bad:
-        return f"must not contain a {bad}"
+    problem = _string_problem(value)
+    if problem:
+        return problem
     if len(value) > 1024:
         return "is longer than 1024 characters"
     for req in _split_requirements(value):
