@@ -133,25 +133,28 @@ def planned_section(res):
                          "-", sum(1 for r in runs if r["ok"])])
     text = table(["operation (`vrrp_garp_master_refresh 60` in global_defs, added / removed in turn)", "runs", "requests lost", "requests sent",
                   "duration, s (median / p95 / max)", "median vs plain", "runs correct"], rows)
-    fences = [(key, label) for key, label in [("fence_api_up", "API answering — baseline"),
-                                               ("fence_api_hung", "API hung (SIGSTOP: accepts, never answers)")]
-              if res.get(key)]
-    if fences:
-        base = median([r["fence"] for r in res.get("fence_api_up") or []])
-        frows = []
-        for key, label in fences:
-            done = [r["fence"] for r in res[key] if r["fence"] is not None]
-            frows.append([label, len(res[key]), _msp(done) if done else "-",
-                          _msp([r["from_failure"] for r in res[key] if r["from_failure"] is not None]),
-                          ratio(median(done), base), len(done)])
-        text += "\n\n" + table(["fence of the owner whose ingress fails", "runs",
-                                 "VIP off the owner after the beacon event, s (median / p95 / max)",
-                                 "after the failure, s", "median vs API answering", "runs fenced"], frows)
     if "drain" in res and not drain:
         text += ("\n\n`edge.drain` / `edge.undrain`: **not measured** — `_runners/edge.py` on this branch has no "
                  "`drain`/`undrain` runner yet (being written on main). The harness (`planned_drain` in "
                  "bench/lab_bench.py) runs them as soon as they are merged.")
     return text
+
+
+def fence_section(res):
+    """The fence of an owner whose ingress fails, with the Kubernetes API answering (baseline) and hung."""
+    fences = [(key, label) for key, label in [("fence_api_up", "API answering — baseline"),
+                                               ("fence_api_hung", "API hung (SIGSTOP: accepts, never answers)")]
+              if res.get(key)]
+    base = median([r["fence"] for r in res.get("fence_api_up") or []])
+    rows = []
+    for key, label in fences:
+        done = [r["fence"] for r in res[key] if r["fence"] is not None]
+        rows.append([label, len(res[key]), _msp(done) if done else "-",
+                     _msp([r["from_failure"] for r in res[key] if r["from_failure"] is not None]),
+                     ratio(median(done), base), len(done)])
+    return table(["fence of the owner whose ingress fails", "runs",
+                  "VIP off the owner after the beacon event, s (median / p95 / max)",
+                  "after the failure, s", "median vs API answering", "runs fenced"], rows)
 
 
 def burn_section(res):
@@ -288,6 +291,8 @@ def sections(res):
         out["convergence"] = convergence_section(res)
     if "rerender_plain" in res:
         out["planned"] = planned_section(res)
+    if "fence_api_up" in res or "fence_api_hung" in res:
+        out["fence"] = fence_section(res)
     if "scale" in res:
         out["scale"] = scale.markdown(res["scale"], res["command"])
     if "burn" in res:
