@@ -152,7 +152,9 @@ def fence_section(res):
         rows.append([label, len(res[key]), _msp(done) if done else "-",
                      _msp([r["from_failure"] for r in res[key] if r["from_failure"] is not None]),
                      ratio(median(done), base), len(done)])
-    return table(["fence of the owner whose ingress fails", "runs",
+    run = (f"Run: `{res['command']}`, started {res['started']}, {res['reps']} repetitions per row.\n\n"
+           if res.get("command") else "")
+    return run + table(["fence of the owner whose ingress fails", "runs",
                   "VIP off the owner after the beacon event, s (median / p95 / max)",
                   "after the failure, s", "median vs API answering", "runs fenced"], rows)
 
@@ -281,7 +283,7 @@ def _scale_lab_errors(res):
 
 def sections(res):
     out = {}
-    if res.get("blocks") != ["scale-lab"]:  # a scale-lab run alone carries its own header
+    if not set(res.get("blocks") or []) <= {"scale-lab", "fence"}:  # these alone carry their own header
         out["run"] = header(res)
     if res.get("scale_lab"):
         out["scale-lab"] = scale_lab_section(res)
