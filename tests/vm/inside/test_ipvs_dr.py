@@ -38,6 +38,8 @@ if str(drlab.REPO) not in sys.path:
     sys.path.insert(0, str(drlab.REPO))
 
 CONNECTIONS = 50
+#: bench/ipvs_dr.py repeats the failover (EDGE_HA_DR_REPEAT=N); the VM stage runs it once per mode
+REPEAT = range(int(os.environ.get("EDGE_HA_DR_REPEAT", "1")))
 
 
 def record(**values):
@@ -64,17 +66,17 @@ def wait_for(cond, timeout, what):
 
 
 class Lab:
-    def __init__(self, topo, ipvs, workdir):
-        self.topo, self.ipvs = topo, ipvs
-        self.directors = {n: Director(topo, n, workdir) for n in DIRECTORS}
-        self.clients = Clients(topo.ns("client"))
+    def __init__(self, net, ipvs, workdir):
+        self.net, self.ipvs = net, ipvs
+        self.directors = {n: Director(net, n, workdir) for n in DIRECTORS}
+        self.clients = Clients(net.ns("client"))
         self.data = None
 
     def holders(self):
-        return [n for n in sorted(DIRECTORS) if VIP in self.topo.addresses(n)]
+        return [n for n in sorted(DIRECTORS) if VIP in self.net.addresses(n)]
 
     def table(self, node):
-        return in_netns(self.topo.ns(node), self.ipvs.list_services)
+        return in_netns(self.net.ns(node), self.ipvs.list_services)
 
     def weights(self, node):
         svc = {s["id"]: s for s in self.table(node)}.get(f"TCP:{VIP}:{PORT}") or {}
@@ -102,41 +104,53 @@ class Lab:
                                  f"edge2 {self.weights('edge2')}\n{self.logs()}") from None
 
 
-@pytest.fixture
-def dr_lab(ipvs, tmp_path):
-    from tests.support.netns import Topology  # pylint: disable=import-outside-toplevel
+@pytest.fixture(scope="module")
+def dr_net():
+    """The part every test shares: the switch, the three real servers (echo
+    servers, the VIP on lo) and the client namespace."""
+    net = drlab.Net("ehdr")
+    servers = []
+    try:
+        for name, octet in {**REAL_SERVERS, "client": drlab.CLIENT_OCTET}.items():
+            net.add(name, octet)
+        for name in REAL_SERVERS:  # LVS-DR real servers: the VIP on lo, no ARP answers for it
+            write_sysctls(net.ns(name), {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2})
+            net.ip(name, f"addr add {VIP}/32 dev lo")
+            servers.append(drlab.EchoServer(net.ns(name), name))
+        yield net
+    finally:
+        for server in servers:
+            server.stop()
+        net.close()
 
-    topo = Topology("ehdr")
+
+@pytest.fixture
+def dr_lab(dr_net, ipvs, tmp_path):
+    """Two fresh director namespaces (no IPVS table, sync daemon or connection
+    left from another test) on the shared network; removed after the test."""
     lab = None
     try:
-        for name, octet in {**DIRECTORS, **REAL_SERVERS, "client": drlab.CLIENT_OCTET}.items():
-            topo.add_host(name, octet)
-        # what salt/edge/sysctl.sls sets on the nodes for lb_kind DR and virtual servers
-        for node in DIRECTORS:
-            write_sysctls(topo.ns(node), {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2,
-                                          "net.ipv4.vs.expire_nodest_conn": 1,
-                                          "net.ipv4.vs.expire_quiescent_template": 1})
-        ready = {}
-        for name in REAL_SERVERS:  # LVS-DR real servers: the VIP on lo, no ARP answers for it
-            write_sysctls(topo.ns(name), {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2})
-            topo.run(name, "ip", "addr", "add", f"{VIP}/32", "dev", "lo")
-            ready[name] = tmp_path / f"{name}.ready"
-            topo.spawn(name, sys.executable, str(drlab.__file__), "serve", name, str(PORT), str(ready[name]),
-                       log=tmp_path / f"{name}.log")
-        wait_for(lambda: all(p.exists() for p in ready.values()), 60, "echo servers listening")
-        lab = Lab(topo, ipvs, tmp_path)
+        for node, octet in DIRECTORS.items():
+            dr_net.add(node, octet)
+            # what salt/edge/sysctl.sls sets on the nodes for lb_kind DR and virtual servers
+            write_sysctls(dr_net.ns(node), {"net.ipv4.conf.all.arp_ignore": 1, "net.ipv4.conf.all.arp_announce": 2,
+                                            "net.ipv4.vs.expire_nodest_conn": 1,
+                                            "net.ipv4.vs.expire_quiescent_template": 1})
+        lab = Lab(dr_net, ipvs, tmp_path)
         yield lab
     finally:
         if lab is not None:
             lab.clients.close()
             for director in lab.directors.values():
                 director.stop()
-        topo.close()
+        for node in DIRECTORS:
+            dr_net.remove(node)
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("rep", REPEAT)
 @pytest.mark.parametrize("sync", [True, False], ids=["lvs_sync_daemon", "no_sync_baseline"])
-def test_owner_crash_keeps_synced_connections(dr_lab, sync, capsys):
+def test_owner_crash_keeps_synced_connections(dr_lab, sync, rep, capsys):
     lab = dr_lab
     lab.start(sync)
     socks = lab.clients.open(CONNECTIONS)
@@ -157,14 +171,14 @@ def test_owner_crash_keeps_synced_connections(dr_lab, sync, capsys):
     takeover = wait_for(lambda: "edge2" in lab.holders(), 30, "edge2 takes the VIP over")
     # SIGKILL leaves edge1's copy of the VIP; the node agent removes it once another
     # node answers ARP for it (edge_node.release_stale_vips), here at once
-    lab.topo.run("edge1", "ip", "addr", "del", f"{VIP}/32", "dev", "eth0", check=False)
+    lab.net.run("edge1", "ip", "addr", "del", f"{VIP}/32", "dev", "eth0", check=False)
     after = Clients.exchange(socks, "after", 20)
     survived = sum(1 for s in socks if after[s] is not None and after[s] == first[s])
     fraction = survived / CONNECTIONS
     seconds = time.monotonic() - t0
     new = lab.clients.open(3)
     assert all(Clients.exchange(new, "new", 10).values()), "new connections through edge2 fail"
-    record(test="owner_crash", sync=sync, connections=CONNECTIONS, survived=survived, fraction=fraction,
+    record(test="owner_crash", sync=sync, rep=rep, connections=CONNECTIONS, survived=survived, fraction=fraction,
            takeover_s=round(takeover, 2), answers_after_s=round(seconds, 2),
            sync_lag_s=None if sync_lag is None else round(sync_lag, 2), spread=dict(spread))
     with capsys.disabled():
@@ -190,7 +204,7 @@ def test_drain_waits_for_the_nodes_ipvs_connections(dr_lab, monkeypatch, capsys)
     # IPVS's tcpfin timeout, 120 s by default, longer than the drain's default
     # 60 s wait (docs/operations.md). 5 s here, as an operator can set it.
     for node in DIRECTORS:
-        lab.topo.run(node, "ipvsadm", "--set", "0", "5", "0")
+        lab.net.run(node, "ipvsadm", "--set", "0", "5", "0")
     socks = lab.clients.open(30)
     first = Clients.exchange(socks, "hello", 15)
     on_real1 = [s for s in socks if first[s] == "real1"]
@@ -205,7 +219,7 @@ def test_drain_waits_for_the_nodes_ipvs_connections(dr_lab, monkeypatch, capsys)
         assert fun == "ipvs.list_services" and not args, fun
         nodes = [nodes] if isinstance(nodes, str) else list(nodes)
         calls.append(sorted(nodes))
-        return {n: in_netns(lab.topo.ns(n), lab.ipvs.list_services) for n in nodes}
+        return {n: in_netns(lab.net.ns(n), lab.ipvs.list_services) for n in nodes}
 
     monkeypatch.setattr(runner, "_job", job)
     holders = lab.holders()
@@ -232,7 +246,7 @@ def test_drain_waits_for_the_nodes_ipvs_connections(dr_lab, monkeypatch, capsys)
     thread = threading.Thread(target=waiter)
     thread.start()
     try:
-        time.sleep(4)
+        time.sleep(3)
         assert thread.is_alive(), f"the drain stopped waiting with 10 connections open on real1: {result}"
         still = Clients.exchange(on_real1, "still", 15)
         assert set(still.values()) == {"real1"}, f"established connections to the drained server broke: {still}"
@@ -240,7 +254,7 @@ def test_drain_waits_for_the_nodes_ipvs_connections(dr_lab, monkeypatch, capsys)
         lab.clients.close(on_real1)
         time.sleep(0.5)
         # what the directors now count for real1: the closed connections, in the client-only view
-        rows = [line.split() for line in lab.topo.run("edge1", "ipvsadm", "-Lnc").stdout.splitlines()]
+        rows = [line.split() for line in lab.net.run("edge1", "ipvsadm", "-Lnc").stdout.splitlines()]
         states = dict(collections.Counter(r[2] for r in rows if len(r) == 6 and r[5] == f"{real1}:{PORT}"))
     finally:
         thread.join(120)
