@@ -173,6 +173,9 @@ def test_owner_crash_keeps_synced_connections(dr_lab, sync, rep, capsys):
     # node answers ARP for it (edge_node.release_stale_vips), here at once
     lab.net.run("edge1", "ip", "addr", "del", f"{VIP}/32", "dev", "eth0", check=False)
     after = Clients.exchange(socks, "after", 20)
+    # the crashed node's kernel state: its sync daemon threads are not keepalived's
+    daemons = " / ".join(line.strip() for line in lab.net.run(
+        "edge1", "ipvsadm", "-L", "--daemon", check=False).stdout.splitlines()) or "none"
     survived = sum(1 for s in socks if after[s] is not None and after[s] == first[s])
     fraction = survived / CONNECTIONS
     seconds = time.monotonic() - t0
@@ -180,12 +183,14 @@ def test_owner_crash_keeps_synced_connections(dr_lab, sync, rep, capsys):
     assert all(Clients.exchange(new, "new", 10).values()), "new connections through edge2 fail"
     record(test="owner_crash", sync=sync, rep=rep, connections=CONNECTIONS, survived=survived, fraction=fraction,
            takeover_s=round(takeover, 2), answers_after_s=round(seconds, 2),
-           sync_lag_s=None if sync_lag is None else round(sync_lag, 2), spread=dict(spread))
+           sync_lag_s=None if sync_lag is None else round(sync_lag, 2), spread=dict(spread),
+           crashed_node_daemons=daemons)
     with capsys.disabled():
         print(f"\n[ipvs-dr] owner crash, {'lvs_sync_daemon' if sync else 'no sync (baseline)'}: "
               f"{survived}/{CONNECTIONS} long-lived connections survive ({fraction:.0%}); "
               f"VIP on edge2 {takeover:.1f}s after the SIGKILL"
-              + (f"; synced to edge2 {sync_lag:.1f}s after opening" if sync else ""))
+              + (f"; synced to edge2 {sync_lag:.1f}s after opening" if sync else "")
+              + f"; sync daemon left on the crashed edge1: {daemons}")
     if sync:
         assert fraction >= 0.95, f"{survived}/{CONNECTIONS} survived with lvs_sync_daemon\n{lab.logs()}"
     else:  # the lab proves something only if the new director loses them without sync
