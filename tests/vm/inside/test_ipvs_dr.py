@@ -170,7 +170,7 @@ def test_owner_crash_keeps_synced_connections(dr_lab, sync, rep, capsys):
     lab.directors["edge1"].crash()
     takeover = wait_for(lambda: "edge2" in lab.holders(), 30, "edge2 takes the VIP over")
     # SIGKILL leaves edge1's copy of the VIP; the node agent removes it once another
-    # node answers ARP for it (edge_node.release_stale_vips), here at once
+    # node answers ARP for it (edge_node, keepalived.release_stale_vips), here at once
     lab.net.run("edge1", "ip", "addr", "del", f"{VIP}/32", "dev", "eth0", check=False)
     after = Clients.exchange(socks, "after", 20)
     # the crashed node's kernel state: its sync daemon threads are not keepalived's
