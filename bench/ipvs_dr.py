@@ -55,7 +55,8 @@ def summary(data):
         survived = sum(r["survived"] for r in runs)
         rows[sync] = {"runs": len(runs), "connections": total, "survived": survived,
                       "fraction": survived / total, "min_fraction": min(r["fraction"] for r in runs),
-                      "takeover_median": statistics.median(r["takeover_s"] for r in runs)}
+                      "takeover_median": statistics.median(r["takeover_s"] for r in runs),
+                      "answers_median": statistics.median(r["answers_after_s"] for r in runs)}
     return rows
 
 
@@ -65,8 +66,8 @@ def markdown(data):
     out = [f"Run: {data['date']}, {data['reps']} failovers per mode, guest kernel {data['kernel']} "
            f"({data['accel']}), VM time {data['vm_seconds']} s.", "",
            "| mode | failovers | connections | survived | fraction | worst run | VIP taken over (median) "
-           "| survived vs baseline |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "| every connection answered or lost (median) | survived vs baseline |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for sync, label in ((False, "no sync daemon — baseline"), (True, "`lvs_sync_daemon`")):
         row = rows.get(sync)
         if not row:
@@ -75,7 +76,7 @@ def markdown(data):
             f"{row['survived'] / base['survived']:.1f}" if base and base["survived"] else
             f"{row['survived']} vs 0")
         out.append(f"| {label} | {row['runs']} | {row['connections']} | {row['survived']} | {row['fraction']:.1%} "
-                   f"| {row['min_fraction']:.0%} | {row['takeover_median']:.1f} s | {ratio} |")
+                   f"| {row['min_fraction']:.0%} | {row['takeover_median']:.1f} s | {row['answers_median']:.1f} s | {ratio} |")
     return "\n".join(out)
 
 
