@@ -245,7 +245,10 @@ def test_drain_waits_for_the_nodes_ipvs_connections(dr_lab, monkeypatch, capsys)
     result = {}
 
     def waiter():
-        result["message"] = runner._wait_ipvs_drain(model, "real1", reports, 90)  # pylint: disable=protected-access
+        try:
+            result["message"] = runner._wait_ipvs_drain(model, "real1", reports, 90)  # pylint: disable=protected-access
+        except Exception as exc:  # pylint: disable=broad-except
+            result["message"] = f"raised {exc!r}"
         result["done"] = time.monotonic()
 
     thread = threading.Thread(target=waiter)
@@ -262,11 +265,12 @@ def test_drain_waits_for_the_nodes_ipvs_connections(dr_lab, monkeypatch, capsys)
         rows = [line.split() for line in lab.net.run("edge1", "ipvsadm", "-Lnc").stdout.splitlines()]
         states = dict(collections.Counter(r[2] for r in rows if len(r) == 6 and r[5] == f"{real1}:{PORT}"))
     finally:
+        lab.clients.close(on_real1)  # (on a failure above: the wait ends soon instead of after 90 s)
         thread.join(120)
     assert not thread.is_alive(), "the drain's wait did not return"
     message = result.get("message", "")
-    waited = result["done"] - closed_at
     assert message.startswith(f"IPVS connections to {real1} drained in"), message
+    waited = result["done"] - closed_at
     assert result["done"] >= closed_at
     assert ["edge1", "real1"] in calls  # the VIP holder's table (and the node's own) were read
     rest = [s for s in socks if s not in on_real1]
