@@ -86,6 +86,8 @@ GUEST_MODULES = [
     "ip_vs_fo", "ip_vs_ovf", "ip_vs_mh",
     # an interface to put virtual addresses on
     "dummy",
+    # the IPVS DR lab (tests/vm/inside/test_ipvs_dr.py): namespaces joined by veth pairs on a bridge
+    "veth", "bridge",
     # the writable root of the systemd mode (tmpfs over the read-only 9p host root)
     "overlay",
 ]

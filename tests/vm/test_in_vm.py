@@ -49,7 +49,7 @@ def run_stage(capsys, label, pytest_args, min_tests, **kwargs):
 @pytest.mark.skipif(IN_VM, reason="already inside the VM")
 @pytest.mark.timeout(900)
 def test_ipvs_tests_pass_inside_the_vm(capsys):
-    run_stage(capsys, "VM", vmrun.default_pytest_args(), 10)
+    run_stage(capsys, "VM", vmrun.default_pytest_args(), 17)
     assert os.environ.get("EDGE_HA_IN_VM") != "1"
 
 
