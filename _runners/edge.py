@@ -97,19 +97,25 @@ def ipvs_connections(services, virtual_servers, address):
     """
     Connections still on real server ``address`` in the given IPVS table
     (``ipvs.list_services`` output) for the keepalived virtual servers of the
-    model: ``(active + inactive connections, persistence templates)``.
+    model: ``(active, inactive, persistence templates)``. Active ones are
+    ESTABLISHED: the requests a drain waits for. Inactive ones are entries in
+    any other state, mostly closed connections kept for IPVS's timeouts (with
+    ``lb_kind DR`` the director sees only the client's half, so a closed
+    connection stays FIN_WAIT for the ``tcpfin`` timeout, 120 s by default);
+    a drain does not wait for those (a server at weight 0 gets no new ones).
     """
     wanted = {(vs["protocol"], vs["address"], int(vs["port"])) for vs in virtual_servers}
-    conns = templates = 0
+    active = inactive = templates = 0
     for svc in services or []:
         key = (str(svc.get("protocol", "")).upper(), svc.get("address"), int(svc.get("port") or 0))
         if key not in wanted:
             continue
         for dest in svc.get("destinations") or []:
             if dest.get("address") == address:
-                conns += int(dest.get("active_connections") or 0) + int(dest.get("inactive_connections") or 0)
+                active += int(dest.get("active_connections") or 0)
+                inactive += int(dest.get("inactive_connections") or 0)
                 templates += int(dest.get("persistent_connections") or 0)
-    return conns, templates
+    return active, inactive, templates
 
 
 
@@ -1014,20 +1020,22 @@ def _wait_ipvs_drain(model, node, reports, timeout):
     start = time.monotonic()
     while True:
         tables = _job(directors, "ipvs.list_services", timeout=30)
-        conns = templates = 0
+        conns = closing = templates = 0
         errors = []
         for director in directors:
             table = tables.get(director)
             if not isinstance(table, list):
                 errors.append(f"{director}: {table}")
                 continue
-            c, t = ipvs_connections(table, servers, address)
-            conns, templates = conns + c, templates + t
+            active, inactive, kept = ipvs_connections(table, servers, address)
+            conns, closing, templates = conns + active, closing + inactive, templates + kept
         if errors and len(errors) == len(directors):
             return f"IPVS connections not checked: {'; '.join(errors)}"
         if conns == 0:
+            left = [f"{n} {what}" for n, what in ((closing, "inactive entries"), (templates, "persistence templates"))
+                    if n]
             return f"IPVS connections to {address} drained in {time.monotonic() - start:.1f}s" + (
-                f" ({templates} persistence templates left to expire)" if templates else "")
+                f" ({' and '.join(left)} left to expire)" if left else "")
         if time.monotonic() > deadline:
             return f"IPVS: {conns} connections to {address} still open after {timeout}s (drain_timeout); going on"
         time.sleep(1)

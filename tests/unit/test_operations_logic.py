@@ -91,8 +91,9 @@ def test_ipvs_connections_counts_only_the_nodes_real_servers_of_our_services():
         {"protocol": "TCP", "address": "198.18.9.9", "port": 80, "destinations": [  # not ours
             {"address": "198.18.0.11", "port": 80, "active_connections": 50}]},
     ]
-    assert runner.ipvs_connections(table, model["virtual_servers"].values(), "198.18.0.11") == (6, 4)
-    assert runner.ipvs_connections([], model["virtual_servers"].values(), "198.18.0.11") == (0, 0)
+    # active (ESTABLISHED: waited for), inactive (closing entries: not waited for), templates
+    assert runner.ipvs_connections(table, model["virtual_servers"].values(), "198.18.0.11") == (3, 3, 4)
+    assert runner.ipvs_connections([], model["virtual_servers"].values(), "198.18.0.11") == (0, 0, 0)
 
 
 def test_quiesce_drops_only_new_connections_to_the_vips():

@@ -206,10 +206,8 @@ def test_drain_waits_for_the_nodes_ipvs_connections(dr_lab, monkeypatch, capsys)
     lab.start(sync=True)
     # With lb_kind DR the directors see only the client's half of a connection:
     # after the client's FIN the entry stays FIN_WAIT (counted as inactive) for
-    # IPVS's tcpfin timeout, 120 s by default, longer than the drain's default
-    # 60 s wait (docs/operations.md). 5 s here, as an operator can set it.
-    for node in DIRECTORS:
-        lab.net.run(node, "ipvsadm", "--set", "0", "5", "0")
+    # IPVS's tcpfin timeout, 120 s by default (kept here): the drain waits for
+    # the active (ESTABLISHED) connections only.
     socks = lab.clients.open(30)
     first = Clients.exchange(socks, "hello", 15)
     on_real1 = [s for s in socks if first[s] == "real1"]
@@ -231,7 +229,7 @@ def test_drain_waits_for_the_nodes_ipvs_connections(dr_lab, monkeypatch, capsys)
     reports = {n: fleet.NodeReport(node=n, running=True, instances={"VI_DR": fleet.InstanceStatus(
         name="VI_DR", state="MASTER" if n in holders else "BACKUP", vips_present=(VIP,) if n in holders else ())})
         for n in DIRECTORS}
-    assert runner.ipvs_connections(lab.table("edge1"), model["virtual_servers"].values(), real1) == (10, 0)
+    assert runner.ipvs_connections(lab.table("edge1"), model["virtual_servers"].values(), real1) == (10, 0, 0)
 
     # the drain's staged reload: real1 rendered with weight 0 on every director, SIGHUP
     for node, director in lab.directors.items():
@@ -271,7 +269,8 @@ def test_drain_waits_for_the_nodes_ipvs_connections(dr_lab, monkeypatch, capsys)
     message = result.get("message", "")
     assert message.startswith(f"IPVS connections to {real1} drained in"), message
     waited = result["done"] - closed_at
-    assert result["done"] >= closed_at
+    # returned after the close, within a few of its 1 s looks, not after the 120 s tcpfin timeout
+    assert closed_at <= result["done"] < closed_at + 10, waited
     assert ["edge1", "real1"] in calls  # the VIP holder's table (and the node's own) were read
     rest = [s for s in socks if s not in on_real1]
     assert all(Clients.exchange(rest, "rest", 15).values()), "the other connections broke"
@@ -279,4 +278,4 @@ def test_drain_waits_for_the_nodes_ipvs_connections(dr_lab, monkeypatch, capsys)
     with capsys.disabled():
         print(f"\n[ipvs-dr] drain of real1: 10 connections kept (weight 0, new ones to real2/real3); "
               f"edge._wait_ipvs_drain returned {waited:.1f}s after the client closed them "
-              f"(tcpfin 5 s): {message!r}; states {states}")
+              f"(tcpfin at its default, 120 s): {message!r}; states {states}")
