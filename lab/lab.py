@@ -243,6 +243,9 @@ class Lab:
             "pillar_roots": {"base": [str(pillar_dir)]},
             "module_dirs": reactor["module_dirs"],
             "reactor": reactor["reactor"],
+            # LoadBalancer Services (issue #15): pool instances in the pillar, the Services watched
+            "ext_pillar": reactor["ext_pillar"],
+            "engines": [{"edge_ha_services": {"timeout": 30, "resync": 60}}],
             "schedule": {"edge_ha_reconcile": dict(reactor["schedule"]["edge_ha_reconcile"], seconds=10)},
             "edge_ha_pillar_id": "edge1",
             "edge_ha_split_brain_hold": 10,

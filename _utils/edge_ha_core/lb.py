@@ -592,3 +592,19 @@ def ingress_ips(service):
     """``status.loadBalancer.ingress`` IPs of a Service (wire dict), in order."""
     ingress = (((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or [])
     return [i.get("ip") for i in ingress if isinstance(i, dict) and i.get("ip")]
+
+
+def owner_spread(model):
+    """
+    ``{node: how many VIPs it is preferred owner of}`` (the highest priority
+    of each VIP's instance; ties: the first node by name), every edge node
+    listed, pillar and pool instances alike.
+    """
+    out = {node: 0 for node in sorted(model.get("nodes") or {})}
+    for inst in (model.get("vrrp_instances") or {}).values():
+        prios = inst.get("priorities") or {}
+        if not prios:
+            continue
+        top = sorted(prios, key=lambda n: (-prios[n], n))[0]
+        out[top] = out.get(top, 0) + len(inst.get("vips") or ())
+    return out

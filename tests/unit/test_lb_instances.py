@@ -173,3 +173,12 @@ def test_to_unrecord_and_ingress_ips():
     assert lb.to_unrecord([svc("web", recorded=rec), gone], p) == [gone]
     assert lb.ingress_ips({"status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}, {"hostname": "x"}]}}}) == ["1.2.3.4"]
     assert lb.ingress_ips({}) == []
+
+
+def test_owner_spread_counts_vips_per_preferred_owner():
+    data = pillar()
+    model, p = plan_for(data, [svc(f"s{i}") for i in range(6)])
+    full = edge_ha.normalize(merged(data, lb.pool_instances(p, model)))
+    spread = lb.owner_spread(full)
+    assert sorted(spread) == sorted(full["nodes"])
+    assert sum(spread.values()) == sum(len(i["vips"]) for i in full["vrrp_instances"].values())
