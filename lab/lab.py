@@ -245,6 +245,7 @@ class Lab:
             "reactor": reactor["reactor"],
             # LoadBalancer Services (issue #15): pool instances in the pillar, the Services watched
             "ext_pillar": reactor["ext_pillar"],
+            "pillar_dirs": reactor["pillar_dirs"],
             "engines": [{"edge_ha_services": {"timeout": 30, "resync": 60}}],
             "schedule": {"edge_ha_reconcile": dict(reactor["schedule"]["edge_ha_reconcile"], seconds=10)},
             "edge_ha_pillar_id": "edge1",
