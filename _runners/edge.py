@@ -1568,11 +1568,12 @@ def _lb_assign(state, actions, notes):
     services = lb.services_by_address(plan)
     recorded = _load_json(LB_RECORD, {})
     recorded = recorded if isinstance(recorded, dict) else {}
-    if recorded.get("instances") != instances or recorded.get("services") != services:
+    before = recorded.get("instances") or {}
+    if before != instances or (recorded.get("services") or {}) != services:
         _save_json(LB_RECORD, {"instances": instances, "services": services})
-    if recorded.get("instances") != instances:
-        gone = sorted(set(recorded.get("instances") or {}) - set(instances))
-        new = sorted(set(instances) - set(recorded.get("instances") or {}))
+    if before != instances:
+        gone = sorted(set(before) - set(instances))
+        new = sorted(set(instances) - set(before))
         actions.append(f"LoadBalancer VRRP instances: +{new} -{gone}" if gone else f"LoadBalancer VRRP instances: +{new}")
         _record("load_balancer", added=new, removed=gone, released=list(plan.released))
         run["state"] = _desired(refresh=True)
