@@ -4,7 +4,6 @@ import copy
 
 import pytest
 
-from edge_ha_core import lb
 from edge_ha_core import model as edge_ha
 from edge_ha_core import store
 from tests.support.builders import example_pillar
