@@ -73,6 +73,14 @@ def holders(lab, address):
     return sorted(n for n in NODES if address in lab.addresses(n))
 
 
+def debug(lab):
+    """What the master did (for a failed assertion)."""
+    log = lab.dir / "master" / "var" / "log" / "salt" / "master"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    wanted = [line for line in lines if "edge" in line.lower() or "error" in line.lower() or "Traceback" in line]
+    return json.dumps(lab.reconcile_log()[-8:], indent=1, default=str)[-6000:] + "\n" + "\n".join(wanted[-40:])
+
+
 def http_from_client(lab, address):
     """GET http://address/ from the client namespace: the body (the node name of the ingress stand-in) or None."""
     code = ("import sys, urllib.request\n"
@@ -108,7 +116,12 @@ def test_load_balancer_services_end_to_end(pools):
     create(lab, "web")
     create(lab, "theirs", cls="example.com/other-lb")
     took = wait_for(lambda: ingress(lab, "web"), BOUND, 0.2)
-    assert took is not None, (get(lab, "web"), lab.reconcile_log()[-5:])
+    if took is None:
+        print(json.dumps(get(lab, "web"), indent=1), debug(lab))
+        if os.environ.get("EDGE_HA_LAB_DEBUG"):  # keep the master's records for a look afterwards
+            shutil.copytree(lab.dir / "master" / "var", os.environ["EDGE_HA_LAB_DEBUG"], dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("*.ipc", "*.sock"))
+    assert took is not None
     (address,) = ingress(lab, "web")
     print(f"\nweb: {address} answering, status written {time.monotonic() - start:.1f}s after its creation")
     assert address.startswith("198.18.0.12") and 120 <= int(address.rsplit(".", 1)[1]) <= 127
