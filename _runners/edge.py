@@ -1577,11 +1577,28 @@ def _lb_assign(state, actions, notes):
         actions.append(f"LoadBalancer VRRP instances: +{new} -{gone}" if gone else f"LoadBalancer VRRP instances: +{new}")
         _record("load_balancer", added=new, removed=gone, released=list(plan.released))
         run["state"] = _desired(refresh=True)
+        _lb_refresh_pillar(run["state"]["model"], actions)
         missing = set(instances) - set(run["state"]["model"]["vrrp_instances"])
         if missing:
             notes.append(f"LoadBalancer VRRP instances not in the compiled pillar: {sorted(missing)} (is the "
                          "edge_ha_lb ext_pillar configured on the master? see docs/kubernetes.md)")
     return run
+
+
+def _lb_refresh_pillar(model, actions):
+    """
+    The edge nodes' in-memory pillar refreshed (one job): their reports
+    (``keepalived.status`` through ``edge_ha.node_view``) must know the new
+    instances, or an address a node holds would never show as held.
+    ``state.apply`` renders from a fresh pillar, the minion's beacons do not.
+    """
+    try:
+        done = _job(sorted(model["nodes"]), "saltutil.refresh_pillar", ["wait=True"], timeout=30)
+    except Exception as exc:  # pylint: disable=broad-except
+        done = {"error": str(exc)}
+    failed = sorted(n for n in model["nodes"] if done.get(n) is not True)
+    if failed:
+        actions.append(f"pillar NOT refreshed on {', '.join(failed)} (their reports may miss the new instances)")
 
 
 def _lb_refusals(model, plan, by_key):

@@ -84,6 +84,9 @@ def _master(tmp_path, monkeypatch):
     monkeypatch.setattr(ext, "__opts__", opts, raising=False)
     monkeypatch.setattr(runner, "_PROCESS", {"lock": runner._PROCESS["lock"]})
     monkeypatch.setattr(runner, "_record", lambda kind, **data: None)
+    jobs = []
+    monkeypatch.setattr(runner, "_job", lambda nodes, fun, args=(), timeout=None: jobs.append((fun, nodes)) or
+                        {n: True for n in nodes})
     cluster = Cluster()
     monkeypatch.setattr(runner, "_k8s", cluster.functions)
     data = example_pillar()
@@ -96,7 +99,8 @@ def _master(tmp_path, monkeypatch):
         return {"model": edge_ha.normalize(pillar)}
 
     monkeypatch.setattr(runner, "_desired", desired)
-    return {"cluster": cluster, "data": data, "desired": desired, "held": set(), "monkeypatch": monkeypatch}
+    return {"cluster": cluster, "data": data, "desired": desired, "held": set(), "monkeypatch": monkeypatch,
+            "jobs": jobs}
 
 
 def holders(master):
@@ -128,6 +132,8 @@ def test_assign_record_render_then_status_once_held(master):
     assert web["status"] == {} and ("web", "AddressAssigned") in cluster.events
     assert cluster.services["theirs"]["metadata"]["annotations"] == {}
     assert runner._vips(model) == runner._vips(edge_ha.normalize(example_pillar()))  # externalIPs: pillar VIPs only
+    # the nodes' in-memory pillar refreshed once (their reports must know the new instance)
+    assert master["jobs"] == [("saltutil.refresh_pillar", sorted(model["nodes"]))]
     master["held"].add("203.0.113.0")
     cluster.calls.clear()
     step(master)
