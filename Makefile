@@ -1,7 +1,7 @@
 # salt-edge-ha: the two commands are `make demo` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: bootstrap bootstrap-matrix test test-matrix unit wheel demo bench lab-up lab-down clean
+.PHONY: bootstrap bootstrap-matrix test test-matrix test-systemd unit wheel demo bench lab-up lab-down clean
 
 bootstrap:
 	@bash lab/bootstrap.sh
@@ -40,7 +40,11 @@ wheel: bootstrap
 demo: bootstrap
 	$(PY) lab/demo.py
 
+test-systemd: bootstrap
+	EDGE_HA_VM_SYSTEMD=1 $(PY) -m pytest tests/vm/test_in_vm.py -k systemd -s
+
 bench: bootstrap
+	$(PY) -m pip install -q -r requirements-bench.txt
 	$(PY) bench/run_all.py
 
 clean:

@@ -33,7 +33,8 @@ fixed at 1 s in Salt 3008 (``loop_interval`` does not change it), so a
 transition waits up to 1 s for the next look. ``watch`` removes that wait: a
 helper thread looks every ``watch`` seconds at two cheap things, the size and
 mtime of ``transitions.log`` and whether the pids in keepalived's pid files
-(process mode, ``keepalived:pid_dir``) are alive, and when either changes it
+(``keepalived.pid_files``: ``keepalived:pid_dir`` in process mode, keepalived's
+defaults in ``/run`` under systemd) are alive, and when either changes it
 schedules one extra run of this beacon on the minion's event loop (the same
 code, between the regular runs, never concurrently with them). The events
 are fired exactly as Salt fires beacon events. Cost: a few system calls per
@@ -200,11 +201,10 @@ def _start_watch(conf, ctx, state_dir, mod):
     import tornado.ioloop  # pylint: disable=import-outside-toplevel
 
     opts = __opts__  # pylint: disable=undefined-variable
-    settings = mod["keepalived.settings"]()
-    pid_paths = []
-    if settings.get("service_mode") == "process":
-        pid_paths = [os.path.join(settings["pid_dir"], "keepalived.pid"),
-                     os.path.join(settings["pid_dir"], "keepalived_vrrp.pid")]
+    # the parent and the VRRP child; process mode: in pid_dir, service mode: where keepalived
+    # writes them under the init system (keepalived.pid_files)
+    files = mod["keepalived.pid_files"]()
+    pid_paths = [files["main"], files["vrrp"]]
     loop = tornado.ioloop.IOLoop.current()
 
     def run_now():

@@ -217,17 +217,27 @@ def publish(force=False, heartbeat=HEARTBEAT):
     due = time.monotonic() - ctx.get("at", 0.0) >= float(heartbeat)
     if opts.get("file_client") == "local" or not (force or changed or due):
         return {"published": False, "changed": changed, "digest": digest}
-    sending = ctx.get("sending")
-    if sending and sending.is_alive():  # the last one is still on its way (master slow or down): next look
-        return {"published": False, "changed": changed, "digest": digest}
     load = {"cmd": "_mine", "data": {MINE_KEY: data}, "id": opts["id"], "clear": False}
-    def send():
-        if not _send_mine(opts, load, SEND_TIMEOUT):
-            ctx["at"] = 0.0  # not delivered: the next look sends again
+    lock = ctx.setdefault("lock", threading.Lock())
 
-    ctx["sending"] = thread = threading.Thread(target=send, name="edge-ha-publish", daemon=True)
-    thread.start()
-    ctx.update(digest=digest, at=time.monotonic())
+    def send():
+        # one sender at a time; it sends the newest pending report until none is left, so a change made
+        # while an earlier report is on its way follows it at once instead of waiting for the next look
+        while True:
+            with lock:
+                pending = ctx.pop("pending", None)
+                if pending is None:
+                    ctx["sending"] = None
+                    return
+            if not _send_mine(opts, pending, SEND_TIMEOUT):
+                ctx["at"] = 0.0  # not delivered: the next look sends again
+
+    with lock:
+        ctx["pending"] = load
+        ctx.update(digest=digest, at=time.monotonic())
+        if ctx.get("sending") is None:
+            ctx["sending"] = threading.Thread(target=send, name="edge-ha-publish", daemon=True)
+            ctx["sending"].start()
     return {"published": True, "changed": changed, "digest": digest}
 
 

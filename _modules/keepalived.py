@@ -26,12 +26,21 @@ grains or pillar), all optional:
       service_mode: service                     # or "process": no init system
       service_name: keepalived
       pid_dir: /run/edge-ha                     # process mode pid files
+      service_pid_dir: /run                     # service mode: where keepalived writes them itself
       binary: keepalived
       settle_time: 1.5                          # seconds to wait after (re)load
 
 ``service_mode: process`` runs keepalived directly (``keepalived -n -l -D``
 with explicit pid files, output in ``<state_dir>/keepalived.log``); the lab and
 the functional tests use it, since they have no init system.
+
+``service_mode: service`` (the default) drives the init system's unit
+(``service.start``/``service.reload``, systemd: ``ExecReload`` = SIGHUP). The
+packaged unit passes keepalived no pid file options, so keepalived writes
+them at its compiled-in defaults (``<service_pid_dir>/keepalived.pid``,
+``vrrp.pid``, ``checkers.pid``); ``pid_files`` returns them for either mode.
+The SLS ``edge.keepalived`` installs a systemd drop-in for the unit (the
+state directory created before start, ``Restart=on-failure``).
 """
 
 import difflib
@@ -67,7 +76,7 @@ __load__ = [
     "render", "validate", "plan", "write_config", "write_rendered", "check_file", "install_notify_script",
     "status", "reload", "version", "running", "start", "stop", "settings", "log_tail",
     "out_of_service", "out_of_service_state", "release_stale_vips",
-    "standby", "standby_state", "drained_nodes", "set_drained_nodes", "rollback",
+    "standby", "standby_state", "drained_nodes", "set_drained_nodes", "rollback", "pid_files",
 ]
 
 DEFAULTS = {
@@ -77,6 +86,7 @@ DEFAULTS = {
     "service_mode": "service",
     "service_name": "keepalived",
     "pid_dir": "/run/edge-ha",
+    "service_pid_dir": "/run",
     "binary": "keepalived",
     "settle_time": 1.5,
 }
@@ -589,11 +599,34 @@ def settings():
 
 
 def _pid_files(conf):
+    if conf["service_mode"] != "process":
+        # the unit starts keepalived without -p/-r/-c: its compiled-in default names
+        return {
+            "main": os.path.join(conf["service_pid_dir"], "keepalived.pid"),
+            "vrrp": os.path.join(conf["service_pid_dir"], "vrrp.pid"),
+            "checkers": os.path.join(conf["service_pid_dir"], "checkers.pid"),
+        }
     return {
         "main": os.path.join(conf["pid_dir"], "keepalived.pid"),
         "vrrp": os.path.join(conf["pid_dir"], "keepalived_vrrp.pid"),
         "checkers": os.path.join(conf["pid_dir"], "keepalived_checkers.pid"),
     }
+
+
+def pid_files():
+    """
+    keepalived's pid files on this node (``main``, ``vrrp``, ``checkers``):
+    process mode: in ``pid_dir``, as ``keepalived.start`` passes them; service
+    mode: keepalived's own defaults in ``service_pid_dir`` (the packaged unit
+    passes none).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call keepalived.pid_files
+    """
+    return _pid_files(settings())
 
 
 def _paths(conf):

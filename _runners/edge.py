@@ -783,9 +783,13 @@ def _reload_keeps_state(node, report):
     to the node; False (hand over first) when it cannot tell.
     """
     held = sorted(name for name, inst in (report.instances.items() if report else ()) if inst.vips_present)
-    planned = _job(node, "keepalived.plan", timeout=30).get(node)
+    # rendered from a freshly compiled pillar, as the state.apply that follows will (the minion's
+    # in-memory pillar can be older than the change being rolled out)
+    planned = _job(node, "keepalived.plan", ["fresh_pillar=True"], timeout=30).get(node)
     if not isinstance(planned, dict) or not planned.get("valid") or "state_lost_on_reload" not in planned:
         return False
+    if not planned.get("changed"):
+        return False  # the node sees no change: it cannot have rendered the new config; hand over to be safe
     return not set(held) & set(planned["state_lost_on_reload"])
 
 
@@ -899,6 +903,11 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         model = state["model"]
         digests = _digests(model, drains)
         wanted = planner.plan(model, reports, kube, drains, time.time(), digests, split_hold=split_hold)
+    if not test:
+        # safety actions that the second look found (reports read again after Kubernetes drains)
+        _apply_safety(planner.Plan(fence=[n for n in wanted.fence if n not in safety.fence],
+                                   split_fence={n: r for n, r in wanted.split_fence.items() if n not in safety.split_fence},
+                                   release=[n for n in wanted.release if n not in safety.release]), actions, events)
     wanted.notes[:0] = _standing_notes(state) + lb_notes
     rollout = None
     if not test:

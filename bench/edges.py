@@ -7,9 +7,9 @@ The two kinds of edge the lab benchmarks compare, with the same interface:
   priorities 150/140/130, preemption on: keepalived's defaults), the lab's
   ingress stand-in on each node. No Salt, nothing reacts to faults.
 - ``ProjectEdge``: the project's lab (``lab/lab.py``, prefix ``ehb<pid>``):
-  salt-master with the reactor, three salt-minions running keepalived from
-  highstate with the beacons, the Kubernetes API emulator; the pillar is the
-  lab pillar with the VRRP settings of a variant.
+  salt-master with the reactor, three salt-minions (or ``edges``: N) running
+  keepalived from highstate with the beacons, the Kubernetes API emulator;
+  the pillar is the lab pillar with the VRRP settings of a variant.
 
 Addresses: 198.18.0.0/24 inside each topology's own bridge; nothing is routed
 from the root namespace. Every process is started through ``Topology.spawn``
@@ -234,23 +234,33 @@ VARIANTS = {
 class ProjectEdge:
     kind = "project"
 
-    def __init__(self, directory, prefix, events_file, kube_log):
+    def __init__(self, directory, prefix, events_file, kube_log, edges=3):
         self.dir = pathlib.Path(directory)
         self.prefix = prefix
         self.events_file = pathlib.Path(events_file)
         self.kube_log = pathlib.Path(kube_log)
-        self.lab = Lab(self.dir, prefix)
+        self.lab = Lab(self.dir, prefix, edges=edges)
+        self.nodes = self.lab.nodes
+        self.addr = {n: f"198.18.0.{o}" for n, o in self.nodes.items()}
         self.label = "default"
-        self.owner = "edge1"
-        self.backups = ["edge2", "edge3"]
+        # lab_pillar gives priorities in node-name order (150, 140, 130, 129, ...): edge1 owns the VIP, then
+        # edge10 (with 10 nodes or more), edge11, ...
+        ranked = sorted(self.nodes)
+        self.owner = ranked[0]
+        self.backups = ranked[1:]
+        self.next_owner = ranked[1]
+        # the nodes holders() looks at: the owner and the next two by priority. A failover moves the VIP among
+        # them; looking at every node (one `ip addr` each) would make the polling, and so the timings, coarser
+        # with every node added. holders_all() looks at every node (checked between repetitions).
+        self.watched = ranked[:3]
         self.variant = None
         self.watch = 0
         self.extra_vip = False
 
-    def up(self, log=print):
+    def up(self, log=None):
         os.environ["EDGE_HA_KUBE_REQUEST_LOG"] = str(self.kube_log)
         try:
-            self.lab.up(log=lambda m: None)
+            self.lab.up(log=log or (lambda m: None))
             self.shipped_schedule()
             self.start_listener()
         except BaseException:
@@ -288,7 +298,7 @@ class ProjectEdge:
     def pillar(self, variant=None, extra_vip=None):
         variant = variant or self.variant
         extra_vip = self.extra_vip if extra_vip is None else extra_vip
-        data = lab_pillar(self.lab.dir / "kubeconfig")
+        data = lab_pillar(self.lab.dir / "kubeconfig", self.nodes)
         inst = data["vrrp_instances"]["VI_INGRESS"]
         inst.update(VARIANTS[variant])
         if extra_vip:  # the planned change: a global_defs setting that every node's keepalived.conf has
@@ -304,7 +314,7 @@ class ProjectEdge:
         self.extra_vip = False
         # a clean switch (not measured): changing the VRRP version under a running cluster is not what is
         # benchmarked here, so every keepalived is stopped, the new pillar applied, and they start fresh
-        nodes = ",".join(NODES)
+        nodes = ",".join(self.nodes)
         self.quiet()
         self.lab.salt(nodes, "keepalived.stop", "--list", timeout=60)
         self.lab.set_pillar(self.pillar())
@@ -314,7 +324,7 @@ class ProjectEdge:
             if not isinstance(states, dict) or not all(isinstance(v, dict) and v.get("result") for v in states.values()):
                 raise RuntimeError(f"{node}: state.apply edge failed: {json.dumps(states)[:2000]}")
         want = VARIANTS[variant]
-        for node in NODES:
+        for node in self.nodes:
             text = (self.lab.node_dir(node) / "keepalived.conf").read_text()
             if f"advert_int {want['advert_int']}\n" not in text or f"version {want['vrrp_version']}\n" not in text:
                 raise RuntimeError(f"{node}: keepalived.conf was not re-rendered for variant {variant}")
@@ -324,14 +334,14 @@ class ProjectEdge:
         """Write the pillar, let the minions refresh their in-memory pillar (keepalived.plan, which the
         reconcile uses to find stale configs, renders from it), then reconcile. Returns the reconcile's result."""
         self.lab.set_pillar(self.pillar())
-        self.lab.salt(",".join(NODES), "saltutil.refresh_pillar", "wait=True", "--list", timeout=60)
+        self.lab.salt(",".join(self.nodes), "saltutil.refresh_pillar", "wait=True", "--list", timeout=60)
         self.lab.wait_reconcile_idle(300)
         return self.lab.run("edge.reconcile", timeout=300)
 
     def set_watch(self, watch):
         import yaml  # pylint: disable=import-outside-toplevel
 
-        for node in NODES:
+        for node in self.nodes:
             path = self.lab.node_dir(node) / "etc" / "minion"
             conf = yaml.safe_load(path.read_text())
             conf["beacons"]["vrrp"] = [c for c in conf["beacons"]["vrrp"] if "watch" not in c]
@@ -345,10 +355,14 @@ class ProjectEdge:
             raise RuntimeError("minions did not come back after the beacon change")
 
     def holders(self):
-        return sorted(n for n in NODES if VIP in addresses(self.ns(n)))
+        """The watched nodes (the owner and the next two by priority) that have the VIP."""
+        return sorted(n for n in self.watched if VIP in addresses(self.ns(n)))
+
+    def holders_all(self):
+        return sorted(n for n in self.nodes if VIP in addresses(self.ns(n)))
 
     def expected_ips(self, without=()):
-        return sorted([VIP, USER_IP] + [a for n, a in ADDR.items() if n not in without])
+        return sorted([VIP, USER_IP] + [a for n, a in self.addr.items() if n not in without])
 
     def changed(self, node, extra):
         """Whether the node's keepalived.conf has the planned change (or not)."""
@@ -357,11 +371,14 @@ class ProjectEdge:
 
     def baseline(self, timeout=60):
         lab = self.lab
-        stopped = [n for n in NODES if not lab.keepalived_pid(n) or not os.path.exists(f"/proc/{lab.keepalived_pid(n)}")]
+        stopped = [n for n in self.nodes
+                   if not lab.keepalived_pid(n) or not os.path.exists(f"/proc/{lab.keepalived_pid(n)}")]
         for node in stopped:
             self.start_keepalived(node)
-        if not wait_for(lambda: self.holders() == ["edge1"], timeout, 0.1):
-            raise RuntimeError(f"project: VIP not on edge1 alone: {self.holders()}")
+        if not wait_for(lambda: self.holders() == [self.owner], timeout, 0.1):
+            raise RuntimeError(f"project: VIP not on {self.owner} alone: {self.holders()}")
+        if self.watched != sorted(self.nodes) and not wait_for(lambda: self.holders_all() == [self.owner], timeout, 0.2):
+            raise RuntimeError(f"project: VIP not on {self.owner} alone: {self.holders_all()}")
         if not wait_for(lambda: lab.external_ips() == self.expected_ips(), timeout, 0.2):
             lab.wait_reconcile_idle(300)
             lab.run("edge.reconcile")
@@ -439,7 +456,7 @@ class ProjectEdge:
 
     def keepalived_log_transitions(self):
         out = {}
-        for node in NODES:
+        for node in self.nodes:
             path = self.lab.state_dir(node) / "keepalived.log"
             text = path.read_text(errors="replace") if path.exists() else ""
             out[node] = [line for line in text.splitlines() if "Entering" in line and "STATE" in line]
@@ -465,7 +482,7 @@ class ProjectEdge:
 
     def minion_pids(self):
         pids = {}
-        for node in NODES:
+        for node in self.nodes:
             try:
                 pids[node] = int((self.lab.dir / "pids" / f"{node}-salt-minion.pid").read_text())
             except (OSError, ValueError):

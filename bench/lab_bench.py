@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import log, summary  # noqa: E402
-from bench.edges import ADDR, NODES, VIP, addresses, wait_for  # noqa: E402
+from bench.edges import ADDR, VIP, addresses, wait_for  # noqa: E402
 
 PROBE_RATE = 20  # requests per second, each with a 2 s deadline
 TAIL = 1.5  # seconds of probing after the last thing measured
@@ -63,12 +63,13 @@ def failover_rep(edge, how, workdir, rep):
     res["lost_before_fault"] = sum(1 for t, _ in probe["lost_at"] if t < t0)
     res["answers"] = probe["answers"]
     if project:
-        trans = [t for t, inst, state in edge.transitions_log("edge2") + edge.transitions_log("edge3")
+        trans = [t for b in edge.backups for t, inst, state in edge.transitions_log(b)
                  if t > t0 and state == "MASTER"]
         res["transition"] = (min(trans) - t0) if trans else None
         if rep["n"] % 5 == 0:  # check the report itself now and then (a salt-run costs ~3 s)
             row = edge.lab.report()["vips"][0]
-            res["report_ok"] = row["owner"] == ["edge2"] and row["flags"] == [] and row["service_match"] is True
+            res["report_ok"] = (row["owner"] == [edge.next_owner] and row["flags"] == []
+                                and row["service_match"] is True)
     edge.restore(how)
     return res
 
@@ -211,7 +212,7 @@ def planned_rerender(edge, reps, workdir):
         else:
             edge.reload_all(extra)
             ok = True
-        done = all(edge.changed(n, extra) for n in (NODES if edge.kind == "project" else ["e1"]))
+        done = all(edge.changed(n, extra) for n in (edge.nodes if edge.kind == "project" else ["e1"]))
         duration = time.time() - start
         settled = wait_for(lambda: edge.holders() == [edge.owner], 60, 0.05)
         time.sleep(TAIL)
@@ -276,7 +277,7 @@ def cpu_burn(edges, seconds, burners_per_edge=1):
     burners = []
     try:
         for edge in edges:
-            nodes = list(NODES) if edge.kind == "project" else ["e1", "e2", "e3"]
+            nodes = list(edge.nodes) if edge.kind == "project" else ["e1", "e2", "e3"]
             for node in nodes[:burners_per_edge]:
                 cmd = (sys.executable, "-c", "while True: pass")
                 if edge.kind == "project":

@@ -167,8 +167,107 @@ def burn_section(res):
     return text
 
 
+def _reconcile_seconds(recs, service_only=False):
+    """Runner seconds of the event-triggered reconciles (reason: a beacon event tag), or of those that wrote
+    the Service's externalIPs."""
+    return [r["seconds"] for r in recs if str(r.get("reason", "")).startswith("salt/")
+            and (not service_only or any(str(a).startswith("service externalIPs") for a in r.get("actions") or []))]
+
+
+def scale_lab_section(res):
+    """bench/scale_lab.py: the controller with 3, 10, 50 real minions, ratios against the smallest size."""
+    sizes = [s for s in res.get("scale_lab") or [] if s.get("runs")]
+    # the repetitions are per size (the table's SIGKILLs column), not the run's --reps
+    out = [header(res).replace(f"({res['reps']} repetitions; ", "(repetitions per size below; ", 1), ""]
+    if not sizes:
+        return "\n".join(out + ["No size was measured."] + _scale_lab_errors(res))
+    base = sizes[0]
+
+    def med(size, fn):
+        return median(fn(size))
+
+    def service(size):
+        return [r.get("service") for r in size["runs"]]
+
+    def runner(size):
+        return [(c.get("split") or {}).get("runner") for c in size["convergence"]]
+
+    def recs(size, service_only=False):
+        return _reconcile_seconds(size["reconciles"], service_only)
+
+    def cpu_per_kill(size):
+        return size["window"]["cpu_seconds"] / len(size["runs"])
+
+    rows = []
+    for size in sizes:
+        triggers = {}
+        for c in size["convergence"]:
+            kind = ((c.get("split") or {}).get("trigger") or "untraced").rsplit("/", 1)[-1]
+            triggers[kind] = triggers.get(kind, 0) + 1
+        all_recs = recs(size)
+        rows.append([
+            size["edges"], len(size["runs"]), fmt(med(size, lambda s: [r["moved"] for r in s["runs"]])),
+            _msp(service(size)), ratio(med(size, service), med(base, service)),
+            _msp(runner(size)), ", ".join(f"{k} {v}" for k, v in sorted(triggers.items())),
+            f"{len(all_recs)} ({len(all_recs) / len(size['runs']):.1f})",
+            _msp(all_recs), ratio(median(all_recs), median(recs(base))),
+            _msp(recs(size, True)),
+            f"{sum(r['lost'] for r in size['runs'])} of {sum(r['sent'] for r in size['runs'])}",
+        ])
+    timing = table(["edge nodes", "SIGKILLs", "VIP moved, s (median)", "Service right after the SIGKILL, s "
+                    "(median / p95 / max)", f"vs {base['edges']} nodes (median)", "runner slice, s (median / p95 / max)",
+                    "triggering event", "event-triggered reconciles (per SIGKILL)",
+                    "reconcile runner time, s (median / p95 / max)", f"vs {base['edges']} nodes",
+                    "of which wrote the Service, s", "requests lost"], rows)
+    rows = []
+    for size in sizes:
+        idle, win = size["idle"], size["window"]
+        rows.append([
+            size["edges"], fmt(size["up_seconds"], 0), f"{fmt(idle['master_cpu_share'] * 100, 1)}%",
+            f"{fmt(idle['minions_cpu_share'] * 100, 0)}%",
+            f"{fmt(cpu_per_kill(size))} ({fmt(win['cpu_share'] * 100, 0)}%)", ratio(cpu_per_kill(size), cpu_per_kill(base)),
+            f"{fmt(win['rss_mib_max'], 0)} / {fmt(win['pss_mib_max'], 0)}",
+            ratio(win["rss_mib_max"], base["window"]["rss_mib_max"]),
+            f"{fmt(idle['minion_rss_mib_mean'], 0)} / {fmt(idle['minion_pss_mib_mean'], 0)}",
+            ratio(idle["minion_rss_mib_mean"], base["idle"]["minion_rss_mib_mean"]),
+            f"{fmt(idle['load'], 1)} / {fmt(win['load_mean'], 1)}",
+        ])
+    resources = table(["edge nodes", "lab up, s", "idle: salt-master CPU (of a core)",
+                       "idle: all edge salt-minions CPU (of a core)",
+                       "salt-master CPU s per SIGKILL and restore (of a core)", f"vs {base['edges']} nodes",
+                       "salt-master RSS / PSS, MiB (max, all its processes)", f"vs {base['edges']} nodes (RSS)",
+                       "salt-minion RSS / PSS, MiB (mean per minion)", f"vs {base['edges']} nodes (RSS)",
+                       "load average: idle / during the runs (mean)"], rows)
+    big = sizes[-1]
+    goal = ratio(med(big, service), med(base, service))
+    met = goal != "-" and float(goal) <= 1.2
+    out += [
+        f"Goal (issue #16): Service right at {big['edges']} nodes within 1.2x of {base['edges']} nodes "
+        f"(medians, same run): {goal}, **{'met' if met else 'not met'}**.",
+        "",
+        timing,
+        "",
+        resources,
+    ]
+    return "\n".join(out + _scale_lab_errors(res))
+
+
+def _scale_lab_errors(res):
+    lines = []
+    for size in res.get("scale_lab") or []:
+        if size.get("error"):
+            lines.append(f"- {size['edges']} edge nodes: failed: {size['error'].strip().splitlines()[-1].split(': {', 1)[0][:300]}")
+        for err in size.get("rep_errors") or []:
+            lines.append(f"- {size['edges']} edge nodes, repetition {err}")
+    return ["", "Failures in this run:", ""] + lines if lines else []
+
+
 def sections(res):
-    out = {"run": header(res)}
+    out = {}
+    if res.get("blocks") != ["scale-lab"]:  # a scale-lab run alone carries its own header
+        out["run"] = header(res)
+    if res.get("scale_lab"):
+        out["scale-lab"] = scale_lab_section(res)
     if any(k in res for k, _ in SETUPS):
         out["failover"] = failover_section(res)
     if "convergence_default" in res:
@@ -180,7 +279,7 @@ def sections(res):
     if "burn" in res:
         out["burn"] = burn_section(res)
     errors = res.get("block_errors") or {}
-    if errors:
+    if errors and "run" in out:
         note = "\n\nBlocks that failed in this run (the traceback's last line):\n\n" + "\n".join(
             f"- `{name}`: {text.strip().splitlines()[-1]}" for name, text in errors.items())
         out["run"] += note

@@ -5,10 +5,12 @@ Run the benchmarks and rewrite their tables in docs/benchmarks.md
     .venv/bin/python bench/run_all.py            # everything (about 45 min on 2 cores)
     .venv/bin/python bench/run_all.py --quick    # 3 repetitions, 20 s of CPU burn: a smoke run
     .venv/bin/python bench/run_all.py --with-ipvs   # also bench/ipvs_sync.py in the qemu VM (slow)
+    .venv/bin/python bench/run_all.py --only scale-lab --edges 3,10,50 --json bench/results/scale-lab.json
+        # the controller with 3, 10 and 50 real salt-minions (bench/scale_lab.py; not in the default set)
 
 Needs root (network namespaces) and keepalived (make bootstrap). Namespaces
-are ``ehb<pid>-*`` (the project's lab) and ``ehp<pid>-*`` (the plain setup),
-the work directory /tmp/ehb-<pid>; all are removed at the end, also after a
+are ``ehb<pid>-*`` (the project's lab), ``ehp<pid>-*`` (the plain setup) and
+``ehs<pid>-*`` (scale-lab, one size at a time), the work directory /tmp/ehb-<pid>; all are removed at the end, also after a
 failure. A quick run writes its tables to the JSON only unless --doc is given.
 """
 
@@ -25,7 +27,7 @@ import traceback
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import lab_bench, report, scale  # noqa: E402
+from bench import lab_bench, report, scale, scale_lab  # noqa: E402
 from bench.common import DOC, loadavg, log, machine, other_load, replace_section  # noqa: E402
 
 
@@ -34,7 +36,11 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="3 repetitions, short CPU burn (smoke run)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 20, quick 3)")
     parser.add_argument("--burn", type=int, default=None, help="CPU burn seconds (default 300, quick 20)")
-    parser.add_argument("--only", default="", help="comma-separated: scale,failover,convergence,planned,burn")
+    parser.add_argument("--only", default="",
+                        help="comma-separated: scale,failover,convergence,planned,burn (the default set), scale-lab")
+    parser.add_argument("--edges", default="3,10,50",
+                        help="scale-lab: edge node counts, each N or N:REPS (default 3,10,50; without :REPS a size "
+                             "of 50 or more gets at most 10 repetitions)")
     parser.add_argument("--with-ipvs", action="store_true", help="also run bench/ipvs_sync.py (qemu VM, slow)")
     parser.add_argument("--doc", action="store_true", help="rewrite docs/benchmarks.md even in --quick mode")
     parser.add_argument("--no-doc", action="store_true", help="do not touch docs/benchmarks.md")
@@ -49,6 +55,10 @@ def main(argv=None):
     reps = args.reps or (3 if args.quick else 20)
     burn = args.burn or (20 if args.quick else 300)
     only = set(filter(None, args.only.split(","))) or {"scale", "failover", "convergence", "planned", "burn"}
+    unknown = only - {"scale", "failover", "convergence", "planned", "burn", "scale-lab"}
+    if unknown:
+        parser.error(f"unknown block(s) for --only: {', '.join(sorted(unknown))}")
+    sizes = scale_lab.parse_sizes(args.edges, reps) if "scale-lab" in only else None
     command = "make bench" if not argv and not sys.argv[1:] else \
         ".venv/bin/python bench/run_all.py " + " ".join(argv if argv is not None else sys.argv[1:])
     pid = os.getpid() % 10000
@@ -56,7 +66,7 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     res = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
            "reps": reps, "burn_seconds": burn, "quick": args.quick, "load_start": loadavg(),
-           "other_load_start": other_load([os.getpid()])}
+           "other_load_start": other_load([os.getpid()]), "blocks": sorted(only)}
     started = time.monotonic()
     try:
         if "scale" in only:
@@ -64,6 +74,9 @@ def main(argv=None):
             res["scale"] = scale.run(args.quick, log=log)
         if only & {"failover", "convergence", "planned", "burn"}:
             run_lab(res, only, reps, burn, work, pid)
+        if "scale-lab" in only:
+            log(f"scale-lab: the controller with real minions at {', '.join(f'{e} ({r} reps)' for e, r in sizes)}")
+            res["scale_lab"] = scale_lab.run(sizes, work, pid, log=log)
         if args.with_ipvs:
             log("IPVS sync in the VM (bench/ipvs_sync.py)")
             ipvs_json = work / "ipvs.json"
@@ -89,6 +102,12 @@ def main(argv=None):
                 text = replace_section(text, name, body)
             DOC.write_text(text)
             log(f"rewrote the tables in {DOC}")
+            try:
+                from bench import plots  # pylint: disable=import-outside-toplevel
+
+                log(f"pictures: {', '.join(str(p) for p in plots.draw(res, DOC.parent / 'img'))}")
+            except ImportError as exc:  # matplotlib: make bench installs requirements-bench.txt
+                log(f"no pictures ({exc})")
         if args.quick:
             print(report.summary_text(res))
         shutil.rmtree(work, ignore_errors=True)
@@ -156,6 +175,7 @@ def run_lab(res, only, reps, burn, work, pid):
 
     def cpu_burn():
         project.set_variant("default", watch=0.05)
+        project.label = "default"
         log(f"false failovers: {burn} s of CPU burn in the edge namespaces (plain and project side by side)")
         res["other_load_before_burn"] = other_load([os.getpid()])
         res["burn"] = lab_bench.cpu_burn([plain, project], burn, burners_per_edge=2)

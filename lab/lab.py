@@ -1,19 +1,24 @@
 """
-The local lab: a switch, a salt-master, three edge nodes and a client, each in
-its own network namespace, on 198.18.0.0/24 (nothing routed from the root
-namespace).
+The local lab: a switch, a salt-master, N edge nodes (three by default) and a
+client, each in its own network namespace, on 198.18.0.0/24 (nothing routed
+from the root namespace).
 
 - master (198.18.0.2): a real salt-master with the repo's reactor config, and
   the Kubernetes API emulator (nodes, one ingress pod per node, the ingress
   Service) on 127.0.0.1:6443 inside the namespace;
-- edge1..edge3 (198.18.0.11-13): a real salt-minion each, keepalived from
-  highstate (process mode), an ingress stand-in (HTTP 80/443 answering the
-  node name, /healthz on 10254 that the lab can flip);
+- edge1..edgeN: a real salt-minion each, keepalived from highstate (process
+  mode), an ingress stand-in (HTTP 80/443 answering the node name, /healthz
+  on 10254 that the lab can flip). edge1..edge39 are 198.18.0.11-49 (the
+  default three: 198.18.0.11-13), edge40..edge88 are 198.18.0.51-99; the
+  rest of the /24 is the master (.2), the client (.50), the VIP (.100, and
+  .101 and up for VIPs tests add) and the address put on the Service by hand
+  (.200);
 - client (198.18.0.50).
 
-    python lab/lab.py up       # from nothing (idempotent: tears down a previous lab first)
-    python lab/lab.py status   # the VIP report
-    python lab/lab.py down     # stops everything by pid, deletes the namespaces (safe after a crash)
+    python lab/lab.py up                 # from nothing (idempotent: tears down a previous lab first)
+    python lab/lab.py up --edges 10      # ten edge nodes (up to 88; minions started and applied in batches)
+    python lab/lab.py status             # the VIP report
+    python lab/lab.py down               # stops everything by pid, deletes the namespaces (safe after a crash)
 
 Everything lives under LAB_DIR (default /run/salt-edge-ha-lab).
 """
@@ -39,24 +44,50 @@ from tests.support.netns import Topology, delete_namespace, kill_pids, list_name
 
 BIN = pathlib.Path(sys.executable).parent
 VIP = "198.18.0.100"
-NODES = {"edge1": 11, "edge2": 12, "edge3": 13}
-MINIONS = list(NODES) + ["client"]  # the client minion is not an edge node
+NET = "198.18.0"  # the lab's /24 (the switch's subnet, tests/support/netns.py)
 MASTER_IP = "198.18.0.2"
+CLIENT_OCTET = 50
 USER_IP = "198.18.0.200"  # put on the Service "by hand": must survive every update
 KUBE_NS = "ingress-nginx"
 SERVICE = "ingress-nginx-controller"
 DEFAULT_DIR = "/run/salt-edge-ha-lab"
+MAX_EDGES = 88
+BATCH = 10  # minions started, synced and applied this many at a time (a 2-core machine)
 
 
-def lab_pillar(kubeconfig):
+def edge_nodes(edges=3):
+    """
+    ``{name: last octet}`` of edge1..edgeN in the lab's /24: edge1..edge39 at
+    .11-.49, edge40..edge88 at .51-.99, so that no node takes the master's
+    (.2), the client's (.50), a VIP (.100 and up) or the user IP (.200).
+    """
+    if not isinstance(edges, int) or not 1 <= edges <= MAX_EDGES:
+        raise ValueError(f"edges must be a number from 1 to {MAX_EDGES}, got {edges!r}")
+    return {f"edge{i}": 10 + i if i <= 39 else 11 + i for i in range(1, edges + 1)}
+
+
+NODES = edge_nodes(3)  # the default lab's nodes (other code imports this); a Lab's own are lab.nodes
+MINIONS = list(NODES) + ["client"]  # the client minion is not an edge node
+
+
+def name_order_priorities(nodes):
+    """``{node: priority}`` falling in node-name order: 150, 140, 130, then one less each (at least 45 for 88)."""
+    ranked = sorted(nodes)
+    return {n: (150, 140, 130)[i] if i < 3 else 129 - (i - 3) for i, n in enumerate(ranked)}
+
+
+def lab_pillar(kubeconfig, nodes=None):
+    """The lab's edge_ha pillar for ``nodes`` (``{name: octet}``, default the three of NODES)."""
+    nodes = NODES if nodes is None else nodes
     return {
-        "nodes": {n: {"address": f"198.18.0.{o}", "interface": "eth0"} for n, o in NODES.items()},
+        "nodes": {n: {"address": f"{NET}.{o}", "interface": "eth0"} for n, o in nodes.items()},
         "vrrp_instances": {
             "VI_INGRESS": {
                 "virtual_router_id": 51,
-                # explicit: the lab's tests and benchmarks want edge1 the owner, edge2 the
-                # first backup (derived priorities would spread instances by a hash)
-                "priority": {"edge1": 150, "edge2": 140, "edge3": 130},
+                # explicit: the lab's tests and benchmarks want the owner and the backups in node-name
+                # order (edge1 150, then 140, 130, 129, 128, ...); derived priorities would spread
+                # instances by a hash
+                "priority": name_order_priorities(nodes),
                 "vrrp_version": 3,
                 "advert_int": 1,
                 "unicast": True,
@@ -86,9 +117,11 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class Lab:
-    def __init__(self, directory=None, prefix="ehlab", fault_injection=False):
+    def __init__(self, directory=None, prefix="ehlab", fault_injection=False, edges=3):
         self.dir = pathlib.Path(directory or os.environ.get("LAB_DIR", DEFAULT_DIR))
         self.prefix = prefix
+        self.nodes = edge_nodes(edges)  # {name: last octet}, edge1..edgeN
+        self.minions = list(self.nodes) + ["client"]
         # tests: each edge node's keepalived binary is a wrapper whose `-t` passes while
         # <node dir>/fault-t-passes exists (a config that fails only at run time reaches the reload)
         self.fault_injection = fault_injection
@@ -124,14 +157,16 @@ class Lab:
         return self
 
     def _up(self, log):
+        began = time.monotonic()
         topo = self.topo
         topo.add_host("master", 2)
-        for node, octet in NODES.items():
+        for node, octet in self.nodes.items():
             topo.add_host(node, octet)
-        topo.add_host("client", 50)
-        log(f"namespaces: {', '.join(sorted(list_namespaces()))}")
+        topo.add_host("client", CLIENT_OCTET)
+        mine = sorted(n for n in list_namespaces() if n.startswith(self.prefix + "-"))
+        log(f"namespaces: {', '.join(mine) if len(mine) <= 10 else f'{len(mine)} ({self.prefix}-*)'}")
         self._write_configs()
-        for node in NODES:
+        for node in self.nodes:
             self._spawn(node, "ingress", sys.executable, str(REPO / "lab" / "ingress_standin.py"), node,
                         str(self.node_dir(node) / "ingress-unhealthy"))
         self._spawn("master", "kube", sys.executable, str(REPO / "lab" / "kube_emulator.py"),
@@ -139,18 +174,38 @@ class Lab:
                     "--socket", str(self.dir / "kube.sock"))
         self._wait(lambda: (self.dir / "kube.sock").exists(), 20, "Kubernetes API emulator")
         self.start_master()
-        for node in MINIONS:
-            self.start_minion(node)
+        # in batches: on a 2-core machine fifty minions starting (and authenticating) at once time out
+        for batch in self.batches(self.minions):
+            for node in batch:
+                self.start_minion(node)
+            self._wait(lambda b=batch: self._pinged(b), 90, f"minions {batch[0]}..{batch[-1]} to answer test.ping")
+            if len(self.minions) > BATCH:
+                log(f"minions {batch[0]}..{batch[-1]} answer, after {time.monotonic() - began:.0f} s")
         self._wait(lambda: self._pinged(), 90, "minions to answer test.ping")
-        log("salt-master and 4 salt-minions (3 edge nodes, 1 client) up; syncing modules, applying highstate")
-        self.salt("*", "saltutil.sync_all", timeout=120)
-        results = self.salt(",".join(NODES), "state.apply", "--list", timeout=300)
-        for node, states in results.items():
-            bad = [k for k, v in (states or {}).items() if not isinstance(v, dict) or not v.get("result")]
-            if not isinstance(states, dict) or bad:
-                raise RuntimeError(f"highstate failed on {node}: {json.dumps(states, indent=1)[:3000]}")
-        self._wait(lambda: len(self.holders()) == 1, 30, "one VIP owner")
+        log(f"salt-master and {len(self.minions)} salt-minions ({len(self.nodes)} edge nodes, 1 client) up "
+            f"after {time.monotonic() - began:.0f} s; syncing modules, applying highstate")
+        for batch in self.batches(self.minions):
+            synced = self.salt(",".join(batch), "saltutil.sync_all", "--list", timeout=120)
+            # the client is no edge node: its sync answers that the top file has nothing for it
+            missing = [m for m in batch if m in self.nodes and not isinstance(synced.get(m), dict)]
+            if missing:
+                raise RuntimeError(f"saltutil.sync_all failed on {missing} (timeout 120 s): "
+                                   + json.dumps({m: synced.get(m, "no answer") for m in missing})[:2000])
+        log(f"modules synced after {time.monotonic() - began:.0f} s")
+        for batch in self.batches(list(self.nodes)):
+            results = self.salt(",".join(batch), "state.apply", "--list", timeout=300)
+            for node in batch:
+                states = results.get(node)
+                bad = [k for k, v in (states or {}).items() if not isinstance(v, dict) or not v.get("result")]
+                if not isinstance(states, dict) or bad:
+                    raise RuntimeError(f"highstate failed on {node}: {json.dumps(states, indent=1)[:3000]}")
+        self._wait(lambda: len(self.holders()) == 1, 30 + len(self.nodes), "one VIP owner")
+        log(f"highstate applied, VIP on {', '.join(self.holders())}, after {time.monotonic() - began:.0f} s")
         return self
+
+    @staticmethod
+    def batches(names, size=BATCH):
+        return [names[i:i + size] for i in range(0, len(names), size)]
 
     def down(self, quiet=False):
         """Stop everything by pid and delete the namespaces; fine after a crash."""
@@ -222,8 +277,14 @@ class Lab:
             time.sleep(0.5)
         raise RuntimeError(f"timed out after {timeout}s waiting for {what}; logs in {self.dir / 'logs'}")
 
-    def _pinged(self):
-        return set(self.salt("*", "test.ping", timeout=10)) == set(MINIONS)
+    def _pinged(self, minions=None):
+        """Whether ``minions`` (default: all of this lab's) answer test.ping."""
+        if minions is None:
+            answers = self.salt("*", "test.ping", timeout=10 + len(self.minions) // 10)
+        else:
+            answers = self.salt(",".join(minions), "test.ping", "--list", timeout=10)
+        # a minion that did not answer shows as a "Minion did not return" string
+        return {m for m, ok in answers.items() if ok is True} == set(self.minions if minions is None else minions)
 
     # ------------------------------------------------------------ config
 
@@ -232,7 +293,7 @@ class Lab:
         pillar_dir = self.dir / "pillar"
         pillar_dir.mkdir(parents=True, exist_ok=True)
         (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - edge_ha\n")
-        self.set_pillar(lab_pillar(kubeconfig))
+        self.set_pillar(lab_pillar(kubeconfig, self.nodes))
         reactor = yaml.safe_load((REPO / "reactor" / "edge-ha.master.conf").read_text().replace(
             "/srv/salt-edge-ha", str(REPO)))
         master = {
@@ -255,10 +316,10 @@ class Lab:
         }
         self.etc.mkdir(parents=True, exist_ok=True)
         (self.etc / "master").write_text(yaml.safe_dump(master))
-        for node in MINIONS:
+        for node in self.minions:
             ndir = self.node_dir(node)
             (ndir / "etc").mkdir(parents=True, exist_ok=True)
-            if node not in NODES:
+            if node not in self.nodes:
                 minion = {"id": node, "master": MASTER_IP, "root_dir": str(ndir / "root"),
                           "log_level_logfile": "warning"}
                 (ndir / "etc" / "minion").write_text(yaml.safe_dump(minion))
@@ -284,17 +345,20 @@ class Lab:
             if self.fault_injection:
                 minion["keepalived"]["binary"] = self._fault_wrapper(node)
             (ndir / "etc" / "minion").write_text(yaml.safe_dump(minion))
-        seed = {
+        (self.dir / "kube-seed.json").write_text(json.dumps(self.kube_seed()))
+
+    def kube_seed(self):
+        """The Kubernetes emulator's seed: a Node and an ingress controller pod per edge node, the Service."""
+        return {
             "namespaces": [KUBE_NS],
-            "nodes": [{"name": n, "address": f"198.18.0.{o}"} for n, o in NODES.items()],
+            "nodes": [{"name": n, "address": f"{NET}.{o}"} for n, o in self.nodes.items()],
             "pods": [
                 {"namespace": KUBE_NS, "name": f"{SERVICE}-{n}", "node": n,
                  "labels": {"app.kubernetes.io/component": "controller"}}
-                for n in NODES
+                for n in self.nodes
             ],
             "service": {"namespace": KUBE_NS, "name": SERVICE, "external_ips": [USER_IP]},
         }
-        (self.dir / "kube-seed.json").write_text(json.dumps(seed))
 
     def _fault_wrapper(self, node):
         path = self.node_dir(node) / "bin" / "keepalived"
@@ -370,8 +434,9 @@ class Lab:
                              capture_output=True, text=True, check=True).stdout
         return [a["local"] for link in json.loads(out or "[]") for a in link.get("addr_info", [])]
 
-    def holders(self, vip=VIP):
-        return sorted(n for n in NODES if vip in self.addresses(n))
+    def holders(self, vip=VIP, nodes=None):
+        """The edge nodes (of ``nodes``, default all) that have ``vip`` on their interface."""
+        return sorted(n for n in (self.nodes if nodes is None else nodes) if vip in self.addresses(n))
 
     def keepalived_pid(self, node):
         try:
@@ -516,11 +581,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="The salt-edge-ha lab")
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--dir", default=None, help=f"lab directory (default $LAB_DIR or {DEFAULT_DIR})")
+    parser.add_argument("--prefix", default="ehlab", help="namespace prefix, at most 8 characters (default ehlab)")
+    parser.add_argument("--edges", type=int, default=3, help=f"edge nodes for `up`, 1 to {MAX_EDGES} (default 3)")
     args = parser.parse_args(argv)
+    if not 1 <= args.edges <= MAX_EDGES:
+        parser.error(f"--edges must be from 1 to {MAX_EDGES}")
     if os.geteuid() != 0:
         print("the lab needs root (network namespaces)", file=sys.stderr)
         return 1
-    lab = Lab(args.dir)
+    lab = Lab(args.dir, prefix=args.prefix, edges=args.edges)
     if args.command == "up":
         lab.up()
         print(f"lab is up in {lab.dir}; VIP {VIP} on {', '.join(lab.holders())}")

@@ -72,11 +72,19 @@ def stale_copies(model, reports, stopped):
     """
     Nodes whose keepalived is not running but whose interface still holds
     VIPs: ``(release, waiting)``. A stale copy is released once a live node
-    holds each of its VIPs; until then the killed node is what still answers.
+    holds each of its VIPs, as a report built no earlier than the stopped
+    node's own says (a report from before the kill can show a node that held
+    the VIP a moment ago: releasing on it would leave nobody answering until
+    the backups' master-down interval ends); until then the killed node is
+    what still answers.
     """
     live = fleet.vip_holders(model, reports)
     leftover = {n: fleet.stale_vips(reports[n]) for n in stopped}
-    release = sorted(n for n, vips in leftover.items() if vips and all(live.get(v) for v in vips))
+
+    def taken_over(node, vip):
+        return any(reports[h].time >= reports[node].time for h in live.get(vip) or ())
+
+    release = sorted(n for n, vips in leftover.items() if vips and all(taken_over(n, v) for v in vips))
     waiting = {n: vips for n, vips in leftover.items() if vips and n not in release}
     return release, waiting
 

@@ -126,3 +126,25 @@ def test_ipvs_persistence_expiry_only_with_virtual_servers(confdir):
     plain = json.loads(_salt_call("--id", "edge1", "state.show_sls", "edge.sysctl",
                                   f"pillar={json.dumps({'edge_ha': without})}", root_dir=confdir).stdout)["local"]
     assert not [k for k in plain if ".vs." in k or k == "edge-ipvs-module"], sorted(plain)
+
+
+def test_systemd_drop_in_for_service_mode(confdir):
+    """service_mode: service (the default) on a systemd node: the keepalived unit's drop-in (state
+    directory before start, Restart=) and a daemon-reload come before keepalived.managed; per OS family."""
+    (confdir / "minion").write_text(yaml.safe_dump({"root_dir": str(confdir),
+                                                   "grains": {"init": "systemd", "os_family": "RedHat"},
+                                                   "keepalived": {"state_dir": "/run/edge-x"}}))
+    states = _show_sls("edge.keepalived", confdir)
+    unit = dict(kv for item in states["edge-keepalived-unit"]["file"] if isinstance(item, dict) for kv in item.items())
+    assert unit["name"] == "/etc/systemd/system/keepalived.service.d/edge-ha.conf"
+    assert "ExecStartPre=/usr/bin/mkdir -p -m 0755 /run/edge-x\n" in unit["contents"]
+    assert "Restart=on-failure\nRestartSec=5\nRestartPreventExitStatus=2\n" in unit["contents"]
+    assert {"onchanges": [{"file": "edge-keepalived-unit"}]} in states["edge-keepalived-daemon-reload"]["cmd"]
+    assert {"require": ["edge-packages", "edge-sysctl-nonlocal-bind", "edge-keepalived-unit",
+                        "edge-keepalived-daemon-reload"]} in states["edge-keepalived"]["keepalived"]
+    assert "edge-keepalived-enabled" in states
+    # process mode (no init system) or no systemd: no unit settings
+    (confdir / "minion").write_text(yaml.safe_dump({"root_dir": str(confdir), "grains": {"init": "systemd"},
+                                                   "keepalived": {"service_mode": "process"}}))
+    states = _show_sls("edge.keepalived", confdir)
+    assert "edge-keepalived-unit" not in states and "edge-keepalived-enabled" not in states

@@ -14,7 +14,7 @@ import pytest
 import urllib3
 from kubernetes import client, config, watch
 
-from tests.support.kube_api import KubeAPIEmulator
+from tests.support.kube_api import KubeAPIEmulator, core_api, raw
 
 pytestmark = pytest.mark.k8s
 
@@ -31,19 +31,8 @@ def api(emulator):
 
 @pytest.fixture
 def core(api, tmp_path):
-    configuration = client.Configuration()
-    config.load_kube_config(
-        config_file=api.write_kubeconfig(tmp_path / "kc"), client_configuration=configuration, persist_config=False
-    )
-    configuration.retries = False
-    with client.ApiClient(configuration) as api_client:
-        yield client.CoreV1Api(api_client)
-
-
-def raw(response):
-    data = json.loads(response.data)
-    response.release_conn()
-    return data
+    with core_api(api, tmp_path) as api_client:
+        yield api_client
 
 
 def status_of(excinfo):

@@ -9,8 +9,9 @@ hardened cluster. Emulator only: skipped on a real cluster.
 import json
 
 import pytest
-from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
+
+from tests.support.kube_api import core_api, raw
 
 pytestmark = pytest.mark.k8s
 
@@ -21,18 +22,8 @@ MERGE = "application/merge-patch+json"
 
 @pytest.fixture
 def core(emulator, tmp_path):
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=emulator.write_kubeconfig(tmp_path / "kc"),
-                            client_configuration=configuration, persist_config=False)
-    configuration.retries = False
-    with client.ApiClient(configuration) as api_client:
-        yield client.CoreV1Api(api_client)
-
-
-def raw(response):
-    data = json.loads(response.data)
-    response.release_conn()
-    return data
+    with core_api(emulator, tmp_path) as api_client:
+        yield api_client
 
 
 def lb_service(name="web", cls=CLASS, **spec):

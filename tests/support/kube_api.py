@@ -73,6 +73,7 @@ import argparse
 import copy
 import datetime
 import ipaddress
+import contextlib
 import json
 import re
 import socket
@@ -1472,3 +1473,26 @@ def main(argv=None):
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------- client side, for the tests that talk to the emulator
+
+
+@contextlib.contextmanager
+def core_api(server, directory):
+    """A CoreV1Api of the official client on ``server`` (an emulator), no retries."""
+    from kubernetes import client, config  # pylint: disable=import-outside-toplevel
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=server.write_kubeconfig(directory / "kc"),
+                            client_configuration=configuration, persist_config=False)
+    configuration.retries = False
+    with client.ApiClient(configuration) as api_client:
+        yield client.CoreV1Api(api_client)
+
+
+def raw(response):
+    """The JSON body of a ``_preload_content=False`` response (connection released)."""
+    data = json.loads(response.data)
+    response.release_conn()
+    return data

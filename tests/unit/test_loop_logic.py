@@ -231,3 +231,23 @@ def test_vrrp_watch_signature_sees_log_growth_and_process_death(tmp_path):
             child.kill()
             child.wait()
     assert os.path.exists(log)
+
+
+def test_keepalived_pid_files_per_service_mode():
+    """The pid files the vrrp beacon's watch looks at: process mode passes them to keepalived (pid_dir);
+    under the init system keepalived writes its compiled-in defaults (service_pid_dir, /run)."""
+    keepalived = load("_modules/keepalived.py")
+    config = {}
+    saved = getattr(keepalived, "__salt__", None)
+    keepalived.__salt__ = {"config.get": lambda key, default=None: config.get(key, default)}
+    try:
+        assert keepalived.pid_files() == {"main": "/run/keepalived.pid", "vrrp": "/run/vrrp.pid",
+                                          "checkers": "/run/checkers.pid"}
+        config["keepalived"] = {"service_mode": "process", "pid_dir": "/srv/run"}
+        assert keepalived.pid_files() == {"main": "/srv/run/keepalived.pid", "vrrp": "/srv/run/keepalived_vrrp.pid",
+                                          "checkers": "/srv/run/keepalived_checkers.pid"}
+    finally:
+        if saved is None:
+            del keepalived.__salt__
+        else:
+            keepalived.__salt__ = saved

@@ -177,3 +177,39 @@ def test_runner_arguments_are_checked_before_anything_and_failures_exit_non_zero
     assert runner._seconds("drain_timeout", "120") == 120.0  # pylint: disable=protected-access
     assert runner._exit_code({"ok": False, "error": "x"})["retcode"] == 1  # pylint: disable=protected-access
     assert "retcode" not in runner._exit_code({"ok": True, "error": None})  # pylint: disable=protected-access
+
+
+def test_a_report_changed_while_the_last_is_on_its_way_follows_it_at_once(monkeypatch):
+    import threading  # pylint: disable=import-outside-toplevel
+
+    sent, first_done = [], threading.Event()
+    release_first, on_its_way = threading.Event(), threading.Event()
+
+    def fake_send(opts, load, timeout):  # the master answers the first report slowly
+        if not sent:
+            on_its_way.set()
+            release_first.wait(5)
+        sent.append(load["data"][edge_node.MINE_KEY]["n"])
+        if len(sent) == 1:
+            first_done.set()
+        return True
+
+    state = {"n": 0}
+    monkeypatch.setattr(edge_node, "__opts__", {"id": "edge1"}, raising=False)
+    monkeypatch.setattr(edge_node, "__context__", {}, raising=False)
+    monkeypatch.setattr(edge_node, "report", lambda probe=False: {"n": state["n"]})
+    monkeypatch.setattr(edge_node, "report_digest", lambda data: f"d{data['n']}")
+    monkeypatch.setattr(edge_node, "_send_mine", fake_send)
+    assert edge_node.publish()["published"]
+    assert on_its_way.wait(5)
+    state["n"] = 1
+    assert edge_node.publish()["published"], "queued behind the one on its way, not dropped"
+    state["n"] = 2
+    assert edge_node.publish()["published"]
+    release_first.set()
+    assert first_done.wait(5)
+    deadline = __import__("time").monotonic() + 5
+    while sent[-1:] != [2] and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.01)
+    assert sent == [0, 2], "the newest report follows at once; the one it replaced is not sent"
+    assert not edge_node.publish()["published"], "nothing changed: nothing sent before the heartbeat"

@@ -170,3 +170,15 @@ def test_a_stopping_owner_leaves_the_service_at_once_and_is_no_vrrp_candidate():
     assert "edge1: keepalived is stopping (it has given up its VIPs)" in wanted.notes
     assert fleet.vrrp_winner(model, typed(reports), "VI_INGRESS") == "edge2"
     assert typed(reports)["edge1"].stopping
+
+
+def test_stale_copy_waits_for_a_holder_report_built_after_the_kill():
+    model = model3()
+    # edge2's last report (t=100) still shows the VIP it held before the owner came back; edge1 was killed
+    # and reported so at t=105: edge2's report says nothing about now, the copy on edge1 stays
+    reports = {"edge1": report("edge1", "MASTER", 150, [VIP], running=False, time=105.0),
+               "edge2": report("edge2", "MASTER", 140, [VIP], time=100.0),
+               "edge3": report("edge3", prio=130, time=104.0)}
+    assert planner.stale_copies(model, typed(reports), {"edge1"}) == ([], {"edge1": [VIP]})
+    reports["edge2"]["time"] = 106.0  # edge2 took over after the kill and said so
+    assert planner.stale_copies(model, typed(reports), {"edge1"}) == (["edge1"], {})

@@ -20,15 +20,27 @@ execution and state modules are proven on Debian's own kernel in a small VM:
    ``/newroot`` with proc/sys/dev and tmpfs on ``/tmp`` and ``/run``, and runs
    the job script in a ``chroot`` as root. The job's output, exit status and
    junit XML land in the results directory; ``/init`` then powers off.
+5. ``--systemd`` (``init="systemd"``): ``/init`` mounts the 9p host root
+   read-only as the lower layer of an overlayfs whose upper layer is a tmpfs
+   (``index=off,xino=off,metacopy=off,redirect_dir=off``: 9p gives overlayfs
+   no file handles to index), copies in what ``systemd_tree`` prepared (the
+   ``edge-ha-job.target``/``.service`` units, masks for the units that would
+   wait for hardware, network or a login, an empty fstab), then
+   ``switch_root``s to ``/lib/systemd/systemd`` as PID 1 with
+   ``systemd.unit=edge-ha-job.target``. The job unit runs the same job script,
+   writes output, exit status (and the journal) to the results share and
+   powers off (``SuccessAction=``/``FailureAction=poweroff-force``).
 
 Usage::
 
     .venv/bin/python tests/vm/run.py                 # pytest tests/vm/inside -q
     .venv/bin/python tests/vm/run.py -- python bench/ipvs_sync.py --inside
     .venv/bin/python tests/vm/run.py --stream -- python -m pytest tests/vm/inside -x
+    .venv/bin/python tests/vm/run.py --systemd       # pytest tests/vm/inside_systemd under systemd
 
 Environment knobs: ``EDGE_HA_VM_ACCEL`` (``kvm``/``tcg``),
-``EDGE_HA_VM_KERNEL_PKG`` (a package name), ``EDGE_HA_VM_TIMEOUT`` (s).
+``EDGE_HA_VM_KERNEL_PKG`` (a package name), ``EDGE_HA_VM_TIMEOUT`` (s),
+``EDGE_HA_VM_OVERLAY_OPTS`` (overlayfs options of the systemd mode).
 """
 
 from __future__ import annotations
@@ -74,6 +86,39 @@ GUEST_MODULES = [
     "ip_vs_fo", "ip_vs_ovf", "ip_vs_mh",
     # an interface to put virtual addresses on
     "dummy",
+    # the writable root of the systemd mode (tmpfs over the read-only 9p host root)
+    "overlay",
+]
+
+#: ``init="systemd"``: the job runs as a unit of a real systemd (PID 1).
+JOB_UNIT = "edge-ha-job.service"
+JOB_TARGET = "edge-ha-job.target"
+
+#: Units masked in the systemd mode: the VM has no disks, no network device and
+#: no console login, and the host's own enabled units (timers, timesyncd,
+#: postgresql ...) have nothing to do there. Masking a unit that does not
+#: exist is harmless.
+SYSTEMD_MASKED = [
+    # udev: no hardware to configure (the modules are loaded by the initramfs)
+    "systemd-udevd.service", "systemd-udevd-control.socket", "systemd-udevd-kernel.socket",
+    "systemd-udev-trigger.service", "systemd-udev-settle.service", "systemd-hwdb-update.service",
+    # network configuration and its waits (keepalived.service wants network-online.target)
+    "networking.service", "ifupdown-wait-online.service", "ifupdown-pre.service",
+    "systemd-networkd.service", "systemd-networkd.socket", "systemd-networkd-wait-online.service",
+    "systemd-network-generator.service", "NetworkManager.service", "NetworkManager-wait-online.service",
+    # consoles and first boot prompts
+    "getty.target", "getty@tty1.service", "serial-getty@ttyS0.service", "console-getty.service",
+    "systemd-firstboot.service",
+    # the host's disks, swap, kernel modules and boot-time maintenance
+    "systemd-remount-fs.service", "systemd-fsck-root.service", "systemd-modules-load.service",
+    "systemd-pstore.service", "systemd-random-seed.service", "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount", "ldconfig.service", "systemd-journal-catalog-update.service",
+    "systemd-update-done.service", "systemd-machine-id-commit.service", "systemd-boot-system-token.service",
+    "systemd-repart.service", "systemd-timesyncd.service", "systemd-time-wait-sync.service",
+    "e2scrub_reap.service", "postgresql.service", "cron.service", "ssh.service",
+    # timers of the host
+    "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
+    "fstrim.timer", "man-db.timer", "logrotate.timer", "systemd-tmpfiles-clean.timer",
 ]
 
 
@@ -391,22 +436,44 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+OVERLAY_OPTS=index=off,xino=off,metacopy=off,redirect_dir=off
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in edge_ha.overlay=*) OVERLAY_OPTS="${arg#edge_ha.overlay=}" ;; esac
+done
 echo "EDGE_HA_VM: initramfs up, loading modules"
 while read m; do
   insmod "/modules/$m" || echo "EDGE_HA_VM: insmod $m failed"
 done < /modules.list
 fail() { echo "EDGE_HA_VM: $*"; echo "EDGE_HA_VM_EXIT=125"; poweroff -f; sleep 5; }
 mkdir -p /newroot
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /newroot \
-  || fail "cannot mount the host root over 9p"
-mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp || fail "tmpfs /tmp"
-mount -t tmpfs -o mode=755 tmpfs /newroot/run || fail "tmpfs /run"
-mount -t proc proc /newroot/proc
-mount -t sysfs sysfs /newroot/sys
-mount -t devtmpfs devtmpfs /newroot/dev
-mkdir -p /newroot/dev/pts /newroot/dev/shm
-mount -t devpts devpts /newroot/dev/pts
-mount -t tmpfs tmpfs /newroot/dev/shm
+SYSTEMD=0
+grep -q 'edge_ha.init=systemd' /proc/cmdline && SYSTEMD=1
+if [ $SYSTEMD = 1 ]; then
+  # the host root read-only as the lower layer of an overlay whose upper layer
+  # is a tmpfs: a writable root for systemd (9p cannot be an upper layer, and
+  # it offers no file handles or inode numbers overlayfs could index)
+  mkdir -p /lower /rw
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /lower \
+    || fail "cannot mount the host root over 9p"
+  mount -t tmpfs -o mode=755 tmpfs /rw || fail "tmpfs for the overlay"
+  mkdir -p /rw/upper /rw/work
+  mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work,$OVERLAY_OPTS overlay /newroot \
+    || { echo "EDGE_HA_VM: overlay with $OVERLAY_OPTS failed; trying without options"; \
+         mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot; } \
+    || fail "cannot mount the overlay root"
+  mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp || fail "tmpfs /tmp"
+else
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /newroot \
+    || fail "cannot mount the host root over 9p"
+  mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp || fail "tmpfs /tmp"
+  mount -t tmpfs -o mode=755 tmpfs /newroot/run || fail "tmpfs /run"
+  mount -t proc proc /newroot/proc
+  mount -t sysfs sysfs /newroot/sys
+  mount -t devtmpfs devtmpfs /newroot/dev
+  mkdir -p /newroot/dev/pts /newroot/dev/shm
+  mount -t devpts devpts /newroot/dev/pts
+  mount -t tmpfs tmpfs /newroot/dev/shm
+fi
 mkdir -p /newroot/tmp/vmresults
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /newroot/tmp/vmresults \
   || fail "cannot mount the results share"
@@ -418,8 +485,20 @@ if [ -f /newroot/tmp/vmresults/mounts.list ]; then
       || fail "cannot mount $tag on $path"
   done < /newroot/tmp/vmresults/mounts.list
 fi
-ip link set lo up
 hostname edge-ha-vm
+if [ $SYSTEMD = 1 ]; then
+  # units, masks and settings the host prepared (tests/vm/run.py: systemd_tree)
+  cp -a /newroot/tmp/vmresults/rootfs/. /newroot/ || fail "cannot install the systemd job unit"
+  # a host that is a container image (/.dockerenv) would make systemd believe it runs
+  # in a container: it would then ignore the kernel command line (systemd.unit=)
+  rm -f /newroot/.dockerenv /newroot/run/.containerenv
+  echo "EDGE_HA_VM: switch_root to systemd at uptime $(cut -d' ' -f1 /proc/uptime)s"
+  mount -o move /dev /newroot/dev
+  umount /proc /sys
+  exec switch_root /newroot /lib/systemd/systemd
+  fail "switch_root to systemd failed"
+fi
+ip link set lo up
 echo "EDGE_HA_VM: running job at uptime $(cut -d' ' -f1 /proc/uptime)s"
 chroot /newroot /bin/sh /tmp/vmresults/job.sh </dev/null >/newroot/tmp/vmresults/output.log 2>&1
 rc=$?
@@ -593,11 +672,66 @@ def _job_script(command: list[str], env: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+SYSTEMD_JOB_SCRIPT = f"""#!/bin/sh
+# ExecStart of {JOB_UNIT}: the job, its output and exit status like the shell mode's /init
+say() {{ echo "$*" >/dev/console; }}
+up() {{ cut -d' ' -f1 /proc/uptime; }}
+up >{GUEST_RESULTS}/uptime-job-start
+say "EDGE_HA_VM: running job under systemd at uptime $(up)s"
+# in a session of its own: a kill(0) or a killpg in the job cannot take this script with it
+setsid -w /bin/sh {GUEST_RESULTS}/job.sh </dev/null >{GUEST_RESULTS}/output.log 2>&1
+rc=$?
+echo "$rc" >{GUEST_RESULTS}/exitcode
+journalctl -b --no-pager -o short-monotonic >{GUEST_RESULTS}/journal.log 2>&1
+sync
+say "EDGE_HA_VM: job done at uptime $(up)s"
+say "EDGE_HA_VM_EXIT=$rc"
+exit 0
+"""
+
+
+def systemd_tree(results: Path) -> None:
+    """Write ``results/rootfs/``: what /init copies into the overlay root before
+    it switches to systemd: the job target and unit, masks, an empty fstab
+    (the host's must not be mounted), a tmpfiles override that keeps /tmp (the
+    results share is mounted there) and a volatile journal."""
+    root = results / "rootfs"
+    units = _mkdir(root / "etc" / "systemd" / "system")
+    (units / JOB_TARGET).write_text(
+        "[Unit]\nDescription=edge-ha VM job (tests/vm/run.py)\n"
+        f"Requires=basic.target\nAfter=basic.target\nWants={JOB_UNIT}\nAllowIsolate=yes\n")
+    (units / JOB_UNIT).write_text(
+        "[Unit]\nDescription=edge-ha VM job: job.sh, output and exit status to the results share\n"
+        "After=basic.target\n"
+        "SuccessAction=poweroff-force\nFailureAction=poweroff-force\n"
+        "[Service]\nType=oneshot\n"
+        f"ExecStart=/bin/sh {GUEST_RESULTS}/systemd-job.sh\n"
+        "TimeoutStartSec=infinity\nStandardOutput=journal+console\n")
+    for unit in SYSTEMD_MASKED:
+        link = units / unit
+        if not link.is_symlink():
+            link.symlink_to("/dev/null")
+    (root / "etc" / "fstab").write_text("# tests/vm/run.py: no disks in the VM\n")
+    tmpfiles = _mkdir(root / "etc" / "tmpfiles.d")
+    (tmpfiles / "tmp.conf").write_text("# tests/vm/run.py: keep /tmp (the results share is there)\n"
+                                       "d /tmp 1777 root root -\n")
+    journald = _mkdir(root / "etc" / "systemd" / "journald.conf.d")
+    (journald / "edge-ha-vm.conf").write_text("[Journal]\nStorage=volatile\n")
+    (results / "systemd-job.sh").write_text(SYSTEMD_JOB_SCRIPT)
+
+
 def run_in_vm(command: list[str], *, timeout: float | None = None, memory: str = "2048",
               cpus: int = 2, extra_env: dict[str, str] | None = None,
-              stream: bool = False) -> VMResult:
+              stream: bool = False, init: str = "shell") -> VMResult:
     """Boot the VM, run ``command`` (argv, run in the repo root as root) and
-    return its exit status and output. qemu is always stopped by its pid."""
+    return its exit status and output. qemu is always stopped by its pid.
+
+    ``init="shell"`` (default): /init runs the job in a chroot of the
+    read-only host root, no init system. ``init="systemd"``: /init switches
+    to an overlay of the host root (tmpfs upper layer) and execs systemd as
+    PID 1, which runs the job as ``edge-ha-job.service`` and powers off."""
+    if init not in ("shell", "systemd"):
+        raise ValueError(f"init must be 'shell' or 'systemd', not {init!r}")
     timeout = timeout or float(os.environ.get("EDGE_HA_VM_TIMEOUT", DEFAULT_TIMEOUT))
     t0 = time.monotonic()
     kernel = ensure_kernel()
@@ -610,12 +744,20 @@ def run_in_vm(command: list[str], *, timeout: float | None = None, memory: str =
         "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
         "EDGE_HA_IN_VM": "1", "EDGE_HA_VM_RESULTS": GUEST_RESULTS,
         "EDGE_HA_VM_ACCEL": accel, "EDGE_HA_VM_KERNEL": kernel.version,
+        "EDGE_HA_VM_INIT": init,
     }
     env.update(extra_env or {})
     (results / "job.sh").write_text(_job_script(command, env))
     (results / "job.json").write_text(json.dumps(
-        {"command": command, "kernel": kernel.package, "accel": accel,
+        {"command": command, "kernel": kernel.package, "accel": accel, "init": init,
          "modules": modules}, indent=1))
+    append = "console=ttyS0 panic=-1 loglevel=4 rdinit=/init"
+    if init == "systemd":
+        systemd_tree(results)
+        append += (f" edge_ha.init=systemd systemd.unit={JOB_TARGET} systemd.show_status=1"
+                   " systemd.firstboot=0 systemd.journald.forward_to_console=0")
+        if os.environ.get("EDGE_HA_VM_OVERLAY_OPTS"):
+            append += f" edge_ha.overlay={os.environ['EDGE_HA_VM_OVERLAY_OPTS']}"
     console = results / "console.log"
     cpu = _cpu_for(accel)
     argv = [
@@ -624,7 +766,7 @@ def run_in_vm(command: list[str], *, timeout: float | None = None, memory: str =
         "-machine", "q35", "-accel", accel, "-cpu", cpu,
         "-m", memory, "-smp", str(cpus),
         "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd),
-        "-append", "console=ttyS0 panic=-1 loglevel=4 rdinit=/init",
+        "-append", append,
         "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
         "-fsdev", f"local,id=results,path={results},security_model=none",
@@ -669,6 +811,10 @@ def run_in_vm(command: list[str], *, timeout: float | None = None, memory: str =
         if (results / "output.log").exists() else ""
     timings = {"prepare": round(t_prep - t0, 2), "vm": round(t_end - t_prep, 2),
                "total": round(t_end - t0, 2)}
+    try:  # seconds from power-on to the job's start (kernel, /init, and systemd's boot)
+        timings["guest_boot"] = float((results / "uptime-job-start").read_text().strip())
+    except (OSError, ValueError):
+        pass
     (results / "timings.json").write_text(json.dumps(timings) + "\n")
     if timed_out:
         raise VMError(f"VM did not finish within {timeout:.0f}s; console:\n"
@@ -726,9 +872,12 @@ def _stop(proc: subprocess.Popen) -> None:
         pass
 
 
-def default_pytest_args() -> list[str]:
+def default_pytest_args(init: str = "shell") -> list[str]:
     """What the VM stage runs: tests/vm/inside, without the opt-in salt-call
-    test unless EDGE_HA_VM_SALT_CALL=1 (each salt-call costs ~75 s under TCG)."""
+    test unless EDGE_HA_VM_SALT_CALL=1 (each salt-call costs ~75 s under TCG);
+    under systemd (``init="systemd"``): tests/vm/inside_systemd."""
+    if init == "systemd":
+        return ["tests/vm/inside_systemd", "-q", "-rfEs", "--durations=8"]
     args = ["tests/vm/inside", "-q", "-rfEs", "--durations=8"]
     if os.environ.get("EDGE_HA_VM_SALT_CALL") != "1":
         args += ["--ignore", "tests/vm/inside/test_salt_call.py"]
@@ -737,7 +886,7 @@ def default_pytest_args() -> list[str]:
 
 def run_pytest_in_vm(pytest_args: list[str] | None = None, **kwargs) -> VMResult:
     """Run pytest inside the VM with the host's interpreter (the venv's)."""
-    args = pytest_args if pytest_args is not None else default_pytest_args()
+    args = pytest_args if pytest_args is not None else default_pytest_args(kwargs.get("init", "shell"))
     # only the plugins the VM tests use: autoloading every installed plugin
     # (salt-factories...) costs seconds under TCG
     extra = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -754,6 +903,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", default="2048")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--stream", action="store_true", help="print the job output live")
+    parser.add_argument("--systemd", action="store_true",
+                        help="boot systemd as PID 1 on an overlay of the host root and run the job "
+                             "as a unit (default command: pytest tests/vm/inside_systemd)")
     parser.add_argument("--prepare-only", action="store_true",
                         help="download/extract the kernel and build the initramfs, no boot")
     parser.add_argument("command", nargs="*",
@@ -766,7 +918,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernel {kernel.version}: {kernel.vmlinuz}\ninitramfs {initrd}\n"
               f"modules ({len(modules)}): {' '.join(modules)}")
         return 0
-    kwargs = dict(timeout=opts.timeout, memory=opts.memory, cpus=opts.cpus, stream=opts.stream)
+    kwargs = dict(timeout=opts.timeout, memory=opts.memory, cpus=opts.cpus, stream=opts.stream,
+                  init="systemd" if opts.systemd else "shell")
     try:
         if opts.command:
             cmd = [sys.executable if c == "python" and i == 0 else c
