@@ -694,8 +694,9 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
                   and not reports[n].standby.on and not reports[n].out_of_service.on]
         handed = False
         in_place = holds and _reload_keeps_state(node, reports.get(node))
+        # the instances the new config keeps (one that is only removed, as a deleted Service's, has no state to keep)
         held_states = {name: (inst.state, inst.since) for name, inst in reports[node].instances.items()
-                       if inst.vips_present} if in_place else {}
+                       if inst.vips_present and name in model["vrrp_instances"]} if in_place else {}
         if holds and others and not in_place:
             done, holders, reports = _handover(model, node, f"staged reload ({reason})")
             handed = True
