@@ -167,7 +167,10 @@ def test_load_balancer_services_end_to_end(pools):
     assert ingress(lab, "web") == [address] and ingress(lab, "dns") == [TINY]
 
     # 3. the Service deleted: its address goes from every node and from the report; the node that held it
-    # reloads in place (only its instance goes: the other VIPs it holds stay, the ingress VIP never moves)
+    # reloads in place (only its instance goes: the other VIPs it holds stay, the ingress VIP never moves).
+    # What the user sees, not one mechanism: the pillar refresh after the instances change can drop the
+    # instance from the holder's report before the rollout reads it, so this passed in the lab (2026-12-01)
+    # also with desired.reload_keeps_state's fix reverted; that fix is asserted by tests/unit/test_recovery_logic.py
     web_owner = holders(lab, address)[0]
     mark = time.time()
     lab.kube("DELETE", f"{SVC}/web")
