@@ -89,11 +89,16 @@ def beacon(config):
     verdict = debounce(memory, probe["healthy"], conf.get("fall", defaults["fall"]), conf.get("rise", defaults["rise"]))
     if verdict is None:
         return []
-    mod["edge_node.record_ingress_health"](verdict, probe["detail"])
+    seen = time.time()
+    digest = mod["edge_node.record_ingress_health"](verdict, probe["detail"])
+    # ``report``: the master's trigger waits until the mine holds this report (or a later one) before it
+    # reconciles; without it a reconcile could read the report from before the verdict and do nothing
     return [{
         "tag": "healthy" if verdict else "unhealthy",
         "healthy": verdict,
         "detail": probe["detail"],
         "url": probe["url"],
-        "time": time.time(),
+        "time": seen,
+        "seen": seen,
+        "report": digest,
     }]

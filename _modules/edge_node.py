@@ -89,7 +89,8 @@ def probe_ingress(url=None, timeout=None):
 def record_ingress_health(healthy, detail=""):
     """
     Record the debounced ingress verdict (the ``ingress_health`` beacon calls
-    this on every change).
+    this on every change) and push the node's report with it to the master's
+    mine. Returns the digest of that report.
 
     CLI Example:
 
@@ -103,8 +104,9 @@ def record_ingress_health(healthy, detail=""):
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump({"healthy": bool(healthy), "detail": detail, "since": time.time()}, fh)
     os.replace(tmp, path)
-    publish()  # the master learns it before the beacon's event reaches it
-    return True
+    # the report with the new verdict, pushed now; the beacon's event names its digest, and the master's
+    # trigger waits until the mine has it (the push runs in a thread: the event can arrive first)
+    return publish()["digest"]
 
 
 def ingress_health(probe=True):

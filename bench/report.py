@@ -140,6 +140,25 @@ def planned_section(res):
     return text
 
 
+def fence_section(res):
+    """The fence of an owner whose ingress fails, with the Kubernetes API answering (baseline) and hung."""
+    fences = [(key, label) for key, label in [("fence_api_up", "API answering — baseline"),
+                                               ("fence_api_hung", "API hung (SIGSTOP: accepts, never answers)")]
+              if res.get(key)]
+    base = median([r["fence"] for r in res.get("fence_api_up") or []])
+    rows = []
+    for key, label in fences:
+        done = [r["fence"] for r in res[key] if r["fence"] is not None]
+        rows.append([label, len(res[key]), _msp(done) if done else "-",
+                     _msp([r["from_failure"] for r in res[key] if r["from_failure"] is not None]),
+                     ratio(median(done), base), len(done)])
+    run = (f"Run: `{res['command']}`, started {res['started']}, {res['reps']} repetitions per row.\n\n"
+           if res.get("command") else "")
+    return run + table(["fence of the owner whose ingress fails", "runs",
+                  "VIP off the owner after the beacon event, s (median / p95 / max)",
+                  "after the failure, s", "median vs API answering", "runs fenced"], rows)
+
+
 def burn_section(res):
     burn = res.get("burn")
     if not burn:
@@ -264,7 +283,7 @@ def _scale_lab_errors(res):
 
 def sections(res):
     out = {}
-    if res.get("blocks") != ["scale-lab"]:  # a scale-lab run alone carries its own header
+    if not set(res.get("blocks") or []) <= {"scale-lab", "fence"}:  # these alone carry their own header
         out["run"] = header(res)
     if res.get("scale_lab"):
         out["scale-lab"] = scale_lab_section(res)
@@ -274,6 +293,8 @@ def sections(res):
         out["convergence"] = convergence_section(res)
     if "rerender_plain" in res:
         out["planned"] = planned_section(res)
+    if "fence_api_up" in res or "fence_api_hung" in res:
+        out["fence"] = fence_section(res)
     if "scale" in res:
         out["scale"] = scale.markdown(res["scale"], res["command"])
     if "burn" in res:

@@ -37,7 +37,8 @@ def main(argv=None):
     parser.add_argument("--reps", type=int, default=None, help="repetitions (default 20, quick 3)")
     parser.add_argument("--burn", type=int, default=None, help="CPU burn seconds (default 300, quick 20)")
     parser.add_argument("--only", default="",
-                        help="comma-separated: scale,failover,convergence,planned,burn (the default set), scale-lab")
+                        help="comma-separated: scale,failover,convergence,planned,fence,burn (the default set), "
+                             "scale-lab")
     parser.add_argument("--edges", default="3,10,50",
                         help="scale-lab: edge node counts, each N or N:REPS (default 3,10,50; without :REPS a size "
                              "of 50 or more gets at most 10 repetitions)")
@@ -54,8 +55,8 @@ def main(argv=None):
         return 1
     reps = args.reps or (3 if args.quick else 20)
     burn = args.burn or (20 if args.quick else 300)
-    only = set(filter(None, args.only.split(","))) or {"scale", "failover", "convergence", "planned", "burn"}
-    unknown = only - {"scale", "failover", "convergence", "planned", "burn", "scale-lab"}
+    only = set(filter(None, args.only.split(","))) or {"scale", "failover", "convergence", "planned", "fence", "burn"}
+    unknown = only - {"scale", "failover", "convergence", "planned", "fence", "burn", "scale-lab"}
     if unknown:
         parser.error(f"unknown block(s) for --only: {', '.join(sorted(unknown))}")
     sizes = scale_lab.parse_sizes(args.edges, reps) if "scale-lab" in only else None
@@ -72,7 +73,7 @@ def main(argv=None):
         if "scale" in only:
             log("scale (pure Python)")
             res["scale"] = scale.run(args.quick, log=log)
-        if only & {"failover", "convergence", "planned", "burn"}:
+        if only & {"failover", "convergence", "planned", "fence", "burn"}:
             run_lab(res, only, reps, burn, work, pid)
         if "scale-lab" in only:
             log(f"scale-lab: the controller with real minions at {', '.join(f'{e} ({r} reps)' for e, r in sizes)}")
@@ -173,6 +174,13 @@ def run_lab(res, only, reps, burn, work, pid):
             res["drain"] = None
             log("planned: edge.drain is not in _runners/edge.py on this branch: not measured")
 
+    def fence():
+        project.set_variant("default", watch=0.05)
+        project.label = "default"
+        log("fence: an owner whose ingress fails, Kubernetes API answering / hung")
+        res["fence_api_up"] = lab_bench.fence_ingress(project, reps, hung=False)
+        res["fence_api_hung"] = lab_bench.fence_ingress(project, reps, hung=True)
+
     def cpu_burn():
         project.set_variant("default", watch=0.05)
         project.label = "default"
@@ -210,6 +218,8 @@ def run_lab(res, only, reps, burn, work, pid):
         if "planned" in only:
             guard("planned", planned)
             guard("drain", drain)
+        if "fence" in only:
+            guard("fence", fence)
         if "burn" in only:
             guard("burn", cpu_burn)
             guard("burn_fast", cpu_burn_fast)

@@ -132,3 +132,27 @@ def reload_keeps_state(old_text, new_text, instances):
         elif old_addresses.get(i, set()) & still_served or i not in old_addresses:
             lost.append(i)
     return sorted(lost)
+
+
+# keepalived's compiled-in configuration file (Debian and RHEL builds): what it reads without -f
+KEEPALIVED_DEFAULT_CONFIG = "/etc/keepalived/keepalived.conf"
+
+
+def config_file_of(argv, default=KEEPALIVED_DEFAULT_CONFIG):
+    """The configuration file a keepalived started with ``argv`` (its command line, program
+    first) reads at start and at every reload: ``-f FILE``, ``-fFILE``, ``--use-file[=]FILE``
+    (the last one wins, as with getopt), else keepalived's default."""
+    found = default
+    args = list(argv[1:])
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-f", "--use-file") and i + 1 < len(args):
+            found, i = args[i + 1], i + 2
+            continue
+        if arg.startswith("--use-file="):
+            found = arg.split("=", 1)[1]
+        elif arg.startswith("-f") and not arg.startswith("--") and len(arg) > 2:
+            found = arg[2:]
+        i += 1
+    return found

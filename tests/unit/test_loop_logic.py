@@ -43,6 +43,26 @@ def test_debounce_needs_fall_failures_and_rise_successes():
     assert verdicts == [None, True, None, None, None, None, None, False, None, True]
 
 
+def test_ingress_event_names_the_report_with_the_verdict(monkeypatch):
+    """The master's trigger waits for the report an event names: the ingress beacon's event names the
+    report pushed with the new verdict (a reconcile that read the report from before it did nothing,
+    and the fence waited for the schedule: 25-52 s in a bench run)."""
+    recorded = []
+    probes = iter([False, False])
+    salt = {
+        "edge_ha.model": lambda: {"ingress": {"fall": 2, "rise": 2}},
+        "edge_node.probe_ingress": lambda url=None, timeout=None: {"healthy": next(probes), "detail": "HTTP 503",
+                                                                   "url": "http://127.0.0.1:10254/healthz"},
+        "edge_node.record_ingress_health": lambda healthy, detail: recorded.append((healthy, detail)) or "ab" * 8,
+    }
+    monkeypatch.setattr(ingress, "__salt__", salt, raising=False)
+    monkeypatch.setattr(ingress, "__context__", {}, raising=False)
+    assert ingress.beacon([]) == []  # one failure of fall: 2
+    (event,) = ingress.beacon([])
+    assert recorded == [(False, "HTTP 503")]
+    assert event["tag"] == "unhealthy" and event["report"] == "ab" * 8 and event["seen"] == event["time"]
+
+
 def test_plan_fences_unhealthy_and_restores_own_fencing_only():
     model = model3()
     reports = {
