@@ -71,6 +71,7 @@ import salt.loader
 from edge_ha_core import desired as desired_state
 from edge_ha_core import fleet
 from edge_ha_core import history as history_log
+from edge_ha_core import lb
 from edge_ha_core import model as edge_model
 from edge_ha_core import planner
 from edge_ha_core import report as views
@@ -332,7 +333,8 @@ def _kube_nodes(model):
 
 
 def _vips(model):
-    return [v for inst in model["vrrp_instances"].values() for v in inst["vips"]]
+    """The pillar's VIPs (the ingress Service's externalIPs); a LoadBalancer Service's address is its own."""
+    return [v for inst in model["vrrp_instances"].values() if not inst.get("address_pool") for v in inst["vips"]]
 
 
 # ------------------------------------------------------- the master's records
@@ -698,8 +700,9 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
                   and not reports[n].standby.on and not reports[n].out_of_service.on]
         handed = False
         in_place = holds and _reload_keeps_state(node, reports.get(node))
+        # the instances the new config keeps (one that is only removed, as a deleted Service's, has no state to keep)
         held_states = {name: (inst.state, inst.since) for name, inst in reports[node].instances.items()
-                       if inst.vips_present} if in_place else {}
+                       if inst.vips_present and name in model["vrrp_instances"]} if in_place else {}
         if holds and others and not in_place:
             done, holders, reports = _handover(model, node, f"staged reload ({reason})")
             handed = True
@@ -890,6 +893,14 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
                 reports = _reports(model)
                 drains = _drained(reports)
                 digests = _digests(model, drains)
+    # LoadBalancer Services (issue #15; nothing without edge_ha:address_pools): addresses assigned and
+    # their VRRP instances in the pillar before the plan, so this reconcile's staged reload renders them
+    lb_notes = []
+    lb_run = None if test else _lb_assign(state, actions, lb_notes)
+    if lb_run and lb_run["state"] is not state:
+        state = lb_run["state"]
+        model = state["model"]
+        digests = _digests(model, drains)
     kube = planner.KubeView(pods_ready=_pods_ready(model))
     wanted = planner.plan(model, reports, kube, drains, time.time(), digests, split_hold=split_hold)
     if wanted.rerender and not refresh:
@@ -904,7 +915,7 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         _apply_safety(planner.Plan(fence=[n for n in wanted.fence if n not in safety.fence],
                                    split_fence={n: r for n, r in wanted.split_fence.items() if n not in safety.split_fence},
                                    release=[n for n in wanted.release if n not in safety.release]), actions, events)
-    wanted.notes[:0] = _standing_notes(state)
+    wanted.notes[:0] = _standing_notes(state) + lb_notes
     rollout = None
     if not test:
         _apply_flags(wanted, actions, drains, events)
@@ -941,6 +952,7 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
         for reason_, message, kind in events:
             _event(reason_, message, kind, model)
         _owners_changed(model, reports, actions)
+        _lb_status(model, reports, lb_run, actions, reloaded=bool(rollout and rollout["steps"]))
     result = {
         "reason": reason,
         "test": bool(test),
@@ -1403,6 +1415,8 @@ def trigger(source="", claimed_id="", event_time=0, transition=None, report=None
     tag_id = source.split("/")[2] if source.startswith("salt/beacon/") and source.count("/") >= 3 else claimed_id
     if source == "schedule":  # the master's own schedule (reactor sources are always event tags)
         pass
+    elif source == LB_SERVICES_TAG and not claimed_id:
+        pass  # the master's edge_ha_services engine (a minion's event always names its id): a hint only
     elif claimed_id not in nodes or tag_id != claimed_id:
         log.warning("edge: ignoring event %r claiming minion %r: not an edge node of edge_ha:nodes", source, claimed_id)
         _record("ignored", source=source, claimed_id=claimed_id)
@@ -1490,6 +1504,209 @@ def vip_report(test=False):  # pylint: disable=unused-argument
     rows = views.build_report(model, reports, service, drained_nodes)
     report = {"vips": rows, "service": service, "notes": wanted.notes, "pillar_errors": state.get("errors") or [],
               "stale_config": wanted.rerender}
+    load_balancer = _lb_report(model, rows)
+    if load_balancer:
+        report["load_balancer"] = load_balancer
     if __opts__.get("output"):  # pylint: disable=undefined-variable
         return report
-    return views.format_report(report)
+    return views.format_report(report) + _lb_report_text(load_balancer)
+
+
+# ------------------------------------------------------- LoadBalancer Services (issue #15)
+#
+# Only with edge_ha:address_pools in the pillar. Before the plan (_lb_assign): list the
+# LoadBalancer Services, assign addresses (edge_ha_core.lb.plan), record them on the Services,
+# write <cachedir>/edge_ha/lb_instances.json (the edge_ha_lb ext_pillar merges it into the
+# pillar as vrrp_instances) when the instances change and compile the pillar again, so the
+# staged reload renders them. After the rollout (_lb_status): status.loadBalancer.ingress for
+# the Services whose address a node holds, [] for the ones whose address went; Events.
+
+LB_SERVICES_TAG = "edge_ha/kubernetes/services"  # fired by the edge_ha_services engine
+LB_RECORD = "lb_instances.json"  # read by the edge_ha_lb ext_pillar
+LB_EVENTS = "lb_events.json"  # the refusal Events posted (one per Service and reason+message)
+LB_CONFLICT_RETRIES = 3
+
+
+def _lb_list(model):
+    """``(listing, records)`` of the cluster's LoadBalancer Services."""
+    listing = _kube_call("edge_k8s.load_balancer_services", model)
+    return listing, [lb.service_record(s) for s in listing["services"]]
+
+
+def _lb_event(model, svc, reason, message, event_type="Normal"):
+    try:
+        _kube_call("edge_k8s.service_event", model, svc.namespace, svc.name, reason, message,
+                   event_type=event_type, uid=svc.uid or None)
+    except Exception as exc:  # pylint: disable=broad-except
+        log.warning("edge: Event %s on Service %s not posted: %s", reason, svc.key, exc)
+
+
+def _lb_assign(state, actions, notes):
+    """
+    The LoadBalancer step before the plan (see above). Returns None without
+    address pools, else ``{"state", "plan", "records", "listing",
+    "versions", "error"}`` (``state``: the model compiled again when the
+    instances changed).
+    """
+    model = state["model"]
+    if not model.get("address_pools"):
+        return None
+    run = {"state": state, "plan": None, "records": [], "listing": [], "versions": {}, "error": None}
+    pools = lb.pools_from_model(model)
+    default = bool(model["load_balancer"]["default_class"])
+    for attempt in range(LB_CONFLICT_RETRIES):
+        try:
+            listing, records = _lb_list(model)
+            plan = lb.plan(pools, records, default_class=default, active=lb.active_addresses(model))
+            by_key = {r.key: r for r in records}
+            versions = {r.key: r.resource_version for r in records}
+            for a in plan.to_record():
+                svc = by_key[a.service]
+                done = _kube_call("edge_k8s.record_assignment", model, svc.namespace, svc.name, a.annotation,
+                                  versions[a.service])
+                versions[a.service] = done["resource_version"]
+                actions.append(f"LoadBalancer {a.service}: {a.address} (pool {a.pool}, VRID {a.vrid}) recorded")
+                _lb_event(model, svc, "AddressAssigned", f"{a.address} from address pool {a.pool} (VRRP instance "
+                          f"{lb.instance_name(a.pool, a.vrid, 6 if ':' in a.address else 4)}); written to "
+                          "status.loadBalancer.ingress once an edge node holds it")
+        except Exception as exc:  # pylint: disable=broad-except
+            if getattr(exc, "conflict", False) and attempt + 1 < LB_CONFLICT_RETRIES:
+                continue  # a Service changed since the list: list again and plan again
+            run["error"] = str(exc)
+            notes.append(f"LoadBalancer Services not reconciled: {exc}")
+            log.warning("edge: LoadBalancer Services not reconciled: %s", exc)
+            return run
+        break
+    run.update(plan=plan, records=records, versions=versions,
+               listing=[(r, lb.ingress_ips(s)) for r, s in zip(records, listing["services"])])
+    for note in plan.notes:
+        log.info("edge: LoadBalancer: %s", note)
+    _lb_refusals(model, plan, by_key)
+    instances = lb.pool_instances(plan, model)
+    services = lb.services_by_address(plan)
+    recorded = _load_json(LB_RECORD, {})
+    recorded = recorded if isinstance(recorded, dict) else {}
+    before = recorded.get("instances") or {}
+    if before != instances or (recorded.get("services") or {}) != services:
+        _save_json(LB_RECORD, {"instances": instances, "services": services})
+    if before != instances:
+        gone = sorted(set(before) - set(instances))
+        new = sorted(set(instances) - set(before))
+        actions.append(f"LoadBalancer VRRP instances: +{new} -{gone}" if gone else f"LoadBalancer VRRP instances: +{new}")
+        _record("load_balancer", added=new, removed=gone, released=list(plan.released))
+        run["state"] = _desired(refresh=True)
+        _lb_refresh_pillar(run["state"]["model"], actions)
+        missing = set(instances) - set(run["state"]["model"]["vrrp_instances"])
+        if missing:
+            notes.append(f"LoadBalancer VRRP instances not in the compiled pillar: {sorted(missing)} (is the "
+                         "edge_ha_lb ext_pillar configured on the master? see docs/kubernetes.md)")
+    return run
+
+
+def _lb_refresh_pillar(model, actions):
+    """
+    The edge nodes' in-memory pillar refreshed (one job): their reports
+    (``keepalived.status`` through ``edge_ha.node_view``) must know the new
+    instances, or an address a node holds would never show as held.
+    ``state.apply`` renders from a fresh pillar, the minion's beacons do not.
+    """
+    try:
+        done = _job(sorted(model["nodes"]), "saltutil.refresh_pillar", ["wait=True"], timeout=30)
+    except Exception as exc:  # pylint: disable=broad-except
+        done = {"error": str(exc)}
+    failed = sorted(n for n in model["nodes"] if done.get(n) is not True)
+    if failed:
+        actions.append(f"pillar NOT refreshed on {', '.join(failed)} (their reports may miss the new instances)")
+
+
+def _lb_refusals(model, plan, by_key):
+    """A Warning Event per refusal, once per Service and reason+message (durable record)."""
+    posted = _load_json(LB_EVENTS, {})
+    posted = posted if isinstance(posted, dict) else {}
+    now = {}
+    for r in plan.refusals:
+        key = f"{r.service}/{r.uid}"
+        now[key] = f"{r.reason}: {r.message}"
+        if posted.get(key) != now[key]:
+            _lb_event(model, by_key[r.service], r.reason, r.message, "Warning")
+    if now != posted:
+        _save_json(LB_EVENTS, now)
+
+
+def _lb_status(model, reports, run, actions, reloaded=False):
+    """
+    After the rollout: status.loadBalancer.ingress of each listed Service as
+    ``lb.status_writes`` says (an address once a node holds it), then our
+    annotation off the Services that have no address any more. A 409 lists
+    the Services again (once). ``reloaded``: the staged reload just ran: wait
+    (``edge_ha_lb_status_wait``, default 6 s) for new addresses to be held.
+    """
+    if not run or run.get("plan") is None:
+        return
+    plan = run["plan"]
+    addresses = {a.service: a.address for a in plan.assignments}
+    held = {v for v, h in fleet.vip_holders(model, reports).items() if h}
+    wait = float(__opts__.get("edge_ha_lb_status_wait", 6))  # pylint: disable=undefined-variable
+    pending = set(addresses.values()) - held
+    if pending and reloaded and wait > 0:
+        # a new instance elects its owner a few adverts after the reload: wait for it (bounded)
+        deadline = time.monotonic() + wait
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.3)
+            reports = _reports(model)
+            held = {v for v, h in fleet.vip_holders(model, reports).items() if h}
+            pending = set(addresses.values()) - held
+    listing, versions = run["listing"], dict(run["versions"])
+    for attempt in range(2):
+        try:
+            for svc, want in lb.status_writes(listing, addresses, held):
+                done = _kube_call("edge_k8s.set_load_balancer_status", model, svc.namespace, svc.name, want,
+                                  versions.get(svc.key))
+                versions[svc.key] = done["resource_version"]
+                actions.append(f"LoadBalancer {svc.key}: status.loadBalancer.ingress {want}")
+            for svc in lb.to_unrecord([r for r, _ in listing], plan):
+                done = _kube_call("edge_k8s.record_assignment", model, svc.namespace, svc.name, None,
+                                  versions.get(svc.key))
+                versions[svc.key] = done["resource_version"]
+                actions.append(f"LoadBalancer {svc.key}: {svc.recorded.address} released")
+                _lb_event(model, svc, "AddressReleased", f"{svc.recorded.address} released (the Service has no "
+                          "address of ours any more)")
+            return
+        except Exception as exc:  # pylint: disable=broad-except
+            if getattr(exc, "conflict", False) and attempt == 0:
+                try:  # a Service changed since the list: list again, write what it needs now
+                    fresh, records = _lb_list(model)
+                except Exception:  # pylint: disable=broad-except
+                    return
+                listing = [(r, lb.ingress_ips(s)) for r, s in zip(records, fresh["services"])]
+                versions = {r.key: r.resource_version for r in records}
+                continue
+            log.warning("edge: LoadBalancer status not written: %s", exc)
+            return
+
+
+def _lb_report(model, rows):
+    """
+    For edge.vip_report (with address pools only): ``services`` per VIP on
+    the rows and ``{"services": {address: [namespace/name]}, "owner_spread":
+    {node: VIPs it is preferred owner of}}``.
+    """
+    if not model.get("address_pools"):
+        return None
+    recorded = _load_json(LB_RECORD, {})
+    services = (recorded.get("services") if isinstance(recorded, dict) else None) or {}
+    for row in rows:
+        if row.get("vip") in services:
+            row["services"] = services[row["vip"]]
+    return {"services": services, "owner_spread": lb.owner_spread(model)}
+
+
+def _lb_report_text(load_balancer):
+    if not load_balancer:
+        return ""
+    lines = ["", "LoadBalancer Services:"]
+    lines += [f"  {address:<40} {', '.join(keys)}" for address, keys in load_balancer["services"].items()] or [
+        "  (no address assigned)"]
+    lines.append("Preferred owners: " + ", ".join(f"{node} {count}" for node, count in
+                                                  load_balancer["owner_spread"].items()))
+    return "\n".join(lines)

@@ -169,10 +169,7 @@ class Lab:
         for node in self.nodes:
             self._spawn(node, "ingress", sys.executable, str(REPO / "lab" / "ingress_standin.py"), node,
                         str(self.node_dir(node) / "ingress-unhealthy"))
-        self._spawn("master", "kube", sys.executable, str(REPO / "lab" / "kube_emulator.py"),
-                    "--seed", str(self.dir / "kube-seed.json"), "--kubeconfig", str(self.dir / "kubeconfig"),
-                    "--socket", str(self.dir / "kube.sock"))
-        self._wait(lambda: (self.dir / "kube.sock").exists(), 20, "Kubernetes API emulator")
+        self._start_kube()
         self.start_master()
         # in batches: on a 2-core machine fifty minions starting (and authenticating) at once time out
         for batch in self.batches(self.minions):
@@ -253,6 +250,24 @@ class Lab:
             kill_pids([int(pidfile.read_text())], timeout=15)
             pidfile.unlink()
 
+    def _start_kube(self, deny_external_ips=False):
+        sock = self.dir / "kube.sock"
+        sock.unlink(missing_ok=True)
+        self._spawn("master", "kube", sys.executable, str(REPO / "lab" / "kube_emulator.py"),
+                    "--seed", str(self.dir / "kube-seed.json"), "--kubeconfig", str(self.dir / "kubeconfig"),
+                    "--socket", str(sock), *(["--deny-external-ips"] if deny_external_ips else []))
+        self._wait(sock.exists, 20, "Kubernetes API emulator")
+
+    def restart_kube(self, deny_external_ips=False):
+        """
+        The Kubernetes API emulator stopped (by pid) and started again from
+        the seed (same port, token and kubeconfig; what was created since is
+        gone), as a hardened cluster with ``deny_external_ips``
+        (``DenyServiceExternalIPs``: 403 on ``spec.externalIPs``).
+        """
+        self._stop("master", "kube")
+        self._start_kube(deny_external_ips)
+
     def start_master(self):
         self.master_proc = self._spawn("master", "salt-master", str(BIN / "salt-master"), "-c", str(self.etc),
                                        "-l", "warning")
@@ -304,6 +319,10 @@ class Lab:
             "pillar_roots": {"base": [str(pillar_dir)]},
             "module_dirs": reactor["module_dirs"],
             "reactor": reactor["reactor"],
+            # LoadBalancer Services (issue #15): pool instances in the pillar, the Services watched
+            "ext_pillar": reactor["ext_pillar"],
+            "pillar_dirs": reactor["pillar_dirs"],
+            "engines": [{"edge_ha_services": {"timeout": 30, "resync": 60}}],
             "schedule": {"edge_ha_reconcile": dict(reactor["schedule"]["edge_ha_reconcile"], seconds=10)},
             "edge_ha_pillar_id": "edge1",
             "edge_ha_split_brain_hold": 10,

@@ -85,14 +85,53 @@ def vrrp_identities(text):
     return out
 
 
+def vrrp_addresses(text):
+    """
+    ``{instance: {address, ...}}`` of the ``vrrp_instance`` blocks in a
+    keepalived.conf: the addresses (no prefix) of their ``virtual_ipaddress``
+    and ``virtual_ipaddress_excluded`` blocks.
+    """
+    out = {}
+    name, depth, block = None, 0, None
+    for raw in (text or "").splitlines():
+        line = raw.split("#", 1)[0].split("!", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split()
+        if depth == 0 and words[0] == "vrrp_instance" and len(words) >= 2:
+            name = words[1]
+            out.setdefault(name, set())
+        if name and depth == 1:
+            block = words[0] if words[0] in ("virtual_ipaddress", "virtual_ipaddress_excluded") else None
+        elif name and depth == 2 and block and words[0] not in ("{", "}"):
+            out[name].add(words[0].split("/", 1)[0])
+        depth += line.count("{") - line.count("}")
+        if name and depth <= 0:
+            name, depth, block = None, 0, None
+    return out
+
+
 def reload_keeps_state(old_text, new_text, instances):
     """
     The ``instances`` (those a node holds VIPs for) whose VRRP state a reload
-    would not keep: gone from the new config, or another interface, VRID or
-    VRRP version. An empty list: an in-place reload keeps the node the owner.
+    would not keep: another interface, VRID or VRRP version in the new config,
+    or gone from it while one of its addresses is still a VIP there (renamed:
+    the address would start over as BACKUP). An instance that is only removed
+    (its addresses go with it, as a deleted LoadBalancer Service's) or only
+    added loses nobody's state: keepalived's SIGHUP keeps the other instances'.
+    An empty list: an in-place reload keeps the node the owner.
     """
     old, new = vrrp_identities(old_text), vrrp_identities(new_text)
-    return sorted(i for i in instances if i not in new or old.get(i) != new[i])
+    old_addresses, new_addresses = vrrp_addresses(old_text), vrrp_addresses(new_text)
+    still_served = set().union(*new_addresses.values()) if new_addresses else set()
+    lost = []
+    for i in instances:
+        if i in new:
+            if old.get(i) != new[i]:
+                lost.append(i)
+        elif old_addresses.get(i, set()) & still_served or i not in old_addresses:
+            lost.append(i)
+    return sorted(lost)
 
 
 # keepalived's compiled-in configuration file (Debian and RHEL builds): what it reads without -f

@@ -30,6 +30,7 @@ The rules, each asserted by tests/unit/test_lb.py:
   addresses are the lowest free ones of the first pool (by name) that has one.
 """
 
+import hashlib
 import ipaddress
 import json
 from dataclasses import dataclass
@@ -454,3 +455,156 @@ def plan(pools, services, default_class=False, active=()):
         released=released,
         notes=tuple(notes),
     )
+
+
+# ---------------------------------------------------------------- VRRP instances (the runner and the ext_pillar)
+
+INSTANCE_PREFIX = "lb_"
+NAME_MAX = 64  # keepalived instance names: model.NAME_RE
+
+
+def instance_name(pool, vrid, family):
+    """``lb_<pool>_<vrid>_v4|v6`` (at most 64 characters: a long pool name is cut and hashed)."""
+    tail = f"_{vrid}_v{family}"
+    name = f"{INSTANCE_PREFIX}{pool}{tail}"
+    if len(name) <= NAME_MAX:
+        return name
+    digest = hashlib.sha256(pool.encode()).hexdigest()[:8]
+    keep = NAME_MAX - len(INSTANCE_PREFIX) - len(tail) - len(digest) - 1
+    return f"{INSTANCE_PREFIX}{pool[:keep]}-{digest}{tail}"
+
+
+def pool_instances(lb_plan, model):
+    """
+    ``{instance name: vrrp_instances entry}`` for the addresses of an
+    ``LBPlan`` (one instance per address, shared addresses once): the pool's
+    ``vrrp`` settings, the address's VRID, ``virtual_ipaddress``
+    ``[address/prefix]`` and ``address_pool``. Pillar syntax (not normalised):
+    what the ext_pillar merges into ``edge_ha:vrrp_instances``, so the model
+    validates them and derives their priorities (owner spread) as any
+    instance's.
+    """
+    out = {}
+    for address, a in sorted(lb_plan.addresses().items(), key=lambda kv: _addr_key(kv[0])):
+        pool = (model.get("address_pools") or {}).get(a.pool)
+        if pool is None:
+            continue
+        family = ipaddress.ip_address(address).version
+        inst = {k: v for k, v in (pool.get("vrrp") or {}).items()}
+        inst.update(virtual_router_id=a.vrid, virtual_ipaddress=[f"{address}/{a.prefix}"], address_pool=a.pool)
+        out[instance_name(a.pool, a.vrid, family)] = inst
+    return out
+
+
+def services_by_address(lb_plan):
+    """``{address: [namespace/name, ...]}`` of the plan's assignments (sorted)."""
+    out = {}
+    for a in lb_plan.assignments:
+        out.setdefault(a.address, []).append(a.service)
+    return {k: sorted(v) for k, v in sorted(out.items(), key=lambda kv: _addr_key(kv[0]))}
+
+
+def _addr_key(text):
+    addr = ipaddress.ip_address(text)
+    return addr.version, addr
+
+
+def active_addresses(model):
+    """The addresses the model's pool instances serve now (``plan``'s ``active``)."""
+    return tuple(sorted({v for inst in (model.get("vrrp_instances") or {}).values() if inst.get("address_pool")
+                         for v in inst["vips"]}, key=_addr_key))
+
+
+def pillar_instances(instances, edge_ha):
+    """
+    The recorded pool instances (``pool_instances``) that still fit the
+    ``edge_ha`` pillar they are merged into (the ext_pillar): named ``lb_*``,
+    not a name the pillar uses itself, their pool still in
+    ``edge_ha:address_pools``, their address inside it and their VRID in its
+    list. Nothing without ``address_pools``. Never raises.
+    """
+    if not isinstance(edge_ha, dict) or not isinstance(edge_ha.get("address_pools"), dict) \
+            or not isinstance(instances, dict):
+        return {}
+    from edge_ha_core import model as edge_model  # pylint: disable=import-outside-toplevel
+
+    own = edge_ha.get("vrrp_instances") if isinstance(edge_ha.get("vrrp_instances"), dict) else {}
+    out = {}
+    for name, inst in sorted(instances.items()):
+        try:
+            if not name.startswith(INSTANCE_PREFIX) or name in own or not isinstance(inst, dict):
+                continue
+            spec = edge_ha["address_pools"][inst["address_pool"]]
+            entries = spec["addresses"]
+            ranges = [edge_model.parse_pool_entry(e) for e in ([entries] if isinstance(entries, str) else entries)]
+            if inst["virtual_router_id"] not in edge_model.parse_vrid_range(spec["virtual_router_ids"]):
+                continue
+            addrs = [ipaddress.ip_interface(v).ip for v in inst["virtual_ipaddress"]]
+            if not addrs or not all(any(f.version == a.version and f <= a <= l for f, l in ranges) for a in addrs):
+                continue
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        out[name] = dict(inst)
+    return out
+
+
+def status_writes(services, addresses, held):
+    """
+    The ``status.loadBalancer.ingress`` writes a plan needs (pure):
+    ``[(ServiceRecord, [address] or [])]`` for the Services whose status
+    differs. ``services``: ``[(ServiceRecord, current ingress IPs)]``;
+    ``addresses``: ``{namespace/name: address}`` of the plan's assignments;
+    ``held``: the addresses a node holds now.
+
+    * a Service with an address: ``[address]`` once a node holds it; while
+      nobody does (a failover) an already written ``[address]`` stays;
+      anything else is removed;
+    * a Service without one (refused, not ours any more): the address we
+      recorded on it is removed from its status; nothing else is touched
+      (a Service of another class keeps what its implementation wrote).
+    """
+    writes = []
+    for svc, current in services:
+        current = list(current or [])
+        address = addresses.get(svc.key)
+        if address is not None:
+            if address in held:
+                want = [address]
+            elif current == [address]:
+                want = current
+            else:
+                want = []
+        else:
+            mine = svc.recorded.address if svc.recorded else None
+            want = [ip for ip in current if ip != mine]
+        if want != current:
+            writes.append((svc, want))
+    return writes
+
+
+def to_unrecord(services, lb_plan):
+    """The Services that carry our assignment annotation but have no address in ``lb_plan`` (remove it)."""
+    assigned = lb_plan.by_service()
+    return [s for s in services if s.recorded is not None and s.key not in assigned]
+
+
+def ingress_ips(service):
+    """``status.loadBalancer.ingress`` IPs of a Service (wire dict), in order."""
+    ingress = (((service.get("status") or {}).get("loadBalancer") or {}).get("ingress") or [])
+    return [i.get("ip") for i in ingress if isinstance(i, dict) and i.get("ip")]
+
+
+def owner_spread(model):
+    """
+    ``{node: how many VIPs it is preferred owner of}`` (the highest priority
+    of each VIP's instance; ties: the first node by name), every edge node
+    listed, pillar and pool instances alike.
+    """
+    out = {node: 0 for node in sorted(model.get("nodes") or {})}
+    for inst in (model.get("vrrp_instances") or {}).values():
+        prios = inst.get("priorities") or {}
+        if not prios:
+            continue
+        top = sorted(prios, key=lambda n: (-prios[n], n))[0]
+        out[top] = out.get(top, 0) + len(inst.get("vips") or ())
+    return out

@@ -307,6 +307,9 @@ INSTANCE_KEYS = (
     "track_interface",
     "garp_master_delay",
     "nodes",
+    # set by the edge_ha_lb ext_pillar on the instances it adds for LoadBalancer Services (issue #15):
+    # the pool the instance's address comes from (its VIP must be in that pool, its VRID in its list)
+    "address_pool",
 )
 VS_KEYS = (
     "address",
@@ -906,7 +909,7 @@ def _validate_ingress(errors, ingress):
 
 POOL_KEYS = ("addresses", "virtual_router_ids", "prefix", "prefix6", "auto_assign", "avoid_buggy_ips", "vrrp")
 # a pool's instances: every vrrp_instance key but the two the pool decides per address
-POOL_VRRP_KEYS = tuple(k for k in INSTANCE_KEYS if k not in ("virtual_router_id", "virtual_ipaddress"))
+POOL_VRRP_KEYS = tuple(k for k in INSTANCE_KEYS if k not in ("virtual_router_id", "virtual_ipaddress", "address_pool"))
 DEFAULT_LOAD_BALANCER = {"default_class": False}
 LOAD_BALANCER_KEYS = tuple(DEFAULT_LOAD_BALANCER)
 _RANGE_EXAMPLE = "CIDR (203.0.113.0/28) or range (203.0.113.10-203.0.113.20)"
@@ -998,7 +1001,10 @@ def _validate_address_pools(errors, pools, ctx):
         return
     ranges = []  # (first, last, pool, index)
     vrid_owner = {}
-    pillar_vrids = {vrid: inst for (_node, _iface, _family, vrid), inst in ctx["vrids"].items()}
+    pool_of = ctx.get("pool_of", {})  # instance -> the pool it serves (address_pool)
+    pillar_vrids = {}
+    for (_node, _iface, _family, vrid), inst in sorted(ctx["vrids"].items(), key=str):
+        pillar_vrids.setdefault(vrid, {})[inst] = pool_of.get(inst)
     for name, pool in pools.items():
         ppath = _path(path, name)
         if not _check_keys(errors, ppath, pool, POOL_KEYS, required=("addresses", "virtual_router_ids")):
@@ -1025,7 +1031,7 @@ def _validate_address_pools(errors, pools, ctx):
                 if addr.version == first.version and first <= addr <= last:
                     errors.add(_path(apath, i), f"holds {addr}, the address of node {owner}")
             for vip, inst in ctx["vips"].items():
-                if vip.version == first.version and first <= vip <= last:
+                if vip.version == first.version and first <= vip <= last and pool_of.get(inst) != name:
                     errors.add(_path(apath, i), f"holds {vip}, a VIP of vrrp_instances:{inst}; "
                                                 "pool addresses go to Services only")
         for key, family, top in (("prefix", 4, 32), ("prefix6", 6, 128)):
@@ -1042,8 +1048,9 @@ def _validate_address_pools(errors, pools, ctx):
             except ValueError as exc:
                 errors.add(vpath, str(exc))
         for vrid in vrids:
-            if vrid in pillar_vrids:
-                errors.add(vpath, f"VRID {vrid} is used by vrrp_instances:{pillar_vrids[vrid]}; each address of "
+            others = sorted(i for i, p in pillar_vrids.get(vrid, {}).items() if p != name)
+            if others:
+                errors.add(vpath, f"VRID {vrid} is used by vrrp_instances:{others[0]}; each address of "
                                   "the pool becomes an instance of its own with a VRID from this list")
                 break
             if vrid_owner.setdefault(vrid, name) != name:
@@ -1072,6 +1079,40 @@ def _validate_address_pools(errors, pools, ctx):
                        f"overlaps address_pools:{p1}:addresses:{i1} ({f2}-{min(l1, l2)})")
 
 
+def _validate_pool_instances(errors, instances, pools):
+    """
+    Instances with ``address_pool`` (the ones the edge_ha_lb ext_pillar adds
+    for LoadBalancer Services): the pool exists, every VIP is inside it, the
+    VRID is one of its ``virtual_router_ids``.
+    """
+    for name, inst in instances.items():
+        if not isinstance(inst, dict) or "address_pool" not in inst:
+            continue
+        ppath = _path(ROOT, "vrrp_instances", name, "address_pool")
+        pool = inst["address_pool"]
+        if not _valid_name(pool) or not isinstance(pools, dict) or pool not in pools:
+            errors.add(ppath, f"must name a pool of edge_ha:address_pools ({_known(pools if isinstance(pools, dict) else ())}), "
+                              f"got {describe(pool)}")
+            continue
+        spec = pools[pool]
+        try:
+            entries = spec["addresses"]
+            ranges = [parse_pool_entry(e) for e in ([entries] if isinstance(entries, str) else entries)]
+            vrids = parse_vrid_range(spec["virtual_router_ids"])
+        except (ValueError, TypeError, KeyError):
+            continue  # the pool's own errors are reported at the pool
+        vlist = inst.get("virtual_ipaddress")
+        for vip in [vlist] if isinstance(vlist, str) else (vlist if isinstance(vlist, list) else []):
+            try:
+                addr = ipaddress.ip_interface(vip).ip
+            except (ValueError, TypeError):
+                continue  # reported by the instance check
+            if not any(f.version == addr.version and f <= addr <= l for f, l in ranges):
+                errors.add(ppath, f"{addr} is not in address_pools:{pool}")
+        if _is_int(inst.get("virtual_router_id")) and inst["virtual_router_id"] not in vrids:
+            errors.add(ppath, f"VRID {inst['virtual_router_id']} is not in address_pools:{pool}:virtual_router_ids")
+
+
 def _validate_load_balancer(errors, data):
     path = _path(ROOT, "load_balancer")
     if _check_keys(errors, path, data, LOAD_BALANCER_KEYS) and "default_class" in data:
@@ -1094,6 +1135,10 @@ def _validate(errors, data):
         ctx = _validate_instances(errors, instances, data, nodes)
     if "virtual_servers" in data:
         _validate_virtual_servers(errors, data["virtual_servers"], ctx["vips"], nodes)
+    if isinstance(instances, dict):
+        ctx["pool_of"] = {n: i["address_pool"] for n, i in instances.items()
+                          if isinstance(i, dict) and isinstance(i.get("address_pool"), str)}
+        _validate_pool_instances(errors, instances, data.get("address_pools"))
     if "address_pools" in data:
         _validate_address_pools(errors, data["address_pools"], ctx)
     if "load_balancer" in data:
@@ -1243,6 +1288,9 @@ def normalize(data):
             "garp_master_delay": inst.get("garp_master_delay"),
             "nodes": list(members),
         }
+        if inst.get("address_pool"):
+            # only on pool instances: the views (and digests) of the others stay as they were
+            instances[name]["address_pool"] = inst["address_pool"]
     servers = {}
     for name, vs in (data.get("virtual_servers") or {}).items():
         health = vs.get("health_check")

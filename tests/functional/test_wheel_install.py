@@ -96,6 +96,7 @@ def test_wheel_contents(wheel):
                  "saltext/edge_ha/modules/keepalived.py", "saltext/edge_ha/states/keepalived.py",
                  "saltext/edge_ha/beacons/vrrp.py", "saltext/edge_ha/runners/edge.py",
                  "saltext/edge_ha/output/edge_table.py", "saltext/edge_ha/files/salt/edge/init.sls",
+                 "saltext/edge_ha/pillar/edge_ha_lb.py", "saltext/edge_ha/engines/edge_ha_services.py",
                  "saltext/edge_ha/files/salt/_modules/edge_ha.py", "saltext/edge_ha/files/reactor/edge_ha.sls",
                  "saltext/edge_ha/files/pillar/edge_ha.sls.example"):
         assert path in names, path
@@ -155,6 +156,9 @@ beacons = salt.loader.beacons(minion, mods)
 master = salt.config.master_config(sys.argv[1] + "/master")
 runners = salt.loader.runner(master, utils=salt.loader.utils(master))
 outputters = salt.loader.outputters(minion)
+master_utils = salt.loader.utils(master)
+pillars = salt.loader.pillars(master, {})
+engines = salt.loader.engines(master, {}, runners, master_utils)
 found = {}
 for kind, loader, name in [("module", mods, "keepalived.validate"), ("module", mods, "edge_ha.validate"),
                            ("module", mods, "edge_k8s.set_external_ips"), ("module", mods, "ipvs.sync"),
@@ -162,7 +166,8 @@ for kind, loader, name in [("module", mods, "keepalived.validate"), ("module", m
                            ("state", states, "keepalived.managed"), ("state", states, "ipvs.synced"),
                            ("beacon", beacons, "vrrp.beacon"), ("beacon", beacons, "ingress_health.beacon"),
                            ("runner", runners, "edge.vip_report"), ("runner", runners, "edge.drain"),
-                           ("output", outputters, "edge_table")]:
+                           ("output", outputters, "edge_table"), ("pillar", pillars, "edge_ha_lb"),
+                           ("engine", engines, "edge_ha_services.start")]:
     try:
         func = loader[name]
     except KeyError:

@@ -37,10 +37,17 @@ def svc(name, namespace="default", ports=((80, "TCP"),), cls=lb.LB_CLASS, type_=
 
 
 def rerun(services, result):
-    """The Services as the next run reads them: the assignment annotation written."""
+    """
+    The Services as the next run reads them, after the runner's writes: the
+    assignment annotation written on the assigned ones and taken off the
+    others (``lb.to_unrecord``: a refused Service keeps no stale record that
+    could outrank the sharers of its old address once that address's holder goes).
+    """
     by = result.by_service()
+    unrecord = {s.key for s in lb.to_unrecord(services, result)}
     return [
-        lb.ServiceRecord(**dict(vars(s), recorded=by[s.key].record)) if s.key in by else s
+        lb.ServiceRecord(**dict(vars(s), recorded=by[s.key].record)) if s.key in by
+        else lb.ServiceRecord(**dict(vars(s), recorded=None)) if s.key in unrecord else s
         for s in services
     ]
 

@@ -286,3 +286,37 @@ def test_reload_keeps_state_unless_vrid_interface_or_version_change(change, lost
     gone = desired.reload_keeps_state(old, new, names)
     assert bool(gone) is lost
     assert desired.reload_keeps_state(old, old, names) == []
+
+
+def with_instance(name, vrid, address):
+    """A pillar change: one more VRRP instance, a copy of the first with its own VRID and address."""
+    def change(data):
+        inst = dict(first_instance(data), virtual_router_id=vrid, virtual_ipaddress=[f"{address}/24"])
+        inst.pop("priorities", None)
+        data["vrrp_instances"][name] = inst
+    return change
+
+
+def test_an_instance_only_removed_or_only_added_keeps_the_others_state():
+    # a LoadBalancer Service deleted: its pool instance goes with its address; the node holding it and the
+    # ingress VIP reloads in place (before: "state lost", the ingress VIP handed over too)
+    both = rendered([with_instance("lb_lab_60_v4", 60, "198.18.0.120")])
+    alone = rendered()
+    names = sorted(desired.vrrp_identities(both))
+    assert "lb_lab_60_v4" in names and len(names) == 2
+    assert desired.vrrp_addresses(both)["lb_lab_60_v4"] == {"198.18.0.120"}
+    assert desired.reload_keeps_state(both, alone, names) == []
+    # a Service created: its instance added
+    assert desired.reload_keeps_state(alone, both, sorted(desired.vrrp_identities(alone))) == []
+    # one removed and another added at once
+    other = rendered([with_instance("lb_lab_61_v4", 61, "198.18.0.121")])
+    assert desired.reload_keeps_state(both, other, names) == []
+
+
+def test_an_instance_renamed_with_its_address_loses_its_state():
+    # the address goes on under another instance name: keepalived starts that one as BACKUP
+    old = rendered([with_instance("VI_OLD", 60, "198.18.0.120")])
+    new = rendered([with_instance("VI_NEW", 60, "198.18.0.120")])
+    assert desired.reload_keeps_state(old, new, sorted(desired.vrrp_identities(old))) == ["VI_OLD"]
+    # and the instance the node does not hold is not named
+    assert desired.reload_keeps_state(old, new, [n for n in desired.vrrp_identities(old) if n != "VI_OLD"]) == []

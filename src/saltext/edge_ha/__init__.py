@@ -4,9 +4,10 @@ salt-edge-ha as a Salt extension (``pip install saltext.edge_ha``, or
 
 Salt's loader finds this package through the ``salt.loader`` entry point in
 pyproject.toml and loads the sub-directories named after its loader types:
-``modules``, ``states``, ``beacons``, ``runners`` and ``output``. In the
-wheel they are the repository's ``_modules``, ``_states``, ``_beacons``,
-``_runners`` and ``_output`` (mapped by setuptools' ``package-dir``, not
+``modules``, ``states``, ``beacons``, ``runners``, ``output``, ``pillar``
+and ``engines``. In the wheel they are the repository's ``_modules``,
+``_states``, ``_beacons``, ``_runners``, ``_output``, ``_pillar`` and
+``_engines`` (mapped by setuptools' ``package-dir``, not
 copied in the repository); the pure core they import, ``edge_ha_core``, is
 a top-level package of the same wheel.
 

@@ -26,6 +26,7 @@ def master_config():
     with open(where["master_conf"], encoding="utf-8") as handle:
         conf = yaml.safe_load(handle)
     conf.pop("module_dirs", None)  # the salt.loader entry point replaces it
+    conf.pop("pillar_dirs", None)  # (the ext_pillar too: the package's pillar/)
     conf.pop("pillar_roots", None)  # the pillar is yours: see pillar_example
     conf["file_roots"] = {"base": [where["file_root"]]}
     conf["reactor"] = [
