@@ -31,7 +31,7 @@ from salt.exceptions import CommandExecutionError
 __virtualname__ = "edge_node"
 
 __load__ = ["probe_ingress", "ingress_health", "record_ingress_health", "report", "publish", "vip_conflicts",
-            "quiesce", "vip_connections", "release_when_taken_over"]
+            "quiesce", "vip_connections", "handover", "release_when_taken_over"]
 
 MINE_KEY = "edge_ha_report"  # the mine entry the master reads
 HEARTBEAT = 10  # seconds between publications of an unchanged report
@@ -468,6 +468,41 @@ def vip_connections():
     if proc.returncode != 0:
         raise CommandExecutionError(f"ss failed: {proc.stderr.strip()}")
     return count_connections(proc.stdout, vips)
+
+
+def handover(flag_reason=None, timeout=10, interval=0.05):
+    """
+    The node-side steps of moving this node's VIPs away without failing
+    requests, in one call (each Salt round trip between them is time in which
+    new clients' SYNs are dropped, and a client retries its SYN after 1 s):
+    new TCP connections to the VIPs held back (``quiesce``), the requests in
+    flight waited for here (at most ``timeout`` s, looked at every
+    ``interval`` s), then, with ``flag_reason``, the out-of-service flag set
+    (``keepalived.out_of_service``: FAULT, a priority-0 advert, the next
+    backup takes over within its skew time). Without ``flag_reason`` the
+    caller sets the flag itself (after something else, e.g. another node's
+    priority restored). Returns ``{quiesced, in_flight, waited, flagged}``
+    (``in_flight``: connections still open when the wait ended).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call edge_node.handover flag_reason="handover: drain edge1" timeout=10
+    """
+    quiesced = quiesce(True)
+    start = time.monotonic()
+    while True:
+        left = vip_connections()
+        if left == 0 or time.monotonic() - start >= float(timeout):
+            break
+        time.sleep(float(interval))
+    waited = round(time.monotonic() - start, 3)
+    flagged = False
+    if flag_reason:
+        __salt__["keepalived.out_of_service"](True, str(flag_reason))  # pylint: disable=undefined-variable
+        flagged = True
+    return {"quiesced": quiesced["quiesced"], "in_flight": left, "waited": waited, "flagged": flagged}
 
 
 def release_when_taken_over(timeout=15, interval=0.1):

@@ -578,33 +578,38 @@ def _release(model, node, reason, standby_after, before=None, quiesce_timeout=No
     flight finish (bounded by ``edge_ha_quiesce_timeout``, default 10 s), then
     the node releases its VIPs at once (FAULT through the out-of-service track
     file: a priority-0 advert, the next backup takes over within its skew
-    time), and the retried SYNs reach the new owner. ``before`` runs just
-    before the release (undrain restores the target's priority there). Then
+    time), and the retried SYNs reach the new owner. Those three steps are one
+    job on the node (``edge_node.handover``): a SYN dropped more than 1 s
+    before the takeover is a request lost. ``before`` runs just before the
+    release (undrain restores the target's priority there; then the flag is a
+    job of its own, after it). Then
     the node goes to standby (``standby_after``) and back from FAULT to BACKUP.
     Returns ``(done, steps, holders, reports)``.
     """
     steps = []
     timeout = float(quiesce_timeout or __opts__.get("edge_ha_quiesce_timeout", 10))  # pylint: disable=undefined-variable
-    quiesced = _job(node, "edge_node.quiesce", [True], timeout=10).get(node)
-    _crash_point("release:quiesced")
-    if not isinstance(quiesced, dict):
-        steps.append(f"new connections NOT held back ({quiesced})")
-    start = time.monotonic()
-    left = None
-    while time.monotonic() - start < timeout:
-        left = _job(node, "edge_node.vip_connections", timeout=10).get(node)
-        if not isinstance(left, int) or left == 0:
-            break
-        time.sleep(0.1)
-    steps.append(f"requests in flight finished in {time.monotonic() - start:.1f}s" if left == 0
-                 else f"{left} connections still open after {timeout:.0f}s (edge_ha_quiesce_timeout); going on")
     before_reports = _reports(model)
     was_out = bool(before_reports.get(node) and before_reports[node].out_of_service.on)
     held = {v for v, h in fleet.vip_holders(model, before_reports, running_only=False).items() if node in h}
+    flag_reason = f"{HANDOVER_PREFIX}{reason}"
     try:
+        # one job for the node's steps (quiesce, requests in flight, the flag): every round trip between
+        # them is time in which new SYNs are dropped; with ``before`` the flag waits for it
+        moved = _job(node, "edge_node.handover", [None if before else flag_reason, timeout],
+                     timeout=timeout + 10).get(node)
+        _crash_point("release:quiesced")
+        if not isinstance(moved, dict):
+            steps.append(f"new connections NOT held back, requests in flight not waited for ({moved})")
+            moved = {}
+        elif moved["in_flight"] == 0:
+            steps.append(f"requests in flight finished in {moved['waited']:.1f}s")
+        else:
+            steps.append(f"{moved['in_flight']} connections still open after {timeout:.0f}s "
+                         "(edge_ha_quiesce_timeout); going on")
         if before:
             before()
-        _job(node, "keepalived.out_of_service", [True, f"{HANDOVER_PREFIX}{reason}"], timeout=10)
+        if not moved.get("flagged"):
+            _job(node, "keepalived.out_of_service", [True, flag_reason], timeout=10)
         _crash_point("release:flagged")
         deadline = time.monotonic() + _handover_timeout(model, node)
         while True:

@@ -112,6 +112,25 @@ def test_vip_connections_counted_from_ss():
     assert edge_node.count_connections(out, {"2001:db8::100"}) == 1
 
 
+def test_handover_quiesces_waits_for_requests_in_flight_then_flags(monkeypatch):
+    """One job for the node's steps of a release: quiesce, the requests in flight, then the flag."""
+    calls = []
+    left = iter([2, 1, 0])
+    monkeypatch.setattr(edge_node, "quiesce", lambda enabled=True: calls.append("quiesce") or {"quiesced": True})
+    monkeypatch.setattr(edge_node, "vip_connections", lambda: calls.append("count") or next(left))
+    monkeypatch.setattr(edge_node, "__salt__", {"keepalived.out_of_service": lambda on, why: calls.append(("flag", why))},
+                        raising=False)
+    out = edge_node.handover("handover: drain edge1", timeout=5, interval=0.01)
+    assert calls == ["quiesce", "count", "count", "count", ("flag", "handover: drain edge1")]
+    assert out["quiesced"] and out["in_flight"] == 0 and out["flagged"] and out["waited"] < 5
+    # no flag reason: the caller sets the flag after its own step; a connection that stays open ends the wait
+    calls.clear()
+    monkeypatch.setattr(edge_node, "vip_connections", lambda: calls.append("count") or 1)
+    out = edge_node.handover(None, timeout=0.05, interval=0.01)
+    assert calls[0] == "quiesce" and set(calls[1:]) == {"count"} and out["in_flight"] == 1 and not out["flagged"]
+    assert out["waited"] >= 0.05
+
+
 def test_history_rows_for_drain_and_rollout():
     entries = [
         {"kind": "drain", "node": "edge1", "reason": "kernel update", "source": "manual", "time": 1.0,
