@@ -533,21 +533,18 @@ class Lab:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def wait_reconcile_idle(self, timeout=120):
-        """Wait until no edge.reconcile holds the master's reconcile lock."""
-        import fcntl  # pylint: disable=import-outside-toplevel
+        """Wait until no edge.reconcile holds the master's reconcile lease (localfs: edge_ha/reconcile.lease)."""
+        if str(REPO / "_utils") not in sys.path:
+            sys.path.insert(0, str(REPO / "_utils"))
+        from edge_ha_core import lease  # pylint: disable=import-outside-toplevel
 
-        lock = self.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.lock"
+        path = self.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.lease"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not lock.exists():
+            current, error = lease.parse(path.read_text() if path.exists() else None)
+            if error is None and (lease.is_free(current) or lease.expired(current, time.time())
+                                  or lease.holder_gone_here(current, socket.gethostname(), lease.process_alive)):
                 return
-            with open(lock, "a", encoding="utf-8") as fh:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-                    return
-                except BlockingIOError:
-                    pass
             time.sleep(0.5)
         raise RuntimeError("a reconcile is still running")
 
