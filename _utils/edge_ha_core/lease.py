@@ -424,6 +424,8 @@ class RedisBackend:
 def redis_client(opts):
     """A redis client with Salt's ``cache.redis.*`` connection settings (those of its ``redis`` cache backend)."""
     import redis  # pylint: disable=import-outside-toplevel
+    from redis.backoff import ExponentialBackoff  # pylint: disable=import-outside-toplevel
+    from redis.retry import Retry  # pylint: disable=import-outside-toplevel
 
     if opts.get("cache.redis.cluster_mode"):
         raise UnsupportedBackend("the edge_ha lease on a redis cluster is not supported (one key, one node: use "
@@ -431,7 +433,10 @@ def redis_client(opts):
     return redis.Redis(opts.get("cache.redis.host", "localhost"), int(opts.get("cache.redis.port", 6379)),
                        unix_socket_path=opts.get("cache.redis.unix_socket_path"),
                        db=int(opts.get("cache.redis.db", 0)), password=opts.get("cache.redis.password") or None,
-                       socket_timeout=float(opts.get("edge_ha_store_timeout", 5)))
+                       socket_timeout=float(opts.get("edge_ha_store_timeout", 5)),
+                       # a store that is down fails the lease in well under a second (redis-py's default
+                       # retries take seconds per call), so the master goes on with what it knows
+                       retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 2))
 
 
 LOCAL_DRIVERS = ("localfs",)
