@@ -330,23 +330,34 @@ def _vips(model):
 
 def _history():
     """
-    The master's history (``<cachedir>/edge_ha/reconcile.log``): JSON lines,
-    every entry bounded (``history.bound_event``), the file rotated at
-    ``edge_ha_history_bytes`` (default 1 MiB) with two older files kept; it
-    survives master restarts.
+    The history (``edge_ha_core.history.StoreHistory``) in the controller's
+    store (``_records``): every entry bounded (``history.bound_event``), at
+    most ``3 x edge_ha_history_bytes`` (default 1 MiB) of it, the oldest
+    dropped first; it survives master restarts (and, on a shared store, is
+    one history for the masters). The ``reconcile.log`` files of an earlier
+    version are moved in on the first append.
     """
     opts = __opts__  # pylint: disable=undefined-variable
-    return history_log.HistoryLog(os.path.join(_state_dir(), "reconcile.log"),
-                                  max_bytes=int(opts.get("edge_ha_history_bytes", 1024 * 1024)), keep_files=2)
+    return history_log.StoreHistory(_records(), _records_mutex,
+                                    max_bytes=int(opts.get("edge_ha_history_bytes", 1024 * 1024)), keep_files=2,
+                                    legacy_path=os.path.join(_state_dir(), "reconcile.log"), log=log)
+
+
+def _records_mutex():
+    """The short critical section of history appends and counter bumps (a lease ``records`` in the same store)."""
+    return edge_lease.mutex(_lease_backend("records"), what="history/counters")
 
 
 def _record(kind, **data):
-    """Append one entry to the master's history."""
-    _history().append(dict(data, kind=kind, time=time.time()))
+    """Append one entry to the master's history (a store that does not answer costs the entry, not the caller)."""
+    try:
+        _history().append(dict(data, kind=kind, time=time.time()))
+    except Exception as exc:  # pylint: disable=broad-except
+        log.error("edge: history entry %s not recorded: %s", kind, exc)
 
 
 def _counter_file():
-    return history_log.Counters(os.path.join(_state_dir(), "counters.json"))
+    return history_log.StoreCounters(_records(), _records_mutex)
 
 
 def _bump(*names, by=1):
@@ -354,7 +365,7 @@ def _bump(*names, by=1):
     names = [n for n in names if n]
     try:
         return _counter_file().bump(*names, by=by) if names else _counters()
-    except ValueError as exc:
+    except Exception as exc:  # pylint: disable=broad-except
         log.error("edge: counters not updated: %s", exc)
         return {}
 
@@ -362,14 +373,18 @@ def _bump(*names, by=1):
 def _counters():
     try:
         return _counter_file().values()
-    except ValueError as exc:
+    except Exception as exc:  # pylint: disable=broad-except
         log.error("edge: counters unreadable: %s", exc)
         return {}
 
 
 def _history_entries():
     """The history, oldest first."""
-    return list(reversed(_history().read()))
+    try:
+        return list(reversed(_history().read()))
+    except Exception as exc:  # pylint: disable=broad-except
+        log.error("edge: history unreadable: %s", exc)
+        return []
 
 
 def _records():
@@ -447,13 +462,19 @@ def _lease(what):
     expires ``edge_ha_lease_ttl`` s (default 30) after its holder's last renewal.
     """
     settings = edge_state.Settings.from_opts(__opts__)  # pylint: disable=undefined-variable
+    return edge_lease.Holding(_lease_backend("reconcile"), settings.lease_ttl, what=what)
+
+
+def _lease_backend(name):
+    """The lease primitive ``name`` of the ``edge_ha_cache`` backend, one per process."""
+    settings = edge_state.Settings.from_opts(__opts__)  # pylint: disable=undefined-variable
     with _PROCESS["lock"]:
-        cached = _PROCESS.get("lease_backend")
+        cached = _PROCESS.setdefault("lease_backends", {}).get(name)
         if cached is None or cached[0] != settings:
             os.makedirs(settings.directory, exist_ok=True)
-            backend = edge_lease.backend_for(settings.driver, __opts__, settings.directory, "reconcile")  # pylint: disable=undefined-variable
-            cached = _PROCESS["lease_backend"] = (settings, backend)
-    return edge_lease.Holding(cached[1], settings.lease_ttl, what=what)
+            backend = edge_lease.backend_for(settings.driver, __opts__, settings.directory, name)  # pylint: disable=undefined-variable
+            cached = _PROCESS["lease_backends"][name] = (settings, backend)
+    return cached[1]
 
 
 @contextlib.contextmanager
