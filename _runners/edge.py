@@ -13,7 +13,7 @@ events, which any minion can forge, are only hints to look now.
 ``edge.reconcile`` is level-triggered and cheap:
 
 1. the desired state: the last good model of the ``edge_ha`` pillar, kept in
-   ``<cachedir>/edge_ha/desired.json`` and compiled again on a manual
+   the record ``desired.json`` (``_records``) and compiled again on a manual
    reconcile, on the master's schedule, and when older than
    ``edge_ha_model_ttl``; a pillar that fails validation leaves the last good
    model in force, and its errors show in ``edge.vip_report``, the history
@@ -52,6 +52,8 @@ Master settings (master config, all optional):
     edge_ha_kubernetes_timeout: 3   # seconds per Kubernetes request on the reconcile path
     edge_ha_kubernetes_backoff: 10  # seconds Kubernetes calls are skipped after the API did not answer
     edge_ha_apply_timeout: 120      # seconds one node's state.apply may take in a staged reload
+    edge_ha_cache: localfs          # Salt cache driver of the controller's state and lease (localfs, redis)
+    edge_ha_lease_ttl: 30           # seconds the reconcile lease lasts without renewal
 """
 
 import contextlib
