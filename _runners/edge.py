@@ -399,10 +399,7 @@ def _records():
     with _PROCESS["lock"]:
         cached = _PROCESS.get("records")
         if cached is None or cached[0] != settings:
-            os.makedirs(settings.directory, exist_ok=True)
-            cache = salt.cache.Cache(__opts__, driver=settings.driver)  # pylint: disable=undefined-variable
-            cached = (settings, edge_state.StateStore(cache, localfs_dir=settings.directory if settings.local else None,
-                                                      legacy_dir=settings.directory, driver=settings.driver))
+            cached = (settings, edge_state.StateStore.for_opts(__opts__, salt.cache.Cache))  # pylint: disable=undefined-variable
             _PROCESS["records"] = cached
         return cached[1]
 
@@ -1502,7 +1499,12 @@ def trigger(source="", claimed_id="", event_time=0, transition=None, report=None
     elif isinstance(report, str) and DIGEST_RE.match(report):
         # the event is a hint only: what counts is the report Salt stored under the node's verified id
         _await_report(claimed_id, report, _number(seen), float(__opts__.get("edge_ha_report_wait", 1)))  # pylint: disable=undefined-variable
-    _records().save(PENDING, {"source": source, "time": time.time()})
+    try:
+        _records().save(PENDING, {"source": source, "time": time.time()})
+    except Exception as exc:  # pylint: disable=broad-except
+        # the store does not answer: no reconcile can take the lease either (issue #16 item 3 is the rest)
+        log.error("edge: trigger %s not recorded (the store: %s)", source, exc)
+        return {"queued": False, "source": source, "runs": 0, "error": str(exc)}
     return _run_pending(source)
 
 

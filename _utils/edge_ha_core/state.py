@@ -73,6 +73,20 @@ class StateStore:
         self.cache, self.bank, self.driver = cache, bank, driver
         self.localfs_dir, self.legacy_dir = localfs_dir, legacy_dir
 
+    @classmethod
+    def for_opts(cls, opts, cache_class):
+        """
+        The controller's records for a Salt master's ``opts``: the backend of
+        ``edge_ha_cache``, localfs fsynced, old files migrated. ``cache_class``:
+        ``salt.cache.Cache`` (passed in: this module imports no Salt). The
+        runner uses it, and so can any other reader on the master (an
+        ext_pillar reading a record of the runner's).
+        """
+        settings = Settings.from_opts(opts)
+        os.makedirs(settings.directory, exist_ok=True)
+        return cls(cache_class(opts, driver=settings.driver), localfs_dir=settings.directory if settings.local else None,
+                   legacy_dir=settings.directory, driver=settings.driver)
+
     def where(self, name):
         return f"{self.driver}:{self.bank}/{name}"
 
