@@ -202,6 +202,15 @@ def test_an_unreadable_record_is_taken_over_with_a_generation_from_the_clock():
     assert got.lease and got.lease.generation == 7500 and "unreadable" in got.why
 
 
+def until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_holding_waits_renews_and_reports_loss():
     store = MemoryBackend(1.0)
     store.value = held(OTHER, expires=100.0).to_text()
@@ -215,11 +224,10 @@ def test_holding_waits_renews_and_reports_loss():
     try:
         holding.check()
         writes = store.writes
-        time.sleep(0.1)
-        assert store.writes > writes  # renewed by the thread
+        assert until(lambda: store.writes > writes)  # renewed by the thread
         holding.check()
         store.value = held(OTHER, expires=10**9).to_text()  # taken away (as if we had paused)
-        time.sleep(0.1)
+        assert until(lambda: holding.lost)
         with pytest.raises(L.LeaseLost):
             holding.check()
     finally:
