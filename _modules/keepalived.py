@@ -58,6 +58,7 @@ import time
 
 from edge_ha_core import desired
 from edge_ha_core import fleet
+from edge_ha_core import text
 from salt.exceptions import CommandExecutionError
 from salt.exceptions import SaltInvocationError
 
@@ -90,6 +91,8 @@ DEFAULTS = {
     "binary": "keepalived",
     "settle_time": 1.5,
 }
+# settings that are absolute paths (they reach keepalived.conf, its command line and the unit drop-in)
+PATH_SETTINGS = ("config_file", "state_dir", "notify_script", "pid_dir", "service_pid_dir")
 
 KEEPALIVED_TEMPLATE = """\
 # Managed by salt-edge-ha (keepalived.managed) for node {{ view.node }}.
@@ -586,6 +589,9 @@ def read_pid(path):
 def settings():
     """
     The node-local settings (paths, service mode), with defaults filled in.
+    Raises ``SaltInvocationError`` naming the ``keepalived:`` key when a
+    setting is unusable (a relative path or one with whitespace, control or
+    keepalived syntax characters; an unknown ``service_mode``).
 
     CLI Example:
 
@@ -593,8 +599,13 @@ def settings():
 
         salt-call keepalived.settings
     """
-    conf = dict(DEFAULTS)
-    conf.update(__salt__["config.get"]("keepalived", {}) or {})  # pylint: disable=undefined-variable
+    given = __salt__["config.get"]("keepalived", {}) or {}  # pylint: disable=undefined-variable
+    if not isinstance(given, dict):
+        raise SaltInvocationError(f"keepalived (node settings) must be a mapping, got {text.describe(given)}")
+    conf = dict(DEFAULTS, **given)
+    errors = text.settings_errors(conf, PATH_SETTINGS)
+    if errors:
+        raise SaltInvocationError("invalid node settings: " + "; ".join(errors))
     return conf
 
 
@@ -736,17 +747,38 @@ def _plan(node=None, template=None, pillar=None):
         out["old"], out["new"], sorted(desired.vrrp_identities(out["old"])))
     out["notify_script_current"] = read_text(conf["notify_script"]) == NOTIFY_SCRIPT
     out["running"] = running()
+    # a keepalived started with another file (keepalived:config_file changed) reads that one again
+    # at a reload: it needs a restart, which re-creates every VRRP instance
+    reads = _running_config_file(conf) if out["running"] else None
+    out["restart_needed"] = bool(reads and reads != path)
+    if out["restart_needed"]:
+        out["restart_reason"] = f"keepalived runs with {reads}, keepalived:config_file is {path}"
+        out["state_lost_on_reload"] = sorted(desired.vrrp_identities(read_text(reads)))
     return out
+
+
+def _running_config_file(conf):
+    """The file the running keepalived reads at a reload (from its command line), or None if unknown."""
+    pid = read_pid(_pid_files(conf)["main"])
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            argv = handle.read().decode(errors="replace").split("\0")[:-1]
+    except (OSError, TypeError):
+        return None
+    return desired.config_file_of(argv) if argv else None
 
 
 def plan(node=None, template=None, fresh_pillar=False):
     """
     What applying the pillar would change, without changing anything:
     ``{valid, errors, check_output, config_file, old_hash, new_hash, changed,
-    diff, notify_script_current, running, state_lost_on_reload}``. ``valid``
-    covers the pillar model and ``keepalived -t``; ``state_lost_on_reload``
-    names the running config's VRRP instances whose state a reload would not
-    keep (gone, or another interface, VRID or VRRP version).
+    diff, notify_script_current, running, state_lost_on_reload,
+    restart_needed}``. ``valid`` covers the pillar model and ``keepalived
+    -t``; ``state_lost_on_reload`` names the running config's VRRP instances
+    whose state a reload would not keep (gone, or another interface, VRID or
+    VRRP version; all of them when ``restart_needed``: the running keepalived
+    was started with another file than ``keepalived:config_file``, and says
+    which in ``restart_reason``).
 
     No secret is returned (the master's reconcile calls this on every node, so
     the return lands in the job cache and on the event bus): the configs are

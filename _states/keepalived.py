@@ -73,6 +73,8 @@ def managed(name="keepalived", node=None, template=None):
         changes["notify_script"] = "installed"
     if not plan["running"]:
         changes["service"] = "started"
+    elif plan.get("restart_needed"):
+        changes["service"] = f"restarted ({plan['restart_reason']})"
     elif plan["changed"]:
         changes["service"] = "reloaded"
 
@@ -92,7 +94,10 @@ def managed(name="keepalived", node=None, template=None):
         if plan["changed"]:
             # renders and checks again, and writes only the config planned above (mode 0600, .bak kept)
             mod["keepalived.write_rendered"](node=node, template=template, expected_hash=plan["new_hash"])
-        if plan["running"]:
+        if plan["running"] and plan.get("restart_needed"):
+            mod["keepalived.stop"]()
+            alive = mod["keepalived.start"]()
+        elif plan["running"]:
             alive = mod["keepalived.reload"]() if plan["changed"] else True
         else:
             alive = mod["keepalived.start"]()

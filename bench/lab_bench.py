@@ -6,7 +6,9 @@ Called by bench/run_all.py, which builds and tears down the edges.
 """
 
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -265,6 +267,38 @@ def planned_drain(edge, reps, workdir, max_seconds=None):
             log(f"  drain {op} #{n + 1}: {duration:.2f}s (VIP settled {settle:.2f}s), lost {probe['lost']}/"
                 f"{probe['requests']}, ok {runs[-1]['ok']}")
     edge.baseline()
+    return runs
+
+
+def fence_ingress(edge, reps, hung):
+    """The owner's ingress fails (its health endpoint answers 503; the pod is left alone, as a hung API
+    could not be told): seconds from the master seeing it (the owner's ingress_health beacon event on
+    the bus) until the VIP is off the owner. ``hung``: the Kubernetes emulator is SIGSTOPped first
+    (connections accepted, nothing answers), the bound of issue #13."""
+    runs = []
+    owner = edge.owner
+    flag = edge.lab.node_dir(owner) / "ingress-unhealthy"
+    kube_pid = int((edge.lab.dir / "pids" / "master-kube.pid").read_text())
+    for n in range(reps):
+        start = time.time()
+        if hung:
+            os.kill(kube_pid, signal.SIGSTOP)
+        try:
+            flag.write_text("unhealthy\n")
+            off = wait_for(lambda: owner not in edge.holders() and time.time(), 60, 0.02)
+            seen = [e["recv"] for e in edge.events() if e["recv"] >= start
+                    and e["tag"].startswith(f"salt/beacon/{owner}/ingress_health") and "unhealthy" in e["tag"]]
+        finally:
+            if hung:
+                os.kill(kube_pid, signal.SIGCONT)
+            flag.unlink(missing_ok=True)
+        fence = off - min(seen) if off and seen else None
+        runs.append({"fence": fence, "from_failure": (off - start) if off else None, "ok": fence is not None})
+        log(f"  fence ({'API hung' if hung else 'API answering'}) #{n + 1}: "
+            f"{'-' if fence is None else f'{fence:.2f}'}s after the beacon event, "
+            f"{'-' if not off else f'{off - start:.2f}'}s after the failure")
+        edge.lab.set_ingress_healthy(owner, True)
+        edge.baseline()
     return runs
 
 

@@ -133,6 +133,20 @@ def planned_section(res):
                          "-", sum(1 for r in runs if r["ok"])])
     text = table(["operation (`vrrp_garp_master_refresh 60` in global_defs, added / removed in turn)", "runs", "requests lost", "requests sent",
                   "duration, s (median / p95 / max)", "median vs plain", "runs correct"], rows)
+    fences = [(key, label) for key, label in [("fence_api_up", "API answering — baseline"),
+                                               ("fence_api_hung", "API hung (SIGSTOP: accepts, never answers)")]
+              if res.get(key)]
+    if fences:
+        base = median([r["fence"] for r in res.get("fence_api_up") or []])
+        frows = []
+        for key, label in fences:
+            done = [r["fence"] for r in res[key] if r["fence"] is not None]
+            frows.append([label, len(res[key]), _msp(done) if done else "-",
+                          _msp([r["from_failure"] for r in res[key] if r["from_failure"] is not None]),
+                          ratio(median(done), base), len(done)])
+        text += "\n\n" + table(["fence of the owner whose ingress fails", "runs",
+                                 "VIP off the owner after the beacon event, s (median / p95 / max)",
+                                 "after the failure, s", "median vs API answering", "runs fenced"], frows)
     if "drain" in res and not drain:
         text += ("\n\n`edge.drain` / `edge.undrain`: **not measured** — `_runners/edge.py` on this branch has no "
                  "`drain`/`undrain` runner yet (being written on main). The harness (`planned_drain` in "

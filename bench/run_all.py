@@ -173,6 +173,13 @@ def run_lab(res, only, reps, burn, work, pid):
             res["drain"] = None
             log("planned: edge.drain is not in _runners/edge.py on this branch: not measured")
 
+    def fence():
+        project.set_variant("default", watch=0.05)
+        project.label = "default"
+        log("planned: fence of an owner whose ingress fails, Kubernetes API answering / hung")
+        res["fence_api_up"] = lab_bench.fence_ingress(project, reps, hung=False)
+        res["fence_api_hung"] = lab_bench.fence_ingress(project, reps, hung=True)
+
     def cpu_burn():
         project.set_variant("default", watch=0.05)
         project.label = "default"
@@ -210,6 +217,7 @@ def run_lab(res, only, reps, burn, work, pid):
         if "planned" in only:
             guard("planned", planned)
             guard("drain", drain)
+            guard("fence", fence)
         if "burn" in only:
             guard("burn", cpu_burn)
             guard("burn_fast", cpu_burn_fast)

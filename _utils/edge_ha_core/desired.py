@@ -93,3 +93,27 @@ def reload_keeps_state(old_text, new_text, instances):
     """
     old, new = vrrp_identities(old_text), vrrp_identities(new_text)
     return sorted(i for i in instances if i not in new or old.get(i) != new[i])
+
+
+# keepalived's compiled-in configuration file (Debian and RHEL builds): what it reads without -f
+KEEPALIVED_DEFAULT_CONFIG = "/etc/keepalived/keepalived.conf"
+
+
+def config_file_of(argv, default=KEEPALIVED_DEFAULT_CONFIG):
+    """The configuration file a keepalived started with ``argv`` (its command line, program
+    first) reads at start and at every reload: ``-f FILE``, ``-fFILE``, ``--use-file[=]FILE``
+    (the last one wins, as with getopt), else keepalived's default."""
+    found = default
+    args = list(argv[1:])
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-f", "--use-file") and i + 1 < len(args):
+            found, i = args[i + 1], i + 2
+            continue
+        if arg.startswith("--use-file="):
+            found = arg.split("=", 1)[1]
+        elif arg.startswith("-f") and not arg.startswith("--") and len(arg) > 2:
+            found = arg[2:]
+        i += 1
+    return found

@@ -66,6 +66,37 @@ def interface_problem(value):
     return None
 
 
+def path_problem(value):
+    """Why ``value`` is not an absolute path usable in keepalived.conf and a systemd unit line, or None."""
+    if not isinstance(value, str) or not value:
+        return f"must be a non-empty string, got {describe(value)}"
+    bad = bad_char(value)
+    if bad:
+        return f"must not contain a {bad}"
+    if not value.startswith("/"):
+        return f"{describe(value)} must be an absolute path"
+    if any(c.isspace() or c in KEEPALIVED_SPECIAL or c in "$%;" for c in value):
+        return (f"{describe(value)} is not usable as a path here: no whitespace, braces, quotes, '#', '!', "
+                "backslashes, '$', '%' or ';'")
+    if len(value) > MAX_STRING:
+        return f"is {len(value)} characters; at most {MAX_STRING}"
+    return None
+
+
+def settings_errors(conf, path_keys):
+    """The node settings' problems (``keepalived.settings``), each naming its ``keepalived:`` key."""
+    errors = [f"keepalived:{key} {problem}" for key in path_keys for problem in [path_problem(conf[key])] if problem]
+    if conf["service_mode"] not in ("service", "process"):
+        errors.append(f"keepalived:service_mode must be service or process, got {describe(conf['service_mode'])}")
+    name = conf["service_name"]
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9@._-]{1,255}", name):
+        errors.append(f"keepalived:service_name must be a systemd unit name, got {describe(name)}")
+    settle = conf["settle_time"]
+    if isinstance(settle, bool) or not isinstance(settle, (int, float)) or not 0 <= settle <= 60:
+        errors.append(f"keepalived:settle_time must be a number of seconds from 0 to 60, got {describe(settle)}")
+    return errors
+
+
 def dns1123_label_problem(value, what):
     if not isinstance(value, str) or not value:
         return f"must be a non-empty string, got {describe(value)}"

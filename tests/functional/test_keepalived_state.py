@@ -240,6 +240,39 @@ def test_reload_that_kills_keepalived_is_rolled_back(applied):
         node.write_config(edge.pillar_dir)
 
 
+def test_moved_config_file_restarts_keepalived_with_it(applied):
+    """keepalived:config_file changed on a backup: a reload would make keepalived read its old file
+    again, so the state restarts it with the new one (and says so); the VIP stays on its owner."""
+    edge = applied
+    node = edge.nodes["edge3"]
+    old_file = node.settings["config_file"]
+    pid = node.keepalived_pid()
+    node.settings["config_file"] = str(node.base / "keepalived" / "edge-ha.conf")
+    node.write_config(edge.pillar_dir)
+    try:
+        rc, data = node.salt_call("state.apply", "test=True")
+        ka = _states(data)["edge-keepalived"]
+        assert ka["result"] is None and ka["changes"]["service"] == (
+            f"restarted (keepalived runs with {old_file}, keepalived:config_file is {node.settings['config_file']})")
+        assert node.keepalived_pid() == pid and not node.config_file.exists()
+        rc, data = node.salt_call("state.apply")
+        ka = _states(data)["edge-keepalived"]
+        assert rc == 0 and ka["changes"]["service"].startswith("restarted ("), ka
+        new_pid = node.keepalived_pid()
+        assert new_pid != pid
+        argv = pathlib.Path(f"/proc/{new_pid}/cmdline").read_bytes().split(b"\0")
+        assert node.settings["config_file"].encode() in argv
+        state, _ = wait_for(lambda: node.instance_state("VI_1").get("state") == "BACKUP", 10)
+        assert state and edge.topo.holders(VIP) == ["edge1"]
+        rc, data = node.salt_call("state.apply")
+        assert rc == 0 and _states(data)["edge-keepalived"]["changes"] == {}, "nothing left to do"
+    finally:
+        node.settings["config_file"] = old_file
+        node.write_config(edge.pillar_dir)
+    rc, data = node.salt_call("state.apply")
+    assert rc == 0 and _states(data)["edge-keepalived"]["changes"]["service"].startswith("restarted (")
+
+
 def test_owner_stop_moves_vip_within_5s(applied):
     edge = applied
     owner = edge.owner()

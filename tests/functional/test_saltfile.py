@@ -139,10 +139,35 @@ def test_systemd_drop_in_for_service_mode(confdir):
     assert unit["name"] == "/etc/systemd/system/keepalived.service.d/edge-ha.conf"
     assert "ExecStartPre=/usr/bin/mkdir -p -m 0755 /run/edge-x\n" in unit["contents"]
     assert "Restart=on-failure\nRestartSec=5\nRestartPreventExitStatus=2\n" in unit["contents"]
-    assert {"onchanges": [{"file": "edge-keepalived-unit"}]} in states["edge-keepalived-daemon-reload"]["cmd"]
+    assert {"onchanges": [{"file": "edge-keepalived-unit"}, {"file": "edge-keepalived-unit-config-file"}]} \
+        in states["edge-keepalived-daemon-reload"]["cmd"]
     assert {"require": ["edge-packages", "edge-sysctl-nonlocal-bind", "edge-keepalived-unit",
-                        "edge-keepalived-daemon-reload"]} in states["edge-keepalived"]["keepalived"]
+                        "edge-keepalived-unit-config-file", "edge-keepalived-daemon-reload"]} \
+        in states["edge-keepalived"]["keepalived"]
     assert "edge-keepalived-enabled" in states
+    # the packaged unit's file: its config-file drop-in is removed (left from another config_file)
+    assert "absent" in states["edge-keepalived-unit-config-file"]["file"]
+    assert {"name": "/etc/systemd/system/keepalived.service.d/edge-ha-config-file.conf"} \
+        in states["edge-keepalived-unit-config-file"]["file"]
+    # another config file: the packaged unit is made to read it (and to start only when it is not empty)
+    for family, exec_start in (("Debian", "/usr/sbin/keepalived --dont-fork $DAEMON_ARGS"),
+                               ("RedHat", "/usr/sbin/keepalived $KEEPALIVED_OPTIONS")):
+        (confdir / "minion").write_text(yaml.safe_dump({
+            "root_dir": str(confdir), "grains": {"init": "systemd", "os_family": family},
+            "keepalived": {"config_file": "/etc/keepalived/edge.conf"}}))
+        states = _show_sls("edge.keepalived", confdir)
+        dropin = dict(kv for item in states["edge-keepalived-unit-config-file"]["file"] if isinstance(item, dict)
+                      for kv in item.items())
+        assert dropin["name"] == "/etc/systemd/system/keepalived.service.d/edge-ha-config-file.conf"
+        contents = dropin["contents"]
+        assert "[Unit]\nConditionFileNotEmpty=\nConditionFileNotEmpty=/etc/keepalived/edge.conf\n" in contents
+        assert f"ExecStart=\nExecStart={exec_start} -f /etc/keepalived/edge.conf\n" in contents
+    # a path that would break the unit line is refused naming the key, nothing rendered
+    (confdir / "minion").write_text(yaml.safe_dump({"root_dir": str(confdir), "grains": {"init": "systemd"},
+                                                   "keepalived": {"config_file": "/etc/keepalived/my edge.conf"}}))
+    failed = _salt_call("--id", "edge1", "state.show_sls", "edge.keepalived", f"pillar={json.dumps(EXAMPLE)}",
+                        root_dir=confdir)
+    assert failed.returncode != 0 and "keepalived:config_file" in failed.stdout + failed.stderr
     # process mode (no init system) or no systemd: no unit settings
     (confdir / "minion").write_text(yaml.safe_dump({"root_dir": str(confdir), "grains": {"init": "systemd"},
                                                    "keepalived": {"service_mode": "process"}}))

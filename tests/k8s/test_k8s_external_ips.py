@@ -377,6 +377,16 @@ def test_missing_kubeconfig_is_a_clear_error(edge_k8s, tmp_path):
         edge_k8s.external_ips(kubernetes={"kubeconfig": str(tmp_path / "nope")})
 
 
+def test_unparsable_kubeconfig_is_a_clear_error_without_its_content(edge_k8s, tmp_path):
+    path = tmp_path / "broken"
+    path.write_text("apiVersion: v1\nusers:\n- name: x\n  user: {token: s3cret-token\n")  # unclosed flow mapping
+    with pytest.raises(CommandExecutionError) as exc:
+        edge_k8s.external_ips(kubernetes={"kubeconfig": str(path)})
+    text = str(exc.value)
+    assert text.startswith(f"cannot load Kubernetes configuration from kubeconfig {path}: not valid YAML ("), text
+    assert "at line" in text and "s3cret-token" not in text
+
+
 def test_kubeconfig_from_the_environment_and_context(edge_k8s, cluster, emulator, tmp_path, monkeypatch):
     cluster.service([USER_IP])
     path = tmp_path / "env-kubeconfig"

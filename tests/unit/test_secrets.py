@@ -169,6 +169,7 @@ class _State:
             "keepalived.write_rendered": lambda **kw: self.calls.append(("write", kw["expected_hash"])),
             "keepalived.reload": lambda: self.calls.append("reload") or True,
             "keepalived.start": lambda: self.calls.append("start") or True,
+            "keepalived.stop": lambda: self.calls.append("stop") or True,
         }
         state.__opts__ = {"test": test}
 
@@ -186,3 +187,16 @@ def test_state_shows_masked_diff_and_writes_the_planned_config(test):
     assert ret["changes"]["config"] == "-        auth_pass ********\n+        auth_pass ********\n"
     assert ret["result"] is (None if test else True)
     assert fake.calls == ([] if test else ["notify", ("write", "b" * 64), "reload"])
+
+
+@pytest.mark.parametrize("test", [True, False])
+def test_state_restarts_a_keepalived_started_with_another_config_file(test):
+    """keepalived:config_file changed: a reload would read the old file again, so it is a restart."""
+    plan = dict(_masked_plan(), config_file="/etc/keepalived/edge.conf", old_hash=None, restart_needed=True,
+                restart_reason="keepalived runs with /etc/keepalived/keepalived.conf, keepalived:config_file is "
+                               "/etc/keepalived/edge.conf")
+    fake = _State(plan, test=test)
+    ret = state.managed("keepalived")
+    assert ret["changes"]["service"] == f"restarted ({plan['restart_reason']})"
+    assert ret["result"] is (None if test else True)
+    assert fake.calls == ([] if test else ["notify", ("write", "b" * 64), "stop", "start"])

@@ -126,6 +126,15 @@ class Node:
             "exec keepalived \"$@\"\n")
         self.wrapper.chmod(0o755)
         (self.pillar / "top.sls").write_text("base:\n  '*':\n    - edge_ha\n")
+        self.settings = {"binary": str(self.wrapper), "settle_time": 3}
+        self.write_minion_config()
+        self.set_pillar(PILLAR)
+        self._caller = None
+
+    def write_minion_config(self):
+        """The minion config with ``self.settings`` as keepalived's node settings (a new Caller reads it)."""
+        base = self.base
+        self._caller = None
         (self.etc / "minion").write_text(yaml.safe_dump({
             "id": "edge1",
             "file_client": "local",
@@ -139,10 +148,8 @@ class Node:
             "grains_cache": True,
             "grains_cache_expiration": 3600,
             # service_mode: service and the default paths; only -t goes through the wrapper
-            "keepalived": {"binary": str(self.wrapper), "settle_time": 3},
+            "keepalived": self.settings,
         }))
-        self.set_pillar(PILLAR)
-        self._caller = None
 
     def set_pillar(self, data):
         (self.pillar / "edge_ha.sls").write_text(yaml.safe_dump({"edge_ha": data}, sort_keys=False))
@@ -330,3 +337,35 @@ def test_beacon_watch_sees_sigkill_under_systemd(node, monkeypatch):
         assert wait_for(lambda: instance_state() == "MASTER", 20), (transitions(), journal())
     finally:
         ctx["watch"] = 0
+
+
+def test_another_config_file_is_what_the_unit_runs(node):
+    """keepalived:config_file other than the packaged unit's: a second drop-in makes the unit start
+    keepalived with it, and the running keepalived (started with the old file) is restarted, not
+    reloaded; back to the default, the drop-in goes and keepalived is restarted with the default."""
+    custom = Path("/etc/keepalived/edge-ha.conf")
+    dropin = DROPIN.with_name("edge-ha-config-file.conf")
+    assert wait_for(lambda: systemctl("is-active", "keepalived").stdout.strip() == "active", 30), journal()
+    main_pid = int(unit_prop("MainPID"))
+    node.settings["config_file"] = str(custom)
+    node.write_minion_config()
+    try:
+        rc, states = node.apply()
+        assert rc == 0, json.dumps(states, indent=1)
+        assert states["edge-keepalived"]["changes"]["service"].startswith(
+            f"restarted (keepalived runs with {CONFIG}, keepalived:config_file is {custom})"), states["edge-keepalived"]
+        assert f"ExecStart=/usr/sbin/keepalived --dont-fork $DAEMON_ARGS -f {custom}" in dropin.read_text()
+        assert str(dropin) in unit_prop("DropInPaths")
+        new_pid = int(unit_prop("MainPID"))
+        assert new_pid not in (0, main_pid), journal()
+        assert str(custom).encode() in Path(f"/proc/{new_pid}/cmdline").read_bytes().split(b"\0")
+        assert wait_for(lambda: instance_state() == "MASTER", 20), (transitions(), journal())
+        assert wait_for(lambda: VIP in addresses(), 10), addresses()
+    finally:
+        del node.settings["config_file"]
+        node.write_minion_config()
+    rc, states = node.apply()
+    assert rc == 0 and states["edge-keepalived"]["changes"]["service"].startswith("restarted ("), states
+    assert not dropin.exists()
+    assert str(custom).encode() not in Path(f"/proc/{unit_prop('MainPID')}/cmdline").read_bytes()
+    assert wait_for(lambda: instance_state() == "MASTER", 20), (transitions(), journal())
