@@ -17,6 +17,9 @@ Records written before this (``<cachedir>/edge_ha/<name>`` files of
 ``edge_ha_core.store``) are migrated on their first read: the file is read
 with its checksum, written as the key, and renamed to ``<name>.migrated``.
 An unreadable old file is not migrated: it stays, and reads as its error.
+With a shared backend, a record missing there is moved in the same way from
+this master's localfs keys (``<name>.p``, renamed ``<name>.p.migrated``),
+which themselves come from the old files if need be.
 
 Plain Python: the cache object comes from the caller (the runner passes
 ``salt.cache.Cache(opts, driver=...)``); tests pass one too.
@@ -69,9 +72,10 @@ class StateStore:
     on first read).
     """
 
-    def __init__(self, cache, bank=BANK, localfs_dir=None, legacy_dir=None, driver="localfs"):
+    def __init__(self, cache, bank=BANK, localfs_dir=None, legacy_dir=None, driver="localfs", previous=None):
         self.cache, self.bank, self.driver = cache, bank, driver
         self.localfs_dir, self.legacy_dir = localfs_dir, legacy_dir
+        self.previous = previous  # another StateStore a missing record is moved from (localfs, before a switch)
 
     @classmethod
     def for_opts(cls, opts, cache_class):
@@ -84,8 +88,13 @@ class StateStore:
         """
         settings = Settings.from_opts(opts)
         os.makedirs(settings.directory, exist_ok=True)
-        return cls(cache_class(opts, driver=settings.driver), localfs_dir=settings.directory if settings.local else None,
-                   legacy_dir=settings.directory, driver=settings.driver)
+        if settings.local:
+            return cls(cache_class(opts, driver="localfs"), localfs_dir=settings.directory,
+                       legacy_dir=settings.directory, driver="localfs")
+        # a shared store: records this master kept in localfs before the switch are moved in on first read
+        local = cls(cache_class(opts, driver="localfs"), localfs_dir=settings.directory,
+                    legacy_dir=settings.directory, driver="localfs")
+        return cls(cache_class(opts, driver=settings.driver), driver=settings.driver, previous=local)
 
     def where(self, name):
         return f"{self.driver}:{self.bank}/{name}"
@@ -129,7 +138,23 @@ class StateStore:
         """Remove the record (True if there was one)."""
         return bool(self.cache.flush(self.bank, name))
 
+    def retire(self, name):
+        """After a move to another store: the localfs file renamed ``<name>.p.migrated`` (kept, not read)."""
+        if self.localfs_dir:
+            path = os.path.join(self.localfs_dir, f"{name}.p")
+            if os.path.exists(path):
+                os.replace(path, path + ".migrated")
+
     def _migrate(self, name, default):
+        if self.previous is not None:
+            loaded = self.previous.load(name, None)
+            if loaded.error:
+                return loaded  # unreadable there: reported, never "nothing recorded"
+            if not loaded.exists:
+                return store.Loaded(default)
+            self.save(name, loaded.data)
+            self.previous.retire(name)
+            return store.Loaded(loaded.data, None, True)
         if not self.legacy_dir:
             return store.Loaded(default)
         path = os.path.join(self.legacy_dir, name)

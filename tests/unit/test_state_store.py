@@ -103,3 +103,38 @@ def test_settings_from_the_master_config(tmp_path):
     assert (settings.driver, settings.lease_ttl, settings.local) == ("redis", 12.0, False)  # Salt's cache: not followed
     with pytest.raises(ValueError, match="edge_ha_lease_ttl"):
         state.Settings.from_opts({"cachedir": "/c", "edge_ha_lease_ttl": 0})
+
+
+def test_switching_to_a_shared_store_moves_the_localfs_records_in(opts, tmp_path):
+    local = localfs(opts)
+    local.save("drained.json", {"edge1": {"reason": "r", "since": 1.0, "source": "manual"}})
+    directory = tmp_path / "edge_ha"
+    store.dump(str(directory / "rollout_failed.json"), {"edge3": {"hash": "abc"}})  # still an old file
+    shared_opts = dict(opts, cachedir=str(tmp_path / "shared"))  # another localfs stands in for the shared store
+    shared = state.StateStore(salt.cache.Cache(shared_opts, driver="localfs"), driver="redis", previous=local)
+    assert shared.load("drained.json", {}).data == {"edge1": {"reason": "r", "since": 1.0, "source": "manual"}}
+    assert not (directory / "drained.json.p").exists() and (directory / "drained.json.p.migrated").exists()
+    assert shared.load("rollout_failed.json", {}).data == {"edge3": {"hash": "abc"}}
+    assert (directory / "rollout_failed.json.migrated").exists() and (directory / "rollout_failed.json.p.migrated").exists()
+    assert shared.load("owners.json", {"none": 1}).data == {"none": 1}
+    shared.save("drained.json", {})
+    assert shared.load("drained.json", None).data == {}
+
+
+def test_an_unreadable_local_record_stays_an_error_after_the_switch(opts, tmp_path):
+    local = localfs(opts)
+    local.save("drained.json", {"edge1": {}})
+    (tmp_path / "edge_ha" / "drained.json.p").write_bytes(b"")
+    shared_opts = dict(opts, cachedir=str(tmp_path / "shared"))
+    shared = state.StateStore(salt.cache.Cache(shared_opts, driver="localfs"), driver="redis", previous=local)
+    loaded = shared.load("drained.json", {})
+    assert loaded.data is None and "damaged" in loaded.error
+
+
+def test_for_opts_chains_a_shared_backend_to_the_local_records(tmp_path):
+    records = state.StateStore.for_opts({"cachedir": str(tmp_path), "edge_ha_cache": "redis"},
+                                        lambda opts, driver: driver)
+    assert (records.cache, records.driver, records.localfs_dir) == ("redis", "redis", None)
+    assert (records.previous.cache, records.previous.localfs_dir) == ("localfs", str(tmp_path / "edge_ha"))
+    local = state.StateStore.for_opts({"cachedir": str(tmp_path)}, lambda opts, driver: driver)
+    assert local.previous is None and local.localfs_dir == str(tmp_path / "edge_ha")
