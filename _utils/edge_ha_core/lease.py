@@ -189,16 +189,20 @@ def released(current):
 
 
 def process_start(pid):
-    """The start time of ``pid`` (clock ticks since boot, from /proc) as text, or None if it does not run."""
+    """The start time of ``pid`` (clock ticks since boot, from /proc) as text, or None if it does not run
+    (or is a zombie)."""
     try:
         with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
             stat = fh.read()
     except OSError:
         return None
     try:
-        return stat[stat.rindex(")") + 2:].split()[19]
-    except (ValueError, IndexError):
+        fields = stat[stat.rindex(")") + 2:].split()
+    except ValueError:
         return None
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None  # a zombie (killed, not reaped yet) holds nothing
+    return fields[19]
 
 
 def process_alive(pid, pid_start):

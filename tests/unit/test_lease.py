@@ -256,6 +256,18 @@ def test_process_alive_tells_a_reused_pid_from_the_process():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     assert not L.process_alive(proc.pid, "")
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert L.process_alive(proc.pid, L.process_start(proc.pid))
+        start = L.process_start(proc.pid)
+        proc.kill()
+        deadline = time.monotonic() + 10
+        while L.process_start(proc.pid) is not None and time.monotonic() < deadline:  # a zombie until reaped
+            time.sleep(0.01)
+        assert not L.process_alive(proc.pid, start)
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_file_backend_cas(tmp_path):
