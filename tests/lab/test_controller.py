@@ -9,12 +9,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
+import stat
 import time
 
 import pytest
 
-from lab.lab import BIN, NODES, lab_pillar
+from lab.lab import NODES, lab_pillar
 
 from tests.support.labtools import ADDR, ALL_IPS, salt_run, wait_for
 from tests.support.netns import alive
@@ -180,3 +180,49 @@ def test_runner_exit_codes_arguments_first_and_progress(baseline):
         code, out, err = salt_run(lab, "edge.undrain", "edge3")
     assert code == 0, out + err
     assert lab.run("edge.drained") == {}
+
+
+def test_auth_pass_reaches_no_job_return_history_or_log(baseline):
+    """
+    A VRRPv2 instance with ``auth_pass``, rolled out by the reconcile (state.apply on every node), and
+    every read an operator does: the password is only where it must be (the pillar, the nodes'
+    keepalived.conf and its copies, Salt's own pillar caches on the master, the runner's record of
+    the last good model, mode 0600), never in a job return in the master's job cache, the runner's
+    history and other records, the mine's reports or any log.
+    """
+    lab = baseline
+    secret = "Zq" + os.urandom(3).hex()  # 8 characters: VRRP's PASS is at most 8
+    pillar = lab_pillar(lab.dir / "kubeconfig")
+    pillar["vrrp_instances"]["VI_SECRET"] = {
+        "virtual_router_id": 52, "vrrp_version": 2, "advert_int": 1, "unicast": True,
+        "priority": pillar["vrrp_instances"]["VI_INGRESS"]["priority"],
+        "virtual_ipaddress": ["198.18.0.101/24"],
+        "authentication": {"auth_type": "PASS", "auth_pass": secret}}
+    lab.set_pillar(pillar)
+    try:
+        lab.salt(",".join(NODES), "saltutil.refresh_pillar", "wait=True", "--list")
+        lab.run("edge.reconcile", timeout=300)
+        lab.wait_reconcile_idle()
+        assert wait_for(lambda: lab.holders("198.18.0.101") == ["edge1"], 60), lab.holders("198.18.0.101")
+        # what an operator reads, each leaving a job return in the master's job cache
+        lab.salt(",".join(NODES), "keepalived.plan", "--list")
+        lab.salt(",".join(NODES), "keepalived.status", "--list")
+        lab.salt("edge1", "keepalived.render", "--list")
+        for fun in ("edge.vip_report", "edge.history", "edge.reconcile"):
+            lab.run(fun)
+        rc, out, err = salt_run(lab, "edge.vip_report", "--out=table")
+        assert rc == 0 and secret not in out + err
+    finally:
+        lab.set_pillar(lab_pillar(lab.dir / "kubeconfig"))
+    holding = sorted(str(path.relative_to(lab.dir)) for path in lab.dir.rglob("*")
+                     if path.is_file() and not path.is_symlink() and secret.encode() in path.read_bytes())
+    salt_pillar_cache = [p for p in holding if p.startswith("master/") and (
+        (p.endswith("/data.p") and "/minions/" in p) or ("/pillar/" in p and p.endswith(".p")))]
+    model_record = [p for p in holding if p.startswith("master/") and "/edge_ha/desired.json" in p]
+    for path in model_record:
+        assert stat.S_IMODE(os.stat(lab.dir / path).st_mode) == 0o600, path
+    allowed = [p for p in holding if p.rsplit("/", 1)[-1].startswith(("keepalived.conf", "edge_ha.sls"))]
+    left = set(holding) - set(allowed) - set(salt_pillar_cache) - set(model_record)
+    assert left == set(), f"auth_pass found in {sorted(left)}"
+    assert any(p.rsplit("/", 1)[-1] == "keepalived.conf" for p in holding), \
+        f"the test did not roll the password out: {holding}"
