@@ -8,6 +8,7 @@ VIPs and the Service; the IPVS weight-0 rendering is covered by the unit tests
 and the VM tests.
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -16,7 +17,6 @@ import time
 
 import pytest
 
-from edge_ha_core import lease
 from lab.lab import KUBE_NS, SERVICE, USER_IP, VIP, lab_pillar
 from tests.support.labtools import ADDR, ALL_IPS, VipMonitor, wait_for
 
@@ -29,21 +29,19 @@ pytestmark = [
 
 def reconcile_after(lab, change):
     """
-    Make ``change`` while holding the master's reconcile lease and start our
+    Make ``change`` while holding the master's reconcile lock and start our
     edge.reconcile meanwhile, so that it (not a scheduled or event-triggered
     run) is the first to see the change; returns its result.
     """
-    path = lab.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.lease"
+    lock = lab.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.lock"
     box = {}
-    holding = lease.Holding(lease.FileBackend(str(path)), 60, what="test: reconcile_after")
-    holding.acquire(500)  # after a running reconcile
-    try:
+    with open(lock, "a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # after a running reconcile
         change()
         thread = threading.Thread(target=lambda: box.update(result=lab.run("edge.reconcile", timeout=400)))
         thread.start()
-        time.sleep(6)  # salt-run is up and waiting for the lease
-    finally:
-        holding.release()
+        time.sleep(6)  # salt-run is up and waiting for the lock
+        fcntl.flock(fh, fcntl.LOCK_UN)
     thread.join(timeout=500)
     return box["result"]
 
