@@ -61,27 +61,39 @@ def node_digests(model, drained=()):
     return {node: view_digest(edge_model.view_for_node(model, node, drained)) for node in sorted(model["nodes"])}
 
 
-def vrrp_identities(text):
-    """
-    ``{instance: (interface, virtual_router_id, version)}`` of the
-    ``vrrp_instance`` blocks in a keepalived.conf: what keepalived's reload
-    (SIGHUP) must find unchanged to keep an instance's VRRP state.
-    """
-    out = {}
-    name, depth, seen = None, 0, {}
+def _instance_lines(text):
+    """``(instance, depth, words)`` for each line inside a ``vrrp_instance`` block of a
+    keepalived.conf (comments stripped; ``depth`` 1 for the block's own keywords, the
+    opening line included with depth 0), and ``(name, None, None)`` when a block ends."""
+    name, depth = None, 0
     for raw in (text or "").splitlines():
         line = raw.split("#", 1)[0].split("!", 1)[0].strip()
         if not line:
             continue
         words = line.split()
         if depth == 0 and words[0] == "vrrp_instance" and len(words) >= 2:
-            name, seen = words[1], {}
-        if name and depth == 1 and len(words) >= 2 and words[0] in ("interface", "virtual_router_id", "version"):
-            seen.setdefault(words[0], words[1])
+            name = words[1]
+        if name:
+            yield name, depth, words
         depth += line.count("{") - line.count("}")
         if name and depth <= 0:
-            out[name] = (seen.get("interface"), seen.get("virtual_router_id"), seen.get("version", "2"))
+            yield name, None, None
             name, depth = None, 0
+
+
+def vrrp_identities(text):
+    """
+    ``{instance: (interface, virtual_router_id, version)}`` of the
+    ``vrrp_instance`` blocks in a keepalived.conf: what keepalived's reload
+    (SIGHUP) must find unchanged to keep an instance's VRRP state.
+    """
+    out, seen = {}, {}
+    for name, depth, words in _instance_lines(text):
+        if depth is None:
+            out[name] = (seen.get("interface"), seen.get("virtual_router_id"), seen.get("version", "2"))
+            seen = {}
+        elif depth == 1 and len(words) >= 2 and words[0] in ("interface", "virtual_router_id", "version"):
+            seen.setdefault(words[0], words[1])
     return out
 
 
@@ -91,23 +103,15 @@ def vrrp_addresses(text):
     keepalived.conf: the addresses (no prefix) of their ``virtual_ipaddress``
     and ``virtual_ipaddress_excluded`` blocks.
     """
-    out = {}
-    name, depth, block = None, 0, None
-    for raw in (text or "").splitlines():
-        line = raw.split("#", 1)[0].split("!", 1)[0].strip()
-        if not line:
-            continue
-        words = line.split()
-        if depth == 0 and words[0] == "vrrp_instance" and len(words) >= 2:
-            name = words[1]
-            out.setdefault(name, set())
-        if name and depth == 1:
+    out, block = {}, None
+    for name, depth, words in _instance_lines(text):
+        addresses = out.setdefault(name, set())
+        if depth == 1:
             block = words[0] if words[0] in ("virtual_ipaddress", "virtual_ipaddress_excluded") else None
-        elif name and depth == 2 and block and words[0] not in ("{", "}"):
-            out[name].add(words[0].split("/", 1)[0])
-        depth += line.count("{") - line.count("}")
-        if name and depth <= 0:
-            name, depth, block = None, 0, None
+        elif depth == 2 and block and words[0] not in ("{", "}"):
+            addresses.add(words[0].split("/", 1)[0])
+        elif depth is None:
+            block = None
     return out
 
 
