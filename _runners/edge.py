@@ -1645,7 +1645,12 @@ def _lb_assign(state, actions, notes):
         actions.append(f"LoadBalancer VRRP instances: +{new} -{gone}" if gone else f"LoadBalancer VRRP instances: +{new}")
         _record("load_balancer", added=new, removed=gone, released=list(plan.released))
         run["state"] = _desired(refresh=True)
-        _lb_refresh_pillar(run["state"]["model"], actions)
+        # beside the staged reload (about 2 s on 3 nodes): the reports need the new instances only once a
+        # node holds an address, a few adverts after its reload; _lb_status waits for it to end
+        run["refresh"] = threading.Thread(target=contextvars.copy_context().run,
+                                          args=(_lb_refresh_pillar, run["state"]["model"], actions),
+                                          name="edge-ha-lb-refresh", daemon=True)
+        run["refresh"].start()
         missing = set(instances) - set(run["state"]["model"]["vrrp_instances"])
         if missing:
             notes.append(f"LoadBalancer VRRP instances not in the compiled pillar: {sorted(missing)} (is the "
@@ -1655,7 +1660,7 @@ def _lb_assign(state, actions, notes):
 
 def _lb_refresh_pillar(model, actions):
     """
-    The edge nodes' in-memory pillar refreshed (one job): their reports
+    The edge nodes' in-memory pillar refreshed (one job, in a thread beside the staged reload): their reports
     (``keepalived.status`` through ``edge_ha.node_view``) must know the new
     instances, or an address a node holds would never show as held.
     ``state.apply`` renders from a fresh pillar, the minion's beacons do not.
@@ -1691,7 +1696,12 @@ def _lb_status(model, reports, run, actions, reloaded=False):
     the Services again (once). ``reloaded``: the staged reload just ran: wait
     (``edge_ha_lb_status_wait``, default 6 s) for new addresses to be held.
     """
-    if not run or run.get("plan") is None:
+    if not run:
+        return
+    if run.get("refresh"):
+        run["refresh"].join(timeout=40)  # the edge nodes' pillar refresh (_lb_assign): their reports name the new instances
+        reports = _reports(model)
+    if run.get("plan") is None:
         return
     plan = run["plan"]
     addresses = {a.service: a.address for a in plan.assignments}
