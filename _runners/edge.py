@@ -498,16 +498,25 @@ def _crash_point(name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _job(nodes, fun, args=(), timeout=None):
-    """One job for ``nodes`` (a list; one node: a str); returns ``{node: return}`` (the returns are not state)."""
+def _job(nodes, fun, args=(), timeout=None, own_client=False):
+    """
+    One job for ``nodes`` (a list; one node: a str); returns ``{node: return}`` (the returns are not state).
+    ``own_client``: a LocalClient of its own (a job sent from another thread than the reconcile's: one
+    LocalClient listening in two threads would take the other's returns).
+    """
     if not nodes:
         return {}
     with _PROCESS["lock"]:
         _PROCESS["jobs"] = _PROCESS.get("jobs", 0) + 1
     timeout = timeout or __opts__.get("edge_ha_timeout", 10)  # pylint: disable=undefined-variable
-    if isinstance(nodes, str):
-        return _client().cmd(nodes, fun, list(args), timeout=timeout)
-    return _client().cmd(sorted(nodes), fun, list(args), tgt_type="list", timeout=timeout)
+    client = salt.client.get_local_client(__opts__["conf_file"]) if own_client else _client()  # pylint: disable=undefined-variable
+    try:
+        if isinstance(nodes, str):
+            return client.cmd(nodes, fun, list(args), timeout=timeout)
+        return client.cmd(sorted(nodes), fun, list(args), tgt_type="list", timeout=timeout)
+    finally:
+        if own_client:
+            client.destroy()
 
 
 def _apply_safety(wanted, actions, events):
@@ -1666,7 +1675,7 @@ def _lb_refresh_pillar(model, actions):
     ``state.apply`` renders from a fresh pillar, the minion's beacons do not.
     """
     try:
-        done = _job(sorted(model["nodes"]), "saltutil.refresh_pillar", ["wait=True"], timeout=30)
+        done = _job(sorted(model["nodes"]), "saltutil.refresh_pillar", ["wait=True"], timeout=30, own_client=True)
     except Exception as exc:  # pylint: disable=broad-except
         done = {"error": str(exc)}
     failed = sorted(n for n in model["nodes"] if done.get(n) is not True)

@@ -85,7 +85,7 @@ def _master(tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "_PROCESS", {"lock": runner._PROCESS["lock"]})
     monkeypatch.setattr(runner, "_record", lambda kind, **data: None)
     jobs = []
-    monkeypatch.setattr(runner, "_job", lambda nodes, fun, args=(), timeout=None: jobs.append((fun, nodes)) or
+    monkeypatch.setattr(runner, "_job", lambda nodes, fun, args=(), timeout=None, **kw: jobs.append((fun, nodes)) or
                         {n: True for n in nodes})
     cluster = Cluster()
     monkeypatch.setattr(runner, "_k8s", cluster.functions)
@@ -194,3 +194,14 @@ def test_nothing_without_address_pools(master):
     assert runner._lb_assign(state, [], []) is None
     assert master["cluster"].calls == []
     assert runner._lb_report(state["model"], []) is None
+
+
+def test_the_pillar_refresh_beside_the_rollout_sends_with_a_client_of_its_own(monkeypatch):
+    """It runs in a thread while the reconcile sends the staged reload's jobs: one LocalClient listening
+    in two threads takes the other's returns (seen in the lab: the rollout's jobs got no returns)."""
+    sent = []
+    monkeypatch.setattr(runner, "_job", lambda nodes, fun, args=(), timeout=None, own_client=False:
+                        sent.append((fun, own_client)) or {n: True for n in nodes})
+    actions = []
+    runner._lb_refresh_pillar(edge_ha.normalize(example_pillar()), actions)
+    assert sent == [("saltutil.refresh_pillar", True)] and actions == []
