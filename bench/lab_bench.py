@@ -437,6 +437,10 @@ def lb_split(run, events, requests, history):
               every VIP held)
     status    -> the end of the PATCH of status.loadBalancer.ingress (the new instance's election, waited for
               up to edge_ha_lb_status_wait, Service, owners)
+
+    Besides: ``jobs``, every minion job from the reconcile's start to the status write (fun, node, start after
+    the POST, seconds from its publication to the node's return), and ``election``: from the return of the
+    state.apply of the node that answered (the new address's owner) until the bench saw the address on a node.
     """
     t0, name, address = run["t0"], run["name"], run.get("address")
     if not address:
@@ -451,7 +455,7 @@ def lb_split(run, events, requests, history):
                    and any(str(a).startswith(svc_action + "status.loadBalancer.ingress") and address in str(a)
                            for a in h.get("actions") or [])), None)
     out = dict.fromkeys(["watch", "reactor", "assign", "pillar", "rollout", "status"])
-    out.update(reconciles=None, same_reconcile=None, status_write=None, rollout_steps=None)
+    out.update(reconciles=None, same_reconcile=None, status_write=None, rollout_steps=None, jobs=[], election=None)
     watched = [e for e in events if e["tag"] == "edge_ha/kubernetes/services" and e["recv"] >= t0]
     event = watched[0] if watched else None
     if event:
@@ -483,6 +487,17 @@ def lb_split(run, events, requests, history):
         out["status_write"] = writes[0]["end"] - t0
         if rollout:
             out["status"] = writes[0]["end"] - rollout["time"]
+    published = {e["tag"].split("/")[2]: e for e in events if e["tag"].startswith("salt/job/")
+                 and e["tag"].endswith("/new") and a_start <= e["recv"] <= status_end}
+    for e in events:
+        parts = e["tag"].split("/")
+        if len(parts) == 5 and parts[3] == "ret" and parts[2] in published:
+            new = published[parts[2]]
+            out["jobs"].append({"fun": new.get("fun"), "node": parts[4], "start": new["recv"] - t0,
+                                "seconds": e["recv"] - new["recv"]})
+    owner_apply = [j for j in out["jobs"] if j["fun"] == "state.apply" and j["node"] == run.get("body")]
+    if owner_apply and run.get("held") is not None:
+        out["election"] = run["held"] - (owner_apply[0]["start"] + owner_apply[0]["seconds"])
     if status:
         between = [h for h in recs if h.get("kind") == "reconcile" and a_start <= h["time"] <= status["time"]]
         out["reconciles"] = len(between)

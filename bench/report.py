@@ -336,6 +336,22 @@ def lb_section(res):
         srows.append(["sum: POST -> status PATCH ended", "status_write",
                       _p50_90_max([s.get("status_write") for s in splits])])
         lines.append(table(["slice", "key", "seconds"], srows))
+        funs = {}
+        for s in splits:
+            for job in s.get("jobs") or []:
+                funs.setdefault(job["fun"], []).append(job["seconds"])
+        if funs:
+            jrows = [[f"`{fun}`", fmt(len(secs) / len(splits), 1), _p50_90_max(secs), fmt(sum(secs) / len(splits))]
+                     for fun, secs in sorted(funs.items(), key=lambda kv: -sum(kv[1]))]
+            lines += ["", "Minion jobs from the reconcile's start to the status write (publication to the "
+                          "node's return):", "",
+                      table(["job", "per repetition", "seconds each (p50 / p90 / max)", "seconds per repetition"],
+                            jrows)]
+        elections = [s.get("election") for s in splits]
+        if any(v is not None for v in elections):
+            lines += ["", f"The new instance's election: from the return of its owner's `state.apply` until the "
+                          f"address was on the owner, {_p50_90_max(elections)} s (p50 / p90 / max); the plain "
+                          f"setup's whole time (SIGHUP to the address on e1) is this election too."]
         same = [s.get("same_reconcile") for s in splits if s.get("same_reconcile") is not None]
         steps = {}
         for s in splits:
