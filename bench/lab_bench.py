@@ -407,6 +407,9 @@ def lb_project_rep(edge, n, workdir, name=None):
             if res["status"] is not None and res["answered"] is not None:
                 break
             time.sleep(0.05)
+    except BaseException:
+        load_balancer.delete(lab, name)  # not left behind for the next repetition
+        raise
     finally:
         if proc:
             edge.client_stop(proc)
