@@ -55,6 +55,7 @@ Master settings (master config, all optional):
 """
 
 import contextlib
+import dataclasses
 import contextvars
 import fcntl
 import json
@@ -308,14 +309,16 @@ def _await_report(node, digest, seen, timeout):
     Wait (bounded) until the mine holds ``node``'s report named by an event
     (``digest``) or a later one (built at or after the event's ``seen``, both
     the node's clock). An event is only a hint: this is all it can cost.
+    Returns the digest of the report the mine holds then (None: none).
     """
     deadline = time.monotonic() + timeout
     while True:
         data, _ = fleet.mine_entry(_cache(), node)
-        if isinstance(data, dict) and (data.get("digest") == digest or float(data.get("time") or 0) >= seen):
-            return True
+        held = data.get("digest") if isinstance(data, dict) else None
+        if isinstance(data, dict) and (held == digest or float(data.get("time") or 0) >= seen):
+            return held
         if time.monotonic() > deadline:
-            return False
+            return held
         time.sleep(0.01)
 
 
@@ -876,9 +879,12 @@ def _owners_changed(model, reports, actions):
 def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
     """One reconcile (the caller holds the lock). ``refresh``: the pillar was just compiled; Kubernetes drains too."""
     started = time.monotonic()
+    began = time.time()
     state = _desired()
     model = state["model"]
     reports = _reports(model)
+    if not test:  # what this run saw, for the triggers the reactor hands over after it began (see trigger)
+        _save_json(STARTED_RECORD, dataclasses.asdict(planner.ReconcileStart.of(began, reports)))
     drains = _drained(reports)
     digests = _digests(model, drains)
     split_hold = __opts__.get("edge_ha_split_brain_hold", SPLIT_HOLD)  # pylint: disable=undefined-variable
@@ -1346,6 +1352,7 @@ def history(limit=50, kind=None):
     return "\n".join(lines) or "no history yet"
 
 
+STARTED_RECORD = "reconcile.started.json"  # when the latest reconcile began and the reports it read
 FOLLOW_UP_QUIET = 0.5
 FOLLOW_UP_MAX_WAIT = 5.0
 
@@ -1397,7 +1404,7 @@ def _first_time(node, transition, event_time):
     return True
 
 
-def trigger(source="", claimed_id="", event_time=0, transition=None, report=None, seen=0):
+def trigger(source="", claimed_id="", event_time=0, transition=None, report=None, seen=0, stamp=""):
     """
     Called by the reactor on a beacon event: drop events claiming to come from
     a minion that is not an edge node, wait (at most ``edge_ha_report_wait``
@@ -1414,6 +1421,10 @@ def trigger(source="", claimed_id="", event_time=0, transition=None, report=None
         salt-run edge.trigger source=manual claimed_id=edge1
 
     ``event_time`` is the beacon's own timestamp, kept only for the record.
+    ``stamp`` is Salt's ``_stamp`` of the event (when it reached the
+    master's bus, master clock): a trigger for an event that a reconcile
+    begun after it has already seen (and, for a beacon event, the report it
+    names) returns ``covered`` without a run.
     """
     source, claimed_id = str(source)[:256], str(claimed_id)[:128]  # event fields, bounded before use
     nodes = _edge_node_names()
@@ -1443,11 +1454,18 @@ def trigger(source="", claimed_id="", event_time=0, transition=None, report=None
         threading.Thread(target=contextvars.copy_context().run,
                          args=(_release_when_taken_over, claimed_id, source, event_time),
                          name="edge-ha-stale-vip", daemon=True).start()
+    names_report, held = False, None
     if source == "schedule":
         _desired(refresh=True)  # the pillar compiled outside the reconcile lock
     elif isinstance(report, str) and DIGEST_RE.match(report):
         # the event is a hint only: what counts is the report Salt stored under the node's verified id
-        _await_report(claimed_id, report, _number(seen), float(__opts__.get("edge_ha_report_wait", 1)))  # pylint: disable=undefined-variable
+        names_report = True
+        held = _await_report(claimed_id, report, _number(seen), float(__opts__.get("edge_ha_report_wait", 1)))  # pylint: disable=undefined-variable
+    start = planner.ReconcileStart.from_dict(_load_json(STARTED_RECORD, None))
+    if planner.trigger_covered(start, planner.stamp_time(stamp), claimed_id, held, names_report):
+        # a reconcile began after this event reached the master (and read the report it names): the
+        # reactor handed it over late, in a burst; running again would change nothing
+        return {"queued": False, "covered": True, "source": source, "runs": 0}
     pending = os.path.join(_state_dir(), "reconcile.pending")
     with open(pending, "w", encoding="utf-8") as fh:
         fh.write(source)

@@ -56,6 +56,7 @@ class NodeReport:
     config_digest: Optional[str] = None  # desired-state digest of the keepalived.conf on disk
     quiesced: Optional[bool] = None  # nftables quiesce table present (None: unknown)
     received: Optional[float] = None  # when the master stored it (master clock)
+    digest: Optional[str] = None  # the digest the node published it with (events name it)
 
     @property
     def vips_present(self):
@@ -104,6 +105,7 @@ class NodeReport:
             config_digest=config.get("digest"),
             quiesced=data.get("quiesced"),
             received=data.get("received"),
+            digest=str(data["digest"]) if data.get("digest") else None,
         )
 
 

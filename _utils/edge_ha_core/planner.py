@@ -10,6 +10,7 @@ release, split-brain fence), then flags, re-renders and the Service.
 """
 
 import dataclasses
+import datetime
 import time
 from typing import Dict, List, Optional
 
@@ -265,3 +266,56 @@ def retry_due(retries, node, digest, now):
     """Whether a node whose staged reload failed transiently may be tried again now (always, for a new config)."""
     entry = retries.get(node) or {}
     return entry.get("digest") != digest or now >= float(entry.get("next") or 0)
+
+
+# ------------------------------------------------ triggers a reconcile already covered
+
+@dataclasses.dataclass(frozen=True)
+class ReconcileStart:
+    """When the latest reconcile began (master clock) and the report digests it read, by node."""
+
+    time: float
+    reports: Dict[str, Optional[str]]
+
+    @classmethod
+    def from_dict(cls, data):
+        """From its record; None when the record is not one (then nothing counts as covered)."""
+        if not isinstance(data, dict) or not isinstance(data.get("reports"), dict):
+            return None
+        try:
+            return cls(float(data["time"]), {str(k): (str(v) if v else None) for k, v in data["reports"].items()})
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @classmethod
+    def of(cls, when, reports):
+        return cls(float(when), {n: (r.digest if r else None) for n, r in reports.items()})
+
+
+def trigger_covered(start, arrived, node=None, mine_digest=None, names_report=False):
+    """
+    Whether an event needs no reconcile of its own: a reconcile began after
+    the event reached the master (``arrived``, master clock) and, for an
+    event that names a node's report (``names_report``), read the report the
+    mine holds for ``node`` now (``mine_digest``, None: none). A reconcile that
+    began later saw everything the event could tell; a burst that the
+    reactor hands over one by one, seconds late, then costs one run.
+    """
+    if start is None or arrived is None or start.time <= arrived:
+        return False
+    if not names_report:
+        return True
+    return node in start.reports and start.reports[node] == mine_digest
+
+
+def stamp_time(stamp):
+    """Seconds since the epoch of Salt's ``_stamp`` (ISO 8601, UTC; naive in Salt 3006/3007), None if not one."""
+    if not isinstance(stamp, str) or not stamp:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when.timestamp()

@@ -144,7 +144,7 @@ def test_burst_of_100_triggers_coalesces(baseline):
         time.sleep(1)
     assert runs, "no reconcile after the burst"
     print(f"\n100 triggers in {fired:.2f}s -> {len(runs)} reconcile runs")
-    assert 1 <= len(runs) <= 3
+    assert 1 <= len(runs) <= 3, [(round(r["time"] - mark, 2), r["seconds"]) for r in runs]  # when, how long
 
 
 def test_stale_vip_after_sigkill_is_fenced_fast(baseline):

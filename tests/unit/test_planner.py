@@ -1,5 +1,7 @@
 """The controller's pure core: typed reports, the fleet's view, the planner, desired-state digests."""
 
+import dataclasses
+
 import pytest
 
 from edge_ha_core import desired
@@ -182,3 +184,47 @@ def test_stale_copy_waits_for_a_holder_report_built_after_the_kill():
     assert planner.stale_copies(model, typed(reports), {"edge1"}) == ([], {"edge1": [VIP]})
     reports["edge2"]["time"] = 106.0  # edge2 took over after the kill and said so
     assert planner.stale_copies(model, typed(reports), {"edge1"}) == (["edge1"], {})
+
+
+# ---------------------------------------------------------------- triggers already covered
+
+def _start(when, **digests):
+    return planner.ReconcileStart(when, dict(digests))
+
+
+def test_an_event_that_arrived_after_the_reconcile_began_is_not_covered():
+    assert not planner.trigger_covered(_start(100.0, edge1="a"), 100.5)
+    assert not planner.trigger_covered(_start(100.0, edge1="a"), 100.0)  # same instant: run again
+
+
+def test_an_event_that_arrived_before_a_reconcile_began_is_covered():
+    assert planner.trigger_covered(_start(100.0, edge1="a"), 99.0)
+
+
+def test_without_a_record_or_an_arrival_time_nothing_is_covered():
+    assert not planner.trigger_covered(None, 99.0)
+    assert not planner.trigger_covered(_start(100.0), None)
+
+
+def test_an_event_naming_a_report_is_covered_only_if_that_run_read_the_report_the_mine_holds():
+    start = _start(100.0, edge1="a", edge2=None)
+    assert planner.trigger_covered(start, 99.0, "edge1", "a", names_report=True)
+    assert not planner.trigger_covered(start, 99.0, "edge1", "b", names_report=True)  # a newer report
+    assert not planner.trigger_covered(start, 99.0, "edge3", "a", names_report=True)  # not read at all
+    assert planner.trigger_covered(start, 99.0, "edge2", None, names_report=True)  # nothing then, nothing now
+
+
+def test_the_start_record_round_trips_and_a_broken_one_is_none():
+    reports = typed({"edge1": dict(report("edge1"), digest="d1"), "edge2": None})
+    start = planner.ReconcileStart.of(100.0, reports)
+    assert start.reports == {"edge1": "d1", "edge2": None}
+    assert planner.ReconcileStart.from_dict(dataclasses.asdict(start)) == start
+    for broken in (None, [], {"time": 1.0}, {"time": "x", "reports": {}}, {"reports": {}}):
+        assert planner.ReconcileStart.from_dict(broken) is None
+
+
+def test_salt_event_stamps_of_3006_to_3008_read_as_utc():
+    assert planner.stamp_time("2026-12-01T19:00:00.500000+00:00") == 1796151600.5
+    assert planner.stamp_time("2026-12-01T19:00:00.500000") == 1796151600.5  # naive utcnow() of 3006/3007
+    for bad in ("", None, "yesterday", 5):
+        assert planner.stamp_time(bad) is None
