@@ -345,11 +345,12 @@ def lb_plain_rep(edge, n, workdir):
         while time.monotonic() < deadline:
             if res["held"] is None and edge.holders(address):
                 res["held"] = time.time() - t0
-            got = _http_result(out)
+            got = res["body"] is None and _http_result(out)
             if got:
                 res["answered"] = got["time"] - t0 if got["time"] else None
                 res["body"] = got["body"]
-                break
+            if res["body"] is not None and (res["held"] is not None or time.time() - t0 > res["answered"] + 1):
+                break  # the holder is looked for a little longer: the answer can come between two looks
             time.sleep(0.02)
     finally:
         edge.client_stop(proc)
@@ -496,7 +497,7 @@ def lb_split(run, events, requests, history):
         parts = e["tag"].split("/")
         if len(parts) == 5 and parts[3] == "ret" and parts[2] in published:
             new = published[parts[2]]
-            out["jobs"].append({"fun": new.get("fun"), "node": parts[4], "start": new["recv"] - t0,
+            out["jobs"].append({"fun": new.get("fun"), "jid": parts[2], "node": parts[4], "start": new["recv"] - t0,
                                 "seconds": e["recv"] - new["recv"]})
     owner_apply = [j for j in out["jobs"] if j["fun"] == "state.apply" and j["node"] == run.get("body")]
     if owner_apply and run.get("held") is not None:

@@ -13,6 +13,7 @@ def records():
         {"recv": T0 + 0.1, "tag": "edge_ha/kubernetes/services", "why": "change"},
         {"recv": T0 + 1.0, "tag": "salt/job/1/new", "fun": "saltutil.refresh_pillar"},
         {"recv": T0 + 1.2, "tag": "salt/job/1/ret/edge1", "fun": "saltutil.refresh_pillar"},
+        {"recv": T0 + 1.3, "tag": "salt/job/1/ret/edge3", "fun": "saltutil.refresh_pillar"},
         {"recv": T0 + 1.5, "tag": "salt/job/2/new", "fun": "state.apply"},
         {"recv": T0 + 2.4, "tag": "salt/job/2/ret/edge2", "fun": "state.apply"},
         {"recv": T0 + 2.5, "tag": "salt/job/3/new", "fun": "state.apply"},
@@ -41,7 +42,8 @@ def test_split_follows_the_assigning_reconcile_to_the_status_write():
     assert got == {"watch": 0.1, "reactor": 0.2, "assign": 0.2, "pillar": 1.0, "rollout": 2.5, "status": 0.9,
                    "status_write": 4.9, "election": 3.6}
     assert [(j["fun"], j["node"], round(j["seconds"], 3)) for j in split["jobs"]] == [
-        ("saltutil.refresh_pillar", "edge1", 0.2), ("state.apply", "edge2", 0.9)]
+        ("saltutil.refresh_pillar", "edge1", 0.2), ("saltutil.refresh_pillar", "edge3", 0.3),
+        ("state.apply", "edge2", 0.9)]
     assert split["same_reconcile"] is True and split["reconciles"] == 1
     assert split["rollout_steps"] == ["edge2 ok", "edge1 ok, in place"]
 
@@ -68,5 +70,6 @@ def test_section_reports_p50_against_the_bound_and_the_plain_baseline():
     assert "4.50 s, **met**" in text
     assert "| 4.50 / 6.00 / 6.00 | 15.00 |" in text  # p50 / p90 / max, and p50 vs the plain p50 (0.30 s)
     assert "| `state.apply` | 1.0 | 0.90 / 0.90 / 0.90 | 0.90 |" in text
+    assert "| `saltutil.refresh_pillar` | 1.0 | 0.30 / 0.30 / 0.30 | 0.30 |" in text  # one job, its last return
     res["lb"]["project"][0]["both"] = 9.0
     assert "**not met**" in report.sections(res)["lb"]
