@@ -700,112 +700,139 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
     drained = _drained()
     # the VIPs that had an owner before: a VIP the change adds has none until its owner is reloaded (last)
     held_before = {v for v, h in fleet.vip_holders(model, reports).items() if h}
-    for step, node in enumerate(order, 1):
-        _progress(f"staged reload ({reason}): {node} ({step}/{len(order)})")
-        digest = digests[node]
-        holds = fleet.holds_any(reports.get(node))
-        others = [n for n in model["nodes"] if n != node and reports.get(n) and reports[n].running
-                  and not reports[n].standby.on and not reports[n].out_of_service.on]
-        handed = False
-        in_place = holds and _reload_keeps_state(node, reports.get(node))
-        # the instances the new config keeps (one that is only removed, as a deleted Service's, has no state to keep)
-        held_states = {name: (inst.state, inst.since) for name, inst in reports[node].instances.items()
-                       if inst.vips_present and name in model["vrrp_instances"]} if in_place else {}
-        if holds and others and not in_place:
-            done, holders, reports = _handover(model, node, f"staged reload ({reason})")
-            handed = True
-            if not done:
-                _job(node, "keepalived.standby", [False], timeout=10)
-                info["stopped_at"], info["error"] = node, f"could not hand its VIPs over before the reload: {holders}"
-                steps.append((node, "not reloaded"))
-                break
-        _crash_point("rollout:before-apply")
-        applied = _job(node, "state.apply", ["edge"], timeout=_apply_timeout()).get(node)
-        outcome = planner.classify_apply(applied)
-        error = outcome.error if outcome.kind == planner.REFUSED else None
-        if outcome.kind == planner.TRANSIENT:
-            if handed and node not in drained:
-                _job(node, "keepalived.standby", [False], timeout=10)
-            entry = _retry_later(retries, node, digest, outcome.error)
-            info["retry"][node] = entry
-            steps.append((node, f"not applied ({outcome.error}); retried in {entry['backoff']:.0f}s"))
-            actions.append(f"{node}: keepalived NOT re-applied, transient ({outcome.error}); retried in "
-                           f"{entry['backoff']:.0f}s; the other nodes go on")
-            continue
-        if outcome.kind == "ok":
-            outcome = _await_config(model, node, digest)
-            if outcome == "silent":
-                # applied, but no fresh report yet: not a refused config; look again later
-                if handed and node not in drained:
+    # holders whose keepalived keeps its instances' state across the reload: reloaded in place, together
+    in_place = _reload_keeps_state([n for n in order if fleet.holds_any(reports.get(n))], reports)
+    info["stages"] = stages = fleet.rollout_stages(todo, reports, in_place)
+    step = 0
+    for stage in stages:
+        _progress(f"staged reload ({reason}): {', '.join(stage)} ({step + 1}-{step + len(stage)}/{len(order)})")
+        step += len(stage)
+        prepared = {}  # node -> (handed, in place, held_states)
+        for node in stage:
+            report = reports.get(node)
+            holds = fleet.holds_any(report)
+            others = [n for n in model["nodes"] if n != node and reports.get(n) and reports[n].running
+                      and not reports[n].standby.on and not reports[n].out_of_service.on]
+            kept = bool(holds and node in in_place)
+            # the instances the new config keeps (one only removed, as a deleted Service's, has no state to keep)
+            held_states = {name: (inst.state, inst.since) for name, inst in report.instances.items()
+                           if inst.vips_present and name in model["vrrp_instances"]} if kept else {}
+            handed = False
+            if holds and others and not kept:
+                done, holders, reports = _handover(model, node, f"staged reload ({reason})")
+                handed = True
+                if not done:
                     _job(node, "keepalived.standby", [False], timeout=10)
-                entry = _retry_later(retries, node, digest, "no fresh report from the node after the reload")
-                info["retry"][node] = entry
-                steps.append((node, "applied; no report yet"))
-                continue
-            if outcome == "other":
-                # keepalived runs a config the master did not expect: its model is older than the pillar the
-                # node rendered from. Nothing failed: stop here, compile the pillar, the next reconcile goes on.
-                if handed and node not in drained:
-                    _job(node, "keepalived.standby", [False], timeout=10)
-                _desired(refresh=True)
-                info["stopped_at"], info["outdated"] = node, True
-                steps.append((node, "applied (the pillar changed meanwhile; model compiled again)"))
-                break
-            if outcome == "failed":
-                error = "keepalived is not running with the new config after the reload"
-        if error is None:
-            held, holders, reports = _all_held(model, held_before)
-            if not held:
-                error = f"a VIP has no owner after the reload: {holders}"
-        if error:
-            # keepalived.managed restores the previous file itself when keepalived dies; make sure of it
-            back = _job(node, "keepalived.rollback", timeout=60).get(node)
-            running = _job(node, "keepalived.running", timeout=10).get(node)
-            if handed and node not in drained:
-                _job(node, "keepalived.standby", [False], timeout=10)
-            failed[node] = {"hash": digest, "time": time.time(), "error": error}
-            _save_json("rollout_failed.json", failed)
-            info["stopped_at"], info["error"] = node, error
-            steps.append((node, "FAILED, rolled back" + ("" if running else " (keepalived NOT running)")))
-            actions.append(f"{node}: keepalived reload FAILED ({error}); previous config restored"
-                           f" ({'running' if running else 'NOT running'}; rollback: {back}); rollout stopped")
+                    info["stopped_at"], info["error"] = node, f"could not hand its VIPs over before the reload: {holders}"
+                    steps.append((node, "not reloaded"))
+                    break
+            prepared[node] = (handed, kept, held_states)
+        if info["stopped_at"]:
             break
-        if handed and node not in drained:
-            _job(node, "keepalived.standby", [False], timeout=10)
-        if in_place:
-            after = reports.get(node)
-            flipped = sorted(name for name, (state, since) in held_states.items()
-                             if not after or name not in after.instances
-                             or (after.instances[name].state, after.instances[name].since) != (state, since))
-            if flipped:
-                actions.append(f"{node}: {', '.join(flipped)} changed VRRP state on the in-place reload")
-        if failed.pop(node, None) is not None:
-            _save_json("rollout_failed.json", failed)
-        if retries.pop(node, None) is not None:
-            _save_json("rollout_retry.json", retries)
-        steps.append((node, "ok, in place" if in_place else "ok"))
-        how = ", after handing its VIPs over" if handed else (", reloaded in place: it kept its VIPs" if in_place else "")
-        actions.append(f"{node}: keepalived re-applied (ok{how})")
+        _crash_point("rollout:before-apply")
+        applied = _job(sorted(prepared), "state.apply", ["edge"], timeout=_apply_timeout())
+        for node in stage:
+            step_actions, reports = _rollout_step(model, node, digests[node], applied.get(node), prepared[node],
+                                                  held_before, drained, failed, retries, info)
+            actions += step_actions
+        if info["stopped_at"]:
+            break
     info["skipped"] = [n for n in order if n not in [s[0] for s in steps]]
     return actions, info
 
 
-def _reload_keeps_state(node, report):
+def _rollout_step(model, node, digest, applied, prepared, held_before, drained, failed, retries, info):
     """
-    Whether ``node`` can reload in place, owner included: every instance it
-    holds VIPs for keeps its interface, VRID and VRRP version in the new config
-    (keepalived's SIGHUP then keeps its state). One ``keepalived.plan`` job
-    to the node; False (hand over first) when it cannot tell.
+    One node's outcome in a stage of the staged reload (its ``state.apply``
+    return: ``applied``): transient failures retried later, a refused config
+    or one keepalived does not run with rolled back and remembered (the
+    rollout stops after this stage), standby lifted after a handover.
+    ``prepared``: ``(handed, in_place, held_states)`` from before the apply.
+    Returns ``(actions, reports)``.
     """
-    held = sorted(name for name, inst in (report.instances.items() if report else ()) if inst.vips_present)
+    actions, steps = [], info["steps"]
+    handed, in_place, held_states = prepared
+    outcome = planner.classify_apply(applied)
+    error = outcome.error if outcome.kind == planner.REFUSED else None
+    if outcome.kind == planner.TRANSIENT:
+        if handed and node not in drained:
+            _job(node, "keepalived.standby", [False], timeout=10)
+        entry = _retry_later(retries, node, digest, outcome.error)
+        info["retry"][node] = entry
+        steps.append((node, f"not applied ({outcome.error}); retried in {entry['backoff']:.0f}s"))
+        actions.append(f"{node}: keepalived NOT re-applied, transient ({outcome.error}); retried in "
+                       f"{entry['backoff']:.0f}s; the other nodes go on")
+        return actions, _reports(model)
+    if outcome.kind == "ok":
+        outcome = _await_config(model, node, digest)
+        if outcome == "silent":
+            # applied, but no fresh report yet: not a refused config; look again later
+            if handed and node not in drained:
+                _job(node, "keepalived.standby", [False], timeout=10)
+            entry = _retry_later(retries, node, digest, "no fresh report from the node after the reload")
+            info["retry"][node] = entry
+            steps.append((node, "applied; no report yet"))
+            return actions, _reports(model)
+        if outcome == "other":
+            # keepalived runs a config the master did not expect: its model is older than the pillar the
+            # node rendered from. Nothing failed: stop here, compile the pillar, the next reconcile goes on.
+            if handed and node not in drained:
+                _job(node, "keepalived.standby", [False], timeout=10)
+            _desired(refresh=True)
+            info["stopped_at"], info["outdated"] = node, True
+            steps.append((node, "applied (the pillar changed meanwhile; model compiled again)"))
+            return actions, _reports(model)
+        if outcome == "failed":
+            error = "keepalived is not running with the new config after the reload"
+    if error is None:
+        held, holders, reports = _all_held(model, held_before)
+        if not held:
+            error = f"a VIP has no owner after the reload: {holders}"
+    if error:
+        # keepalived.managed restores the previous file itself when keepalived dies; make sure of it
+        back = _job(node, "keepalived.rollback", timeout=60).get(node)
+        running = _job(node, "keepalived.running", timeout=10).get(node)
+        if handed and node not in drained:
+            _job(node, "keepalived.standby", [False], timeout=10)
+        failed[node] = {"hash": digest, "time": time.time(), "error": error}
+        _save_json("rollout_failed.json", failed)
+        if not info["stopped_at"]:
+            info["stopped_at"], info["error"] = node, error
+        steps.append((node, "FAILED, rolled back" + ("" if running else " (keepalived NOT running)")))
+        actions.append(f"{node}: keepalived reload FAILED ({error}); previous config restored"
+                       f" ({'running' if running else 'NOT running'}; rollback: {back}); rollout stopped")
+        return actions, _reports(model)
+    if handed and node not in drained:
+        _job(node, "keepalived.standby", [False], timeout=10)
+    after = reports.get(node)
+    flipped = sorted(name for name, (state, since) in held_states.items()
+                     if not after or name not in after.instances
+                     or (after.instances[name].state, after.instances[name].since) != (state, since))
+    if flipped:
+        actions.append(f"{node}: {', '.join(flipped)} changed VRRP state on the in-place reload")
+    if failed.pop(node, None) is not None:
+        _save_json("rollout_failed.json", failed)
+    if retries.pop(node, None) is not None:
+        _save_json("rollout_retry.json", retries)
+    steps.append((node, "ok, in place" if in_place else "ok"))
+    how = ", after handing its VIPs over" if handed else (", reloaded in place: it kept its VIPs" if in_place else "")
+    actions.append(f"{node}: keepalived re-applied (ok{how})")
+    return actions, reports
+
+
+def _reload_keeps_state(nodes, reports):
+    """
+    The ``nodes`` that can reload in place, owner included: every instance
+    one holds VIPs for keeps its interface, VRID and VRRP version in the new
+    config (keepalived's SIGHUP then keeps its state). One ``keepalived.plan``
+    job to them all; a node that cannot tell is not in the set (it hands over first).
+    """
+    if not nodes:
+        return set()
     # rendered from a freshly compiled pillar, as the state.apply that follows will (the minion's
     # in-memory pillar can be older than the change being rolled out)
-    planned = _job(node, "keepalived.plan", ["fresh_pillar=True"], timeout=30).get(node)
-    if not isinstance(planned, dict) or not planned.get("valid") or "state_lost_on_reload" not in planned:
-        return False
-    if not planned.get("changed"):
-        return False  # the node sees no change: it cannot have rendered the new config; hand over to be safe
-    return not set(held) & set(planned["state_lost_on_reload"])
+    planned = _job(sorted(nodes), "keepalived.plan", ["fresh_pillar=True"], timeout=30)
+    return {n for n in nodes if planner.keeps_state_on_reload(reports.get(n), planned.get(n))}
 
 
 def _apply_timeout():

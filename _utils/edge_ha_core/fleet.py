@@ -299,3 +299,19 @@ def handover_state(model, reports, node, vips=None):
 def rollout_order(nodes, reports):
     """Staged reload order: nodes holding no VIP first (BACKUPs), then the holders (owners) last; by name."""
     return sorted(nodes, key=lambda n: (holds_any(reports.get(n)), n))
+
+
+def rollout_stages(nodes, reports, in_place=()):
+    """
+    The staged reload's groups, reloaded one group after the other: first
+    every node that holds no VIP, together (a config that kills keepalived
+    there costs no VIP, and the next group waits until they all run it);
+    then the holders that reload in place (``in_place``: keepalived keeps
+    their instances' state), together; then each holder that hands its VIPs
+    over first, alone. By name within a group.
+    """
+    order = rollout_order(nodes, reports)
+    backups = [n for n in order if not holds_any(reports.get(n))]
+    kept = [n for n in order if n not in backups and n in in_place]
+    handed = [[n] for n in order if n not in backups and n not in kept]
+    return [group for group in [backups, kept] if group] + handed

@@ -319,3 +319,19 @@ def stamp_time(stamp):
     if when.tzinfo is None:
         when = when.replace(tzinfo=datetime.timezone.utc)
     return when.timestamp()
+
+
+def keeps_state_on_reload(report, planned):
+    """
+    Whether a node reloads in place, from its report and its
+    ``keepalived.plan`` answer (rendered from a fresh pillar): the plan is
+    valid and changed, and no instance it holds VIPs for loses its VRRP state
+    on the reload. Anything else (no answer, an older plan format, no change
+    seen): False, the node hands its VIPs over first.
+    """
+    if not isinstance(planned, dict) or not planned.get("valid") or "state_lost_on_reload" not in planned:
+        return False
+    if not planned.get("changed"):
+        return False  # the node sees no change: it cannot have rendered the new config; hand over to be safe
+    held = {name for name, inst in (report.instances.items() if report else ()) if inst.vips_present}
+    return not held & set(planned["state_lost_on_reload"] or ())

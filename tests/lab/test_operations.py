@@ -168,14 +168,17 @@ def test_backup_failure_stops_rollout_before_the_owner(baseline):
     pid = lab.keepalived_pid("edge1")
     result = reconcile_after(lab, lambda: (lab.set_fault_t_passes("edge2"), lab.set_pillar(changed)))
     rollout = result["rollout"]
-    assert rollout["stopped_at"] == "edge2" and rollout["skipped"] == ["edge3", "edge1"], rollout
+    # the BACKUPs are one stage: edge3 (same stage) runs the new config, which works there; the owner waits
+    assert rollout["stages"] == [["edge2", "edge3"], ["edge1"]], rollout
+    assert rollout["stopped_at"] == "edge2" and rollout["skipped"] == ["edge1"], rollout
+    assert dict(rollout["steps"])["edge3"] == "ok" and dict(rollout["steps"])["edge2"].startswith("FAILED"), rollout
     assert (lab.node_dir("edge1") / "keepalived.conf").read_text() == owner_before, "the owner was not touched"
     assert lab.keepalived_pid("edge1") == pid and lab.holders() == ["edge1"]
-    assert "garp_master_delay 3" not in (lab.node_dir("edge3") / "keepalived.conf").read_text()
+    assert "garp_master_delay 3" in (lab.node_dir("edge3") / "keepalived.conf").read_text()
     # and it stays stopped: later reconciles hold the other nodes' new configs back
     lab.wait_reconcile_idle()
     again = lab.run("edge.reconcile", timeout=300)
-    assert again["rollout"]["blocked"] == ["edge2"] and again["rollout"]["held"] == ["edge1", "edge3"], again["rollout"]
+    assert again["rollout"]["blocked"] == ["edge2"] and again["rollout"]["held"] == ["edge1"], again["rollout"]
     assert not again["rollout"]["steps"]
     assert (lab.node_dir("edge1") / "keepalived.conf").read_text() == owner_before
 

@@ -44,6 +44,25 @@ def test_rollout_order_backups_first_owner_last():
     assert fleet.rollout_order(["edge1", "edge3", "edge2"], typed(reports)) == ["edge2", "edge3", "edge1"]
 
 
+def test_rollout_stages_backups_together_then_in_place_holders_then_each_handover_alone():
+    reports = typed({
+        "edge1": report("edge1", "MASTER", 150, [VIP]),
+        "edge2": report("edge2", prio=140),
+        "edge3": report("edge3", prio=130),
+        "edge4": report("edge4", "MASTER", 120, ["198.18.0.101"]),
+        "edge5": report("edge5", "MASTER", 110, ["198.18.0.102"]),
+        "edge6": None,  # silent: holds nothing it told us about
+    })
+    nodes = ["edge5", "edge1", "edge6", "edge3", "edge2", "edge4"]
+    assert fleet.rollout_stages(nodes, reports, in_place={"edge1", "edge4"}) == [
+        ["edge2", "edge3", "edge6"], ["edge1", "edge4"], ["edge5"]]
+    assert fleet.rollout_stages(nodes, reports) == [["edge2", "edge3", "edge6"], ["edge1"], ["edge4"], ["edge5"]]
+    assert fleet.rollout_stages(["edge1"], reports, in_place={"edge1"}) == [["edge1"]]
+    assert fleet.rollout_stages([], reports) == []
+    # in_place names only holders: a backup listed there is still in the first group
+    assert fleet.rollout_stages(["edge2", "edge1"], reports, in_place={"edge2"}) == [["edge2"], ["edge1"]]
+
+
 def test_handover_is_done_only_when_exactly_one_other_running_node_holds_each_vip():
     model = model3()
     still = {"edge1": report("edge1", "MASTER", 1, [VIP]), "edge2": report("edge2", prio=140),
