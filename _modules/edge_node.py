@@ -196,7 +196,7 @@ def _send_mine(opts, load, timeout):
         return False
 
 
-def publish(force=False, heartbeat=HEARTBEAT):
+def publish(force=False, heartbeat=HEARTBEAT, wait=False):
     """
     Push this node's report (``report probe=False``) into the master's mine
     (``edge_ha_report``) when it changed since the last push, or when
@@ -204,12 +204,17 @@ def publish(force=False, heartbeat=HEARTBEAT):
     under the id it verified for this minion, so no other minion can write
     it. The ``vrrp`` beacon calls this on every look. Returns
     ``{published, changed, digest}``; masterless minions publish nothing.
+    ``wait``: send it now, in this call (one try), not from the background
+    sender; ``published`` then says whether the master took it
+    (``keepalived.managed`` does this after a reload, so the master's staged
+    reload sees the new config without waiting for the beacon's next look).
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-call edge_node.publish force=True
+        salt-call edge_node.publish force=True wait=True
     """
     opts = __opts__  # pylint: disable=undefined-variable
     data = report(probe=False)
@@ -220,6 +225,8 @@ def publish(force=False, heartbeat=HEARTBEAT):
     if opts.get("file_client") == "local" or not (force or changed or due):
         return {"published": False, "changed": changed, "digest": digest}
     load = {"cmd": "_mine", "data": {MINE_KEY: data}, "id": opts["id"], "clear": False}
+    if wait:
+        return {"published": _send_mine(opts, load, SEND_TIMEOUT), "changed": changed, "digest": digest}
     lock = ctx.setdefault("lock", threading.Lock())
 
     def send():
