@@ -14,7 +14,8 @@ import time
 import salt.config
 import salt.utils.event
 
-KEEP = ("id", "time", "seen", "_stamp", "fun", "fun_args", "jid", "instance", "old", "new", "user", "success")
+KEEP = ("id", "time", "seen", "_stamp", "fun", "fun_args", "jid", "instance", "old", "new", "user", "success",
+        "why")
 
 
 def main(conf, out):
@@ -30,7 +31,9 @@ def main(conf, out):
             if not event:
                 continue
             tag, data = event["tag"], event["data"] if isinstance(event["data"], dict) else {}
-            if not (tag.startswith("salt/beacon/") or tag.startswith("salt/run/")):
+            # beacons, runner jobs, minion jobs (new and returns: their fun), the project's own events
+            # (edge_ha/kubernetes/services from the Services engine)
+            if not tag.startswith(("salt/beacon/", "salt/run/", "salt/job/", "edge_ha/")):
                 continue
             rec = {"recv": time.time(), "tag": tag}
             for key in KEEP:

@@ -29,12 +29,32 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lab.lab import NODES, USER_IP, VIP, Lab, lab_pillar  # noqa: E402
+from lab.load_balancer import with_pools  # noqa: E402
 from tests.support.netns import Topology, kill_pids  # noqa: E402
 
 PY = sys.executable
 ADDR = {n: f"198.18.0.{o}" for n, o in NODES.items()}
 PLAIN_NODES = {"e1": 11, "e2": 12, "e3": 13}
 PRIO = {"e1": 150, "e2": 140, "e3": 130}
+
+# a second VRRP instance added by hand for a new address (block lb): the same style as VI_1
+PLAIN_INSTANCE = """\
+vrrp_instance {name} {{
+    state {state}
+    interface eth0
+    virtual_router_id {vrid}
+    priority {prio}
+    advert_int {advert}
+    {version}
+    authentication {{
+        auth_type PASS
+        auth_pass s3cret
+    }}
+    virtual_ipaddress {{
+        {address}/24
+    }}
+}}
+"""
 
 PLAIN_CONF = """\
 # hand-written, as an operator would: keepalived defaults, VRRPv2, advert_int 1
@@ -159,8 +179,11 @@ class PlainEdge:
             "-p", str(self.dir / f"{node}-main.pid"), "-r", str(self.dir / f"{node}-vrrp.pid"),
             log=self.dir / f"{node}-keepalived.log")
 
-    def holders(self):
-        return sorted(n for n in PLAIN_NODES if VIP in addresses(self.ns(n)))
+    def holders(self, vip=VIP):
+        return sorted(n for n in PLAIN_NODES if vip in addresses(self.ns(n)))
+
+    def holders_all(self, vip=VIP):
+        return self.holders(vip)
 
     def stop_owner(self, how):
         proc = self.keepalived[self.owner]
@@ -186,8 +209,37 @@ class PlainEdge:
             raise RuntimeError(f"plain: VIP did not return to e1: {self.holders()}")
         time.sleep(1.0)
 
+    def client_spawn(self, *cmd):
+        """A process in the client namespace (stopped by client_stop, or by down())."""
+        return self.topo.spawn("client", *cmd)
+
+    def client_stop(self, proc):
+        self.topo.stop(proc, timeout=10)
+
     def prober(self, out, rate=20):
-        return Prober(lambda *cmd: self.topo.spawn("client", *cmd), self.topo.stop, out, rate)
+        return Prober(self.client_spawn, self.client_stop, out, rate)
+
+    def add_instance(self, name, vrid, address):
+        """A vrrp_instance for a new address in every node's keepalived.conf (the same style as VI_1: e1 MASTER,
+        priorities 150/140/130), then SIGHUP to every keepalived: what an operator does by hand."""
+        version = "" if self.version == 2 else f"version {self.version}"
+        for node in PLAIN_NODES:
+            path = self.dir / f"{node}.conf"
+            path.write_text(path.read_text() + PLAIN_INSTANCE.format(
+                name=name, state="MASTER" if node == "e1" else "BACKUP", vrid=vrid, prio=PRIO[node],
+                advert=self.advert, version=version, address=address))
+            os.kill(self.keepalived[node].pid, signal.SIGHUP)
+
+    def remove_instance(self, name):
+        """The instance ``name`` out of every node's keepalived.conf again, SIGHUP."""
+        for node in PLAIN_NODES:
+            path = self.dir / f"{node}.conf"
+            text = path.read_text()
+            start = text.find(f"vrrp_instance {name} {{\n")
+            if start >= 0:
+                end = text.index("\n}\n", start) + 3
+                path.write_text(text[:start] + text[end:])
+            os.kill(self.keepalived[node].pid, signal.SIGHUP)
 
     def reload_all(self, extra_vip):
         """Edit keepalived.conf on every node (vrrp_garp_master_refresh 60 in global_defs, or not) and reload
@@ -256,6 +308,8 @@ class ProjectEdge:
         self.variant = None
         self.watch = 0
         self.extra_vip = False
+        self.clients = 0  # processes started in the client namespace (their pid file names)
+        self.pools = False  # the lab's LoadBalancer address pools (lab/load_balancer.py) in the pillar
 
     def up(self, log=None):
         os.environ["EDGE_HA_KUBE_REQUEST_LOG"] = str(self.kube_log)
@@ -303,7 +357,7 @@ class ProjectEdge:
         inst.update(VARIANTS[variant])
         if extra_vip:  # the planned change: a global_defs setting that every node's keepalived.conf has
             data["global_defs"] = {"vrrp_garp_master_refresh": 60}
-        return data
+        return with_pools(data) if self.pools else data
 
     def set_variant(self, variant, watch=None):
         """Pillar with this variant's VRRP settings, applied by a reconcile (state.apply where the config
@@ -358,8 +412,8 @@ class ProjectEdge:
         """The watched nodes (the owner and the next two by priority) that have the VIP."""
         return sorted(n for n in self.watched if VIP in addresses(self.ns(n)))
 
-    def holders_all(self):
-        return sorted(n for n in self.nodes if VIP in addresses(self.ns(n)))
+    def holders_all(self, vip=VIP):
+        return sorted(n for n in self.nodes if vip in addresses(self.ns(n)))
 
     def expected_ips(self, without=()):
         return sorted([VIP, USER_IP] + [a for n, a in self.addr.items() if n not in without])
@@ -423,24 +477,22 @@ class ProjectEdge:
     def restore(self, how):  # pylint: disable=unused-argument
         self.baseline()
 
+    def client_spawn(self, *cmd):
+        """A process in the client namespace, its pid file in the lab (stopped by client_stop, or by down())."""
+        self.clients += 1
+        name = f"bench-client{self.clients}"
+        proc = self.lab._spawn("client", name, *cmd)
+        proc.bench_name = name
+        return proc
+
+    def client_stop(self, proc):
+        kill_pids([proc.pid], timeout=10)
+        proc.wait(timeout=10)
+        pidfile = self.lab.dir / "pids" / f"client-{proc.bench_name}.pid"
+        pidfile.unlink(missing_ok=True)
+
     def prober(self, out, rate=20):
-        lab = self.lab
-        count = [0]
-
-        def spawn(*cmd):
-            count[0] += 1
-            name = f"bench-probe{int(time.time() * 1000)}"
-            proc = lab._spawn("client", name, *cmd)
-            proc.bench_name = name
-            return proc
-
-        def stop(proc):
-            kill_pids([proc.pid], timeout=10)
-            proc.wait(timeout=10)
-            pidfile = lab.dir / "pids" / f"client-{proc.bench_name}.pid"
-            pidfile.unlink(missing_ok=True)
-
-        return Prober(spawn, stop, out, rate)
+        return Prober(self.client_spawn, self.client_stop, out, rate)
 
     def transitions_log(self, node):
         path = self.lab.state_dir(node) / "transitions.log"

@@ -18,6 +18,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import log, summary  # noqa: E402
 from bench.edges import ADDR, VIP, addresses, wait_for  # noqa: E402
+from lab import load_balancer  # noqa: E402  (puts _utils on the path: edge_ha_core)
+from edge_ha_core import lb  # noqa: E402  pylint: disable=wrong-import-order
 
 PROBE_RATE = 20  # requests per second, each with a 2 s deadline
 TAIL = 1.5  # seconds of probing after the last thing measured
@@ -302,6 +304,249 @@ def fence_ingress(edge, reps, hung):
     return runs
 
 
+# --------------------------------------------------------------------------- 7. a new LoadBalancer Service
+
+
+LB_ADDRESS = "198.18.0.120"  # the plain setup's new address (the first of the project's pool, lab/load_balancer.py)
+LB_VRID = 60
+LB_TIMEOUT = 60  # seconds a repetition may take before it counts as failed
+
+
+def _http_waiter(edge, address, workdir, tag, seconds=LB_TIMEOUT):
+    """lab/load_balancer.py's waiter in the client namespace (a GET every 50 ms); returns (proc, out path)."""
+    out = pathlib.Path(workdir) / f"http-{tag}.json"
+    for path in (out, pathlib.Path(f"{out}.ready")):
+        path.unlink(missing_ok=True)
+    proc = edge.client_spawn(*load_balancer.wait_command(address, seconds, out))
+    if not wait_for(lambda: pathlib.Path(f"{out}.ready").exists(), 20, 0.02):
+        edge.client_stop(proc)
+        raise RuntimeError(f"the HTTP waiter for {address} did not start")
+    return proc, out
+
+
+def _http_result(out):
+    try:
+        return json.loads(pathlib.Path(out).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def lb_plain_rep(edge, n, workdir):
+    """Plain: a vrrp_instance with a new address added to keepalived.conf on the 3 nodes + SIGHUP, until the
+    address answers HTTP from the client; then the instance removed again (+ SIGHUP) until the address is gone.
+    Seconds after the first SIGHUP."""
+    address, name = LB_ADDRESS, "VI_LB"
+    proc, out = _http_waiter(edge, address, workdir, f"plain-{n}")
+    try:
+        t0 = time.time()
+        edge.add_instance(name, LB_VRID, address)
+        res = {"n": n, "t0": t0, "held": None, "answered": None, "body": None}
+        deadline = time.monotonic() + LB_TIMEOUT
+        while time.monotonic() < deadline:
+            if res["held"] is None and edge.holders(address):
+                res["held"] = time.time() - t0
+            got = res["body"] is None and _http_result(out)
+            if got:
+                res["answered"] = got["time"] - t0 if got["time"] else None
+                res["body"] = got["body"]
+            if res["body"] is not None and (res["held"] is not None or time.time() - t0 > res["answered"] + 1):
+                break  # the holder is looked for a little longer: the answer can come between two looks
+            time.sleep(0.02)
+    finally:
+        edge.client_stop(proc)
+    res["holders"] = edge.holders(address)
+    t1 = time.time()
+    edge.remove_instance(name)
+    gone = wait_for(lambda: not edge.holders(address) and time.time(), 30, 0.05)
+    res["gone_after_remove"] = gone - t1 if gone else None
+    time.sleep(1.0)
+    res["ok"] = res["answered"] is not None and res["body"] == "e1" and gone is not None
+    return res
+
+
+def _lb_engine_listing(edge, since, timeout=60):
+    """Wait until the Services engine has listed the Services (its 'list' event on the bus) after ``since``."""
+    return wait_for(lambda: [e for e in edge.events() if e["tag"] == "edge_ha/kubernetes/services"
+                             and e.get("why") == "list" and e["recv"] >= since], timeout, 0.5)
+
+
+def lb_project_rep(edge, n, workdir, name=None):
+    """
+    Project: POST a ``type: LoadBalancer`` Service of the project's class; seconds after the POST until the
+    runner recorded its address (annotation), a node has the address, the address answers HTTP from the client,
+    status.loadBalancer.ingress has it; then the Service deleted and its address gone from every node (and the
+    reconcile loop quiet) before the next repetition.
+    """
+    lab = edge.lab
+    name = name or f"bench-lb-{n}"
+    edge.quiet()
+    t0 = time.time()
+    load_balancer.create(lab, name)
+    res = {"n": n, "name": name, "t0": t0, "post": time.time() - t0, "address": None, "assigned": None,
+           "held": None, "answered": None, "status": None, "body": None}
+    proc = out = None
+    try:
+        deadline = time.monotonic() + LB_TIMEOUT
+        while time.monotonic() < deadline:
+            svc = load_balancer.get(lab, name)
+            now = time.time() - t0
+            if res["address"] is None and load_balancer.assigned(svc):
+                res["address"], res["assigned"] = load_balancer.assigned(svc), now
+                proc, out = _http_waiter(edge, res["address"], workdir, f"project-{n}")
+            address = res["address"]
+            if address and res["status"] is None and address in lb.ingress_ips(svc or {}):
+                res["status"] = now
+            if address and res["held"] is None and edge.holders_all(address):
+                res["held"] = time.time() - t0
+            if out and res["answered"] is None:
+                got = _http_result(out)
+                if got:
+                    res["answered"] = got["time"] - t0 if got["time"] else None
+                    res["body"] = got["body"]
+                    if not got["time"]:
+                        break  # the waiter gave up
+            if res["status"] is not None and res["answered"] is not None:
+                break
+            time.sleep(0.05)
+    except BaseException:
+        load_balancer.delete(lab, name)  # not left behind for the next repetition
+        raise
+    finally:
+        if proc:
+            edge.client_stop(proc)
+    res["both"] = max(res["status"], res["answered"]) if res["status"] is not None and res["answered"] is not None \
+        else None
+    address = res["address"]
+    res["holders"] = edge.holders_all(address) if address else []
+    t1 = time.time()
+    load_balancer.delete(lab, name)
+    gone = wait_for(lambda: not edge.holders_all(address) and time.time(), LB_TIMEOUT, 0.1) if address else t1
+    res["gone_after_delete"] = gone - t1 if gone else None
+    edge.quiet()
+    res["ok"] = res["both"] is not None and bool(res["body"]) and gone is not None
+    return res
+
+
+def lb_split(run, events, requests, history):
+    """
+    Where a repetition's time went, from the master's records (seconds; None where a record is missing):
+
+    watch     the POST -> the Services engine's event on the master's bus (the engine's Kubernetes watch)
+    reactor   the event -> the start of the reconcile that assigned the address (reactor, runner start,
+              waiting for the reconcile lock)
+    assign    -> the LoadBalancer instances recorded (list the Services, annotation, AddressAssigned Event)
+    pillar    -> the first minion ``state.apply`` of the staged reload (pillar compiled again, the minions'
+              pillar refreshed, plan, keepalived.plan)
+    rollout   -> the end of the staged reload (every node's state.apply, its report with the new config,
+              every VIP held)
+    status    -> the end of the PATCH of status.loadBalancer.ingress (the new instance's election, waited for
+              up to edge_ha_lb_status_wait, Service, owners)
+
+    Besides: ``jobs``, every minion job from the reconcile's start to the status write (fun, node, start after
+    the POST, seconds from its publication to the node's return), and ``election``: from the return of the
+    state.apply of the node that answered (the new address's owner) until the bench saw the address on a node.
+    """
+    t0, name, address = run["t0"], run["name"], run.get("address")
+    if not address:
+        return None
+    end = t0 + LB_TIMEOUT
+    svc_action = f"LoadBalancer {load_balancer.KUBE_NS}/{name}: "
+    recs = [h for h in history if t0 <= h.get("time", 0) <= end + 30]
+    assign = next((h for h in recs if h.get("kind") == "reconcile"
+                   and any(str(a).startswith(svc_action) and "recorded" in str(a) for a in h.get("actions") or [])),
+                  None)
+    status = next((h for h in recs if h.get("kind") == "reconcile"
+                   and any(str(a).startswith(svc_action + "status.loadBalancer.ingress") and address in str(a)
+                           for a in h.get("actions") or [])), None)
+    out = dict.fromkeys(["watch", "reactor", "assign", "pillar", "rollout", "status"])
+    out.update(reconciles=None, same_reconcile=None, status_write=None, rollout_steps=None, jobs=[], election=None)
+    watched = [e for e in events if e["tag"] == "edge_ha/kubernetes/services" and e["recv"] >= t0]
+    event = watched[0] if watched else None
+    if event:
+        out["watch"] = event["recv"] - t0
+    if not assign:
+        return out
+    a_start = assign["time"] - assign["seconds"]
+    if event:
+        out["reactor"] = a_start - event["recv"]
+    lb_rec = next((h for h in recs if h.get("kind") == "load_balancer" and a_start <= h["time"] <= assign["time"]
+                   and h.get("added")), None)
+    if lb_rec:
+        out["assign"] = lb_rec["time"] - a_start
+    status_end = status["time"] if status else end
+    rollouts = [h for h in recs if h.get("kind") == "rollout" and a_start <= h["time"] <= status_end]
+    rollout = rollouts[-1] if rollouts else None
+    if rollout:
+        out["rollout_steps"] = [" ".join(str(x) for x in s) for s in rollout.get("steps") or []]
+    applies = [e for e in events if e["tag"].startswith("salt/job/") and e["tag"].endswith("/new")
+               and e.get("fun") == "state.apply" and lb_rec and lb_rec["time"] <= e["recv"]
+               and (not rollout or e["recv"] <= rollout["time"])]
+    if lb_rec and applies:
+        out["pillar"] = applies[0]["recv"] - lb_rec["time"]
+        if rollout:
+            out["rollout"] = rollout["time"] - applies[0]["recv"]
+    writes = [r for r in requests if r["method"] == "PATCH" and r["start"] >= t0
+              and r["path"].split("?")[0].endswith(f"/services/{name}/status")]
+    if writes:
+        out["status_write"] = writes[0]["end"] - t0
+        if rollout:
+            out["status"] = writes[0]["end"] - rollout["time"]
+    published = {e["tag"].split("/")[2]: e for e in events if e["tag"].startswith("salt/job/")
+                 and e["tag"].endswith("/new") and a_start <= e["recv"] <= status_end}
+    for e in events:
+        parts = e["tag"].split("/")
+        if len(parts) == 5 and parts[3] == "ret" and parts[2] in published:
+            new = published[parts[2]]
+            out["jobs"].append({"fun": new.get("fun"), "jid": parts[2], "node": parts[4], "start": new["recv"] - t0,
+                                "seconds": e["recv"] - new["recv"]})
+    owner_apply = [j for j in out["jobs"] if j["fun"] == "state.apply" and j["node"] == run.get("body")]
+    if owner_apply and run.get("held") is not None:
+        out["election"] = run["held"] - (owner_apply[0]["start"] + owner_apply[0]["seconds"])
+    if status:
+        between = [h for h in recs if h.get("kind") == "reconcile" and a_start <= h["time"] <= status["time"]]
+        out["reconciles"] = len(between)
+        out["same_reconcile"] = status is assign
+    return out
+
+
+def load_balancer_services(plain, project, reps, workdir, warmup=1):
+    """Block lb (issue #15): the plain baseline, then the project (address pools put in its pillar first, a
+    warm-up repetition not counted); returns ``{"plain": [...], "project": [...], "warmup": [...]}``."""
+    workdir = pathlib.Path(workdir)
+    out = {"plain": [], "project": [], "warmup": [], "address": LB_ADDRESS}
+    for n in range(reps):
+        res = lb_plain_rep(plain, n, workdir)
+        out["plain"].append(res)
+        log(f"  plain lb #{n + 1}: held {_f(res['held'])}, answered {_f(res['answered'])} ({res['body']}), "
+            f"gone after removal {_f(res['gone_after_remove'])}, ok {res['ok']}")
+    since = time.time()
+    project.pools = True
+    applied = project.apply_pillar()
+    if applied.get("error") if isinstance(applied, dict) else True:
+        raise RuntimeError(f"the pillar with address pools was not applied: {str(applied)[:2000]}")
+    if not _lb_engine_listing(project, since):
+        raise RuntimeError("the edge_ha_services engine did not list the Services after the pools were added")
+    try:
+        for n in range(-warmup, reps):
+            res = lb_project_rep(project, n, workdir, name=f"bench-lb-warmup{-n}" if n < 0 else None)
+            (out["warmup"] if n < 0 else out["project"]).append(res)
+            log(f"  project lb {'warm-up' if n < 0 else f'#{n + 1}'}: {res['address']} assigned {_f(res['assigned'])}, "
+                f"held {_f(res['held'])}, answered {_f(res['answered'])} ({res['body']}), status {_f(res['status'])}, "
+                f"both {_f(res['both'])}; gone after delete {_f(res['gone_after_delete'])}, ok {res['ok']}")
+        events, requests, history = project.events(), project.kube_requests(), project.lab.reconcile_log()
+        for res in out["warmup"] + out["project"]:
+            res["split"] = lb_split(res, events, requests, history)
+    finally:
+        project.pools = False
+        project.apply_pillar()
+        project.baseline()
+    return out
+
+
+def _f(value):
+    return "-" if value is None else f"{value:.2f}s"
+
+
 # --------------------------------------------------------------------------- 5. false failovers
 
 
@@ -404,5 +649,5 @@ def results_json(path, data):
     pathlib.Path(path).write_text(json.dumps(data, indent=1, default=str))
 
 
-__all__ = ["failover", "failover_summary", "convergence", "planned_rerender", "planned_drain", "drain_available",
+__all__ = ["load_balancer_services", "lb_split", "failover", "failover_summary", "convergence", "planned_rerender", "planned_drain", "drain_available",
            "cpu_burn", "minion_cpu", "ADDR", "VIP"]

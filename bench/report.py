@@ -1,7 +1,7 @@
 """Markdown for docs/benchmarks.md from bench/run_all.py's results."""
 
 from bench import scale
-from bench.common import fmt, median, ratio, summary, table
+from bench.common import fmt, median, quantile, ratio, summary, table
 
 SETUPS = [
     ("failover_plain", "plain keepalived.conf (VRRPv2, advert_int 1, multicast) — baseline"),
@@ -281,10 +281,106 @@ def _scale_lab_errors(res):
     return ["", "Failures in this run:", ""] + lines if lines else []
 
 
+LB_BOUND = 5.0  # issue #15: p50 of POST -> answering and in status, seconds
+LB_SPLIT = [("watch", "POST -> engine event"), ("reactor", "event -> reconcile start"),
+            ("assign", "address recorded"), ("pillar", "pillar compiled, refreshed, plan"),
+            ("rollout", "staged reload (state.apply per node)"), ("status", "election, status PATCH")]
+
+
+def _p50_90_max(values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    missing = len(values) - len(vals)
+    return (f"{fmt(median(vals))} / {fmt(quantile(vals, 0.9))} / {fmt(max(vals))}"
+            + (f" ({missing} missing)" if missing else ""))
+
+
+def lb_section(res):
+    """Block lb (issue #15): a new LoadBalancer Service until its address answers and is in its status."""
+    data = res["lb"]
+    plain, project = data.get("plain") or [], data.get("project") or []
+    m = res["machine"]
+    lines = [
+        f"- Command: `{res['command']}` ({res['reps']} repetitions each; run took {res['seconds'] / 60:.0f} min), "
+        f"code at `{res.get('commit') or '?'}`.",
+        f"- Date: {res['started']}. Machine: {m['cpus']} cores ({m['cpu']}), {m['keepalived']}; Salt {m['salt']}; "
+        f"load average at the start {' '.join(res['load_start'])}, at the end {' '.join(res['load_end'])}.",
+        "",
+    ]
+    base = median([r["answered"] for r in plain])
+    both = [r["both"] for r in project]
+    p50 = median(both)
+    met = p50 is not None and p50 <= LB_BOUND and all(r["ok"] for r in project)
+    lines.append(f"Bound (issue #15): p50 of POST -> answering from the client and in status.loadBalancer.ingress "
+                 f"<= {LB_BOUND:.0f} s: {fmt(p50)} s, **{'met' if met else 'not met'}** "
+                 f"({sum(1 for r in project if r['ok'])} of {len(project)} repetitions complete).")
+    lines.append("")
+    rows = [
+        ["plain: a vrrp_instance added to keepalived.conf on 3 nodes + SIGHUP — baseline", len(plain), "-",
+         _p50_90_max([r["held"] for r in plain]), _p50_90_max([r["answered"] for r in plain]), "-",
+         _p50_90_max([r["answered"] for r in plain]), ratio(base, base), sum(1 for r in plain if r["ok"])],
+        ["project: POST of a Service `type: LoadBalancer` of the project's class", len(project),
+         _p50_90_max([r["assigned"] for r in project]), _p50_90_max([r["held"] for r in project]),
+         _p50_90_max([r["answered"] for r in project]), _p50_90_max([r["status"] for r in project]),
+         _p50_90_max(both), ratio(p50, base), sum(1 for r in project if r["ok"])],
+    ]
+    lines.append(table(["setup", "runs", "address recorded on the Service, s", "address on a node, s",
+                        "answering from the client, s", "in status.loadBalancer.ingress, s",
+                        "answering and in status, s (p50 / p90 / max)", "p50 vs plain", "runs complete"], rows))
+    splits = [r["split"] for r in project if r.get("split")]
+    if splits:
+        lines += ["", "Where the project's time goes (seconds, p50 / p90 / max over the repetitions; from the "
+                      "master's event bus, its reconcile history and the Kubernetes emulator's request log):", ""]
+        srows = [[label, key, _p50_90_max([s.get(key) for s in splits])] for key, label in LB_SPLIT]
+        srows.append(["sum: POST -> status PATCH ended", "status_write",
+                      _p50_90_max([s.get("status_write") for s in splits])])
+        lines.append(table(["slice", "key", "seconds"], srows))
+        funs = {}
+        for s in splits:
+            spans = {}  # one job (jid; older results: fun and publication time) to any number of nodes
+            for job in s.get("jobs") or []:
+                key = (job["fun"], job.get("jid") or job["start"])
+                spans[key] = max(spans.get(key, 0.0), job["seconds"])
+            for (fun, _), secs in spans.items():
+                funs.setdefault(fun, []).append(secs)
+        if funs:
+            jrows = [[f"`{fun}`", fmt(len(secs) / len(splits), 1), _p50_90_max(secs), fmt(sum(secs) / len(splits))]
+                     for fun, secs in sorted(funs.items(), key=lambda kv: -sum(kv[1]))]
+            lines += ["", "Minion jobs from the reconcile's start to the status write (one job, to one node or "
+                          "to all three: from its publication to the last node's return):", "",
+                      table(["job", "jobs per repetition", "seconds each (p50 / p90 / max)",
+                             "seconds per repetition (mean)"], jrows)]
+        elections = [s.get("election") for s in splits]
+        if any(v is not None for v in elections):
+            lines += ["", f"From the return of the new address's owner's `state.apply` until the address was on "
+                          f"the owner: {_p50_90_max(elections)} s (p50 / p90 / max; the rest of the new "
+                          f"instance's election runs inside that `state.apply`, after its reload)."]
+        same = [s.get("same_reconcile") for s in splits if s.get("same_reconcile") is not None]
+        steps = {}
+        for s in splits:
+            key = ", ".join(s.get("rollout_steps") or []) or "none"
+            steps[key] = steps.get(key, 0) + 1
+        lines += ["", f"Status written by the reconcile that assigned the address: {sum(same)} of {len(same)}. "
+                      "Staged reload steps: " + "; ".join(f"`{k}` ({v}x)" for k, v in sorted(steps.items())) + "."]
+    warm = data.get("warmup") or []
+    if warm:
+        lines += ["", "Warm-up repetition (first Service after the pools were put in the pillar; not counted): "
+                      + "; ".join(f"answering and in status {fmt(r['both'])} s" for r in warm) + "."]
+    gone = [r.get("gone_after_delete") for r in project]
+    if any(v is not None for v in gone):
+        lines += ["", f"Between repetitions, the Service's DELETE until its address was off every node: "
+                      f"{_p50_90_max(gone)} s (p50 / p90 / max); plain, the instance removed + SIGHUP: "
+                      f"{_p50_90_max([r.get('gone_after_remove') for r in plain])} s."]
+    return "\n".join(lines)
+
+
 def sections(res):
     out = {}
-    if not set(res.get("blocks") or []) <= {"scale-lab", "fence"}:  # these alone carry their own header
+    if not set(res.get("blocks") or []) <= {"scale-lab", "fence", "lb"}:  # these alone carry their own header
         out["run"] = header(res)
+    if res.get("lb"):
+        out["lb"] = lb_section(res)
     if res.get("scale_lab"):
         out["scale-lab"] = scale_lab_section(res)
     if any(k in res for k, _ in SETUPS):

@@ -7,6 +7,8 @@ Run the benchmarks and rewrite their tables in docs/benchmarks.md
     .venv/bin/python bench/run_all.py --with-ipvs   # also bench/ipvs_sync.py in the qemu VM (slow)
     .venv/bin/python bench/run_all.py --only scale-lab --edges 3,10,50 --json bench/results/scale-lab.json
         # the controller with 3, 10 and 50 real salt-minions (bench/scale_lab.py; not in the default set)
+    .venv/bin/python bench/run_all.py --only lb --reps 10 --json bench/results/lb.json
+        # a new LoadBalancer Service until its address answers and is in its status (not in the default set)
 
 Needs root (network namespaces) and keepalived (make bootstrap). Namespaces
 are ``ehb<pid>-*`` (the project's lab), ``ehp<pid>-*`` (the plain setup) and
@@ -38,7 +40,7 @@ def main(argv=None):
     parser.add_argument("--burn", type=int, default=None, help="CPU burn seconds (default 300, quick 20)")
     parser.add_argument("--only", default="",
                         help="comma-separated: scale,failover,convergence,planned,fence,burn (the default set), "
-                             "scale-lab")
+                             "scale-lab, lb")
     parser.add_argument("--edges", default="3,10,50",
                         help="scale-lab: edge node counts, each N or N:REPS (default 3,10,50; without :REPS a size "
                              "of 50 or more gets at most 10 repetitions)")
@@ -56,7 +58,7 @@ def main(argv=None):
     reps = args.reps or (3 if args.quick else 20)
     burn = args.burn or (20 if args.quick else 300)
     only = set(filter(None, args.only.split(","))) or {"scale", "failover", "convergence", "planned", "fence", "burn"}
-    unknown = only - {"scale", "failover", "convergence", "planned", "fence", "burn", "scale-lab"}
+    unknown = only - {"scale", "failover", "convergence", "planned", "fence", "burn", "scale-lab", "lb"}
     if unknown:
         parser.error(f"unknown block(s) for --only: {', '.join(sorted(unknown))}")
     sizes = scale_lab.parse_sizes(args.edges, reps) if "scale-lab" in only else None
@@ -65,7 +67,10 @@ def main(argv=None):
     pid = os.getpid() % 10000
     work = pathlib.Path(f"/tmp/ehb-{os.getpid()}")
     work.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, check=False).stdout.strip() or None
     res = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine(),
+           "commit": commit,
            "reps": reps, "burn_seconds": burn, "quick": args.quick, "load_start": loadavg(),
            "other_load_start": other_load([os.getpid()]), "blocks": sorted(only)}
     started = time.monotonic()
@@ -73,7 +78,7 @@ def main(argv=None):
         if "scale" in only:
             log("scale (pure Python)")
             res["scale"] = scale.run(args.quick, log=log)
-        if only & {"failover", "convergence", "planned", "fence", "burn"}:
+        if only & {"failover", "convergence", "planned", "fence", "burn", "lb"}:
             run_lab(res, only, reps, burn, work, pid)
         if "scale-lab" in only:
             log(f"scale-lab: the controller with real minions at {', '.join(f'{e} ({r} reps)' for e, r in sizes)}")
@@ -181,6 +186,13 @@ def run_lab(res, only, reps, burn, work, pid):
         res["fence_api_up"] = lab_bench.fence_ingress(project, reps, hung=False)
         res["fence_api_hung"] = lab_bench.fence_ingress(project, reps, hung=True)
 
+    def load_balancer():
+        project.set_variant("default", watch=0.05)
+        project.label = "default"
+        log("lb: a new LoadBalancer Service until its address answers and is in its status "
+            "(plain: a vrrp_instance added by hand + SIGHUP)")
+        res["lb"] = lab_bench.load_balancer_services(plain, project, reps, work)
+
     def cpu_burn():
         project.set_variant("default", watch=0.05)
         project.label = "default"
@@ -223,6 +235,8 @@ def run_lab(res, only, reps, burn, work, pid):
         if "burn" in only:
             guard("burn", cpu_burn)
             guard("burn_fast", cpu_burn_fast)
+        if "lb" in only:
+            guard("lb", load_balancer)
     finally:
         log("tearing down")
         project.down()

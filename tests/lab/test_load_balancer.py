@@ -18,14 +18,13 @@ The Services are created through the emulator only: the engine's watch event
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
 
 from edge_ha_core import lb
 from lab.lab import KUBE_NS, NODES, VIP, lab_pillar
+from lab.load_balancer import SVC, TINY, create, delete, get, http_from_client, ingress, pool_pillar
 
 from tests.support.labtools import wait_for
 
@@ -35,41 +34,7 @@ pytestmark = [
     pytest.mark.skipif(not shutil.which("keepalived"), reason="keepalived is not installed (make bootstrap)"),
 ]
 
-VRRP = {"vrrp_version": 3, "advert_int": 1, "unicast": True}
-POOL = {"lab": {"addresses": ["198.18.0.120-198.18.0.127"], "virtual_router_ids": "60-67", "prefix": 24, "vrrp": VRRP},
-        # one address, only on request: taken by dns, so the next Service asking for the pool finds it full
-        "tiny": {"addresses": ["198.18.0.130-198.18.0.130"], "virtual_router_ids": 68, "prefix": 24,
-                 "auto_assign": False, "vrrp": VRRP}}
-TINY = "198.18.0.130"
 BOUND = 45  # seconds from the Service's creation to its address answering, status written
-SVC = f"/api/v1/namespaces/{KUBE_NS}/services"
-
-
-def pool_pillar(lab):
-    data = lab_pillar(lab.dir / "kubeconfig")
-    data["address_pools"] = json.loads(json.dumps(POOL))
-    return data
-
-
-def create(lab, name, cls=lb.LB_CLASS, annotations=None, **spec_extra):
-    spec = {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}], **spec_extra}
-    if cls:
-        spec["loadBalancerClass"] = cls
-    meta = {"name": name, "namespace": KUBE_NS}
-    if annotations:
-        meta["annotations"] = annotations
-    return lab.kube("POST", SVC, {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": spec})
-
-
-def get(lab, name):
-    try:
-        return lab.kube("GET", f"{SVC}/{name}")
-    except RuntimeError:
-        return None
-
-
-def ingress(lab, name):
-    return lb.ingress_ips(get(lab, name) or {})
 
 
 def events(lab, name):
@@ -89,18 +54,6 @@ def debug(lab):
     return json.dumps(lab.reconcile_log()[-8:], indent=1, default=str)[-6000:] + "\n" + "\n".join(wanted[-40:])
 
 
-def http_from_client(lab, address):
-    """GET http://address/ from the client namespace: the body (the node name of the ingress stand-in) or None."""
-    code = ("import sys, urllib.request\n"
-            "try:\n"
-            f"    print(urllib.request.urlopen('http://{address}/', timeout=2).read().decode().strip())\n"
-            "except Exception as exc:\n"
-            "    print('ERROR', exc)\n")
-    out = subprocess.run(["ip", "netns", "exec", lab.ns("client"), sys.executable, "-c", code],
-                         capture_output=True, text=True, timeout=30, check=False).stdout.strip()
-    return None if out.startswith("ERROR") or not out else out
-
-
 @pytest.fixture
 def pools(baseline):
     lab = baseline
@@ -108,10 +61,7 @@ def pools(baseline):
     lab.run("edge.reconcile", timeout=300)
     yield lab
     for name in ("web", "theirs", "dns", "dup", "full"):
-        try:
-            lab.kube("DELETE", f"{SVC}/{name}")
-        except RuntimeError:
-            pass
+        delete(lab, name)
     lab.run("edge.reconcile", timeout=300)
     lab.set_pillar(lab_pillar(lab.dir / "kubeconfig"))
     lab.run("edge.reconcile", timeout=300)
