@@ -88,6 +88,8 @@ log = logging.getLogger(__name__)
 __virtualname__ = "edge"
 
 LOCK_WAIT = 600  # seconds edge.reconcile/drain/undrain wait for another one to finish
+JOB_GRACE = 3  # a minion job's return is given up this many times its timeout after the publication
+JOB_MIN_WAIT = 30  # ... and never before this many seconds
 DIGEST_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -512,11 +514,47 @@ def _job(nodes, fun, args=(), timeout=None, own_client=False):
     client = salt.client.get_local_client(__opts__["conf_file"]) if own_client else _client()  # pylint: disable=undefined-variable
     try:
         if isinstance(nodes, str):
-            return client.cmd(nodes, fun, list(args), timeout=timeout)
-        return client.cmd(sorted(nodes), fun, list(args), tgt_type="list", timeout=timeout)
+            return _collect_returns(client, nodes, fun, list(args), "glob", timeout)
+        return _collect_returns(client, sorted(nodes), fun, list(args), "list", timeout)
     finally:
         if own_client:
             client.destroy()
+
+
+def _collect_returns(client, tgt, fun, args, tgt_type, timeout):
+    """
+    ``LocalClient.cmd`` with an end: the returns of one job, ``False`` for
+    a targeted minion that did not return. Salt's own ``cmd`` waits as long
+    as the minion says the job still runs (``saltutil.find_job``), which is
+    for ever for a job process that hangs (seen in the lab: a
+    ``keepalived.plan`` whose process, forked while another thread held a
+    lock, waited on that lock), and the reconcile lock with it. This gives
+    up ``JOB_GRACE`` times the timeout (at least ``JOB_MIN_WAIT`` s) after
+    the publication: the node counts as not answering, as for a timeout.
+    """
+    was_listening = client.event.cpub
+    try:
+        pub = client.run_job(tgt, fun, args, tgt_type, timeout=timeout, listen=True)
+        if not pub:
+            return {}
+        returns = {}
+        limit = max(JOB_GRACE * float(timeout), JOB_MIN_WAIT)
+        deadline = time.monotonic() + limit
+        for ret in client.get_iter_returns(pub["jid"], pub["minions"], timeout=timeout, tgt=tgt, tgt_type=tgt_type,
+                                           block=False):
+            if ret:
+                for minion, data in ret.items():
+                    returns[minion] = data.get("ret", {}) if isinstance(data, dict) else data
+            elif time.monotonic() > deadline:
+                log.warning("edge: %s on %s: no return after %.0fs while the job still runs; going on without it",
+                            fun, ", ".join(sorted(set(pub["minions"]) - set(returns))), limit)
+                break
+        for minion in set(pub["minions"]) - set(returns):
+            returns[minion] = False
+        return returns
+    finally:
+        if not was_listening:
+            client.event.close_pub()
 
 
 def _apply_safety(wanted, actions, events):
