@@ -500,25 +500,16 @@ def _crash_point(name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _job(nodes, fun, args=(), timeout=None, own_client=False):
-    """
-    One job for ``nodes`` (a list; one node: a str); returns ``{node: return}`` (the returns are not state).
-    ``own_client``: a LocalClient of its own (a job sent from another thread than the reconcile's: one
-    LocalClient listening in two threads would take the other's returns).
-    """
+def _job(nodes, fun, args=(), timeout=None):
+    """One job for ``nodes`` (a list; one node: a str); returns ``{node: return}`` (the returns are not state)."""
     if not nodes:
         return {}
     with _PROCESS["lock"]:
         _PROCESS["jobs"] = _PROCESS.get("jobs", 0) + 1
     timeout = timeout or __opts__.get("edge_ha_timeout", 10)  # pylint: disable=undefined-variable
-    client = salt.client.get_local_client(__opts__["conf_file"]) if own_client else _client()  # pylint: disable=undefined-variable
-    try:
-        if isinstance(nodes, str):
-            return _collect_returns(client, nodes, fun, list(args), "glob", timeout)
-        return _collect_returns(client, sorted(nodes), fun, list(args), "list", timeout)
-    finally:
-        if own_client:
-            client.destroy()
+    if isinstance(nodes, str):
+        return _collect_returns(_client(), nodes, fun, list(args), "glob", timeout)
+    return _collect_returns(_client(), sorted(nodes), fun, list(args), "list", timeout)
 
 
 def _collect_returns(client, tgt, fun, args, tgt_type, timeout):
@@ -1692,12 +1683,9 @@ def _lb_assign(state, actions, notes):
         actions.append(f"LoadBalancer VRRP instances: +{new} -{gone}" if gone else f"LoadBalancer VRRP instances: +{new}")
         _record("load_balancer", added=new, removed=gone, released=list(plan.released))
         run["state"] = _desired(refresh=True)
-        # beside the staged reload (about 2 s on 3 nodes): the reports need the new instances only once a
-        # node holds an address, a few adverts after its reload; _lb_status waits for it to end
-        run["refresh"] = threading.Thread(target=contextvars.copy_context().run,
-                                          args=(_lb_refresh_pillar, run["state"]["model"], actions),
-                                          name="edge-ha-lb-refresh", daemon=True)
-        run["refresh"].start()
+        # before the staged reload, not beside it: a refresh (beacons restarted) while the minion forks the
+        # state.apply's job process left that process waiting on a lock for ever in the lab
+        _lb_refresh_pillar(run["state"]["model"], actions)
         missing = set(instances) - set(run["state"]["model"]["vrrp_instances"])
         if missing:
             notes.append(f"LoadBalancer VRRP instances not in the compiled pillar: {sorted(missing)} (is the "
@@ -1707,13 +1695,13 @@ def _lb_assign(state, actions, notes):
 
 def _lb_refresh_pillar(model, actions):
     """
-    The edge nodes' in-memory pillar refreshed (one job, in a thread beside the staged reload): their reports
+    The edge nodes' in-memory pillar refreshed (one job): their reports
     (``keepalived.status`` through ``edge_ha.node_view``) must know the new
     instances, or an address a node holds would never show as held.
     ``state.apply`` renders from a fresh pillar, the minion's beacons do not.
     """
     try:
-        done = _job(sorted(model["nodes"]), "saltutil.refresh_pillar", ["wait=True"], timeout=30, own_client=True)
+        done = _job(sorted(model["nodes"]), "saltutil.refresh_pillar", ["wait=True"], timeout=30)
     except Exception as exc:  # pylint: disable=broad-except
         done = {"error": str(exc)}
     failed = sorted(n for n in model["nodes"] if done.get(n) is not True)
@@ -1743,12 +1731,7 @@ def _lb_status(model, reports, run, actions, reloaded=False):
     the Services again (once). ``reloaded``: the staged reload just ran: wait
     (``edge_ha_lb_status_wait``, default 6 s) for new addresses to be held.
     """
-    if not run:
-        return
-    if run.get("refresh"):
-        run["refresh"].join(timeout=40)  # the edge nodes' pillar refresh (_lb_assign): their reports name the new instances
-        reports = _reports(model)
-    if run.get("plan") is None:
+    if not run or run.get("plan") is None:
         return
     plan = run["plan"]
     addresses = {a.service: a.address for a in plan.assignments}

@@ -195,13 +195,3 @@ def test_nothing_without_address_pools(master):
     assert master["cluster"].calls == []
     assert runner._lb_report(state["model"], []) is None
 
-
-def test_the_pillar_refresh_beside_the_rollout_sends_with_a_client_of_its_own(monkeypatch):
-    """It runs in a thread while the reconcile sends the staged reload's jobs: one LocalClient listening
-    in two threads takes the other's returns (seen in the lab: the rollout's jobs got no returns)."""
-    sent = []
-    monkeypatch.setattr(runner, "_job", lambda nodes, fun, args=(), timeout=None, own_client=False:
-                        sent.append((fun, own_client)) or {n: True for n in nodes})
-    actions = []
-    runner._lb_refresh_pillar(edge_ha.normalize(example_pillar()), actions)
-    assert sent == [("saltutil.refresh_pillar", True)] and actions == []
