@@ -178,6 +178,39 @@ def report_digest(data):
     return hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _fork_safe_locks():
+    """
+    After a fork, fresh locks for Python 3.11's ``functools.cached_property``
+    on Salt's classes that have them (``salt.cache.Cache`` and others). That
+    descriptor holds one class-wide RLock while it computes a value; the
+    report sender below is a thread of the salt-minion process, and its
+    request channel computes ``Cache`` properties. A job process the minion
+    forked in that moment inherited the lock held by a thread it does not
+    have, and waited on it for ever at its first ``Cache`` (seen in the lab:
+    a ``state.apply`` and a ``keepalived.plan`` that never returned, with
+    the master's reconcile waiting for them). Python 3.12 has no such lock.
+    """
+    import functools  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    for name in ("salt.cache", "salt.key", "salt.auth", "salt.utils.decorators"):
+        module = sys.modules.get(name)
+        for klass in vars(module).values() if module else ():
+            if not isinstance(klass, type):
+                continue
+            for attr in vars(klass).values():
+                if isinstance(attr, functools.cached_property) and hasattr(attr, "lock"):
+                    attr.lock = threading.RLock()
+
+
+def _register_fork_safety():
+    """Register ``_fork_safe_locks`` to run in every child this process forks (once per process)."""
+    if getattr(os, "_edge_ha_fork_safe", False):  # the loader may load this module more than once
+        return
+    os._edge_ha_fork_safe = True  # pylint: disable=protected-access
+    os.register_at_fork(after_in_child=_fork_safe_locks)
+
+
 def _send_mine(opts, load, timeout):
     """
     Send a ``_mine`` load to the master over a request channel of its own
@@ -241,6 +274,7 @@ def publish(force=False, heartbeat=HEARTBEAT, wait=False):
             if not _send_mine(opts, pending, SEND_TIMEOUT):
                 ctx["at"] = 0.0  # not delivered: the next look sends again
 
+    _register_fork_safety()  # the sender is a thread of the minion process, which forks job processes
     with lock:
         ctx["pending"] = load
         ctx.update(digest=digest, at=time.monotonic())
