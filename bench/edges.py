@@ -37,7 +37,12 @@ ADDR = {n: f"198.18.0.{o}" for n, o in NODES.items()}
 PLAIN_NODES = {"e1": 11, "e2": 12, "e3": 13}
 PRIO = {"e1": 150, "e2": 140, "e3": 130}
 
-# a second VRRP instance added by hand for a new address (block lb): the same style as VI_1
+# hand-written, as an operator would: keepalived defaults, VRRPv2, advert_int 1; e1 MASTER, 150/140/130
+PLAIN_GLOBAL = """\
+global_defs {{
+    router_id {node}
+}}
+"""
 PLAIN_INSTANCE = """\
 vrrp_instance {name} {{
     state {state}
@@ -56,27 +61,12 @@ vrrp_instance {name} {{
 }}
 """
 
-PLAIN_CONF = """\
-# hand-written, as an operator would: keepalived defaults, VRRPv2, advert_int 1
-global_defs {{
-    router_id {node}
-}}
-vrrp_instance VI_1 {{
-    state {state}
-    interface eth0
-    virtual_router_id 51
-    priority {prio}
-    advert_int {advert}
-    {version}
-    authentication {{
-        auth_type PASS
-        auth_pass s3cret
-    }}
-    virtual_ipaddress {{
-        198.18.0.100/24
-    }}
-}}
-"""
+
+def plain_instance(node, name, vrid, address, advert, version):
+    """One hand-written vrrp_instance of ``node`` (VI_1 for the VIP; block lb adds one per new address)."""
+    return PLAIN_INSTANCE.format(name=name, state="MASTER" if node == "e1" else "BACKUP", vrid=vrid,
+                                 prio=PRIO[node], advert=advert, version="" if version == 2 else f"version {version}",
+                                 address=address)
 
 
 def wait_for(predicate, timeout, interval=0.05):
@@ -149,10 +139,8 @@ class PlainEdge:
             for node in PLAIN_NODES:
                 self.topo.spawn(node, PY, str(REPO / "lab" / "ingress_standin.py"), node,
                                 str(self.dir / f"{node}-unhealthy"), log=self.dir / f"{node}-ingress.log")
-                version = "" if self.version == 2 else f"version {self.version}"
-                (self.dir / f"{node}.conf").write_text(PLAIN_CONF.format(
-                    node=node, state="MASTER" if node == "e1" else "BACKUP", prio=PRIO[node], advert=self.advert,
-                    version=version))
+                (self.dir / f"{node}.conf").write_text(PLAIN_GLOBAL.format(node=node) + plain_instance(
+                    node, "VI_1", 51, "198.18.0.100", self.advert, self.version))
                 self.start(node)
             if not wait_for(lambda: self.holders() == ["e1"], 30, 0.2):
                 raise RuntimeError(f"plain: VIP not on e1 alone: {self.holders()}")
@@ -222,12 +210,9 @@ class PlainEdge:
     def add_instance(self, name, vrid, address):
         """A vrrp_instance for a new address in every node's keepalived.conf (the same style as VI_1: e1 MASTER,
         priorities 150/140/130), then SIGHUP to every keepalived: what an operator does by hand."""
-        version = "" if self.version == 2 else f"version {self.version}"
         for node in PLAIN_NODES:
             path = self.dir / f"{node}.conf"
-            path.write_text(path.read_text() + PLAIN_INSTANCE.format(
-                name=name, state="MASTER" if node == "e1" else "BACKUP", vrid=vrid, prio=PRIO[node],
-                advert=self.advert, version=version, address=address))
+            path.write_text(path.read_text() + plain_instance(node, name, vrid, address, self.advert, self.version))
             os.kill(self.keepalived[node].pid, signal.SIGHUP)
 
     def remove_instance(self, name):
