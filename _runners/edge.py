@@ -703,11 +703,13 @@ def _await_config(model, node, digest, timeout=10):
 def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
     """
     Staged reload of ``nodes``, whose config on disk is not the desired one
-    (``digests``: the desired digest per node): BACKUPs first, VIP holders last; a holder hands its VIPs to a backup
-    first (standby), so a config that makes keepalived exit never costs a VIP.
-    After each node: keepalived running with the new config (its report
+    (``digests``: the desired digest per node), in stages (``fleet.rollout_stages``):
+    every BACKUP together, then the VIP holders that reload in place together,
+    then each holder that must first hand its VIPs to a backup (standby),
+    alone; so a config that makes keepalived exit never costs a VIP.
+    After each stage, for each of its nodes: keepalived running with the new config (its report
     names the desired digest) and every VIP held; otherwise the node goes back to its previous config and the rollout
-    stops. A config that keepalived refused (or that it did not run with) is
+    stops after that stage. A config that keepalived refused (or that it did not run with) is
     not retried until it changes (or ``retry_failed``); while it is there, the
     other nodes' new configs are held back too (the rollout stays stopped).
     A transient failure (no answer in time, another state run in progress)
