@@ -7,6 +7,7 @@ writes.
 """
 
 import copy
+import shutil
 
 import pytest
 
@@ -182,3 +183,56 @@ def test_owner_spread_counts_vips_per_preferred_owner():
     spread = lb.owner_spread(full)
     assert sorted(spread) == sorted(full["nodes"])
     assert sum(spread.values()) == sum(len(i["vips"]) for i in full["vrrp_instances"].values())
+
+
+# ---------------------------------------------------------------- 200 Services in one reconcile (issue #15)
+
+keepalived_mod = None
+
+
+def _keepalived():
+    global keepalived_mod  # pylint: disable=global-statement
+    if keepalived_mod is None:
+        from tests.support.modload import load  # pylint: disable=import-outside-toplevel
+
+        keepalived_mod = load("_modules/keepalived.py")
+    return keepalived_mod
+
+
+RENDER_PATHS = {"state_dir": "/run/edge-ha", "notify_script": "/usr/local/sbin/edge-ha-notify"}
+
+
+def _render(data, node):
+    return _keepalived().render_config(edge_ha.view_for_node(edge_ha.normalize(data), node), RENDER_PATHS)
+
+
+def test_two_hundred_services_render_in_one_config_that_keeps_every_other_instance_state():
+    """200 Services of one pool assigned in one plan become 200 instances in one config per node that
+    keepalived accepts, and the reload that adds them keeps the state of the instances already there (the
+    ingress VIP, and the first 10 Services' instances when 190 more come): no VIP moves."""
+    data = example_pillar()
+    data["address_pools"] = {"big": {"addresses": ["10.20.0.0/24"], "virtual_router_ids": "52-255",
+                                     "vrrp": {"advert_int": 1, "unicast": True, "vrrp_version": 3}}}
+    first_ten = [svc(f"s{i:03d}") for i in range(10)]
+    model, p10 = plan_for(data, first_ten)
+    with_ten = merged(data, lb.pool_instances(p10, model))
+    # the next reconcile lists them with their assignment recorded on the Service
+    records = [svc(a.service.split("/", 1)[1], recorded=a.record) for a in p10.assignments]
+    model10 = edge_ha.normalize(with_ten)
+    _, p200 = plan_for(with_ten, records + [svc(f"s{i:03d}") for i in range(10, 200)])
+    assert len(p200.assignments) == 200 and not p200.refusals
+    assert {a.service: a.address for a in p200.assignments if a.service in {r.key for r in records}} == \
+        {a.service: a.address for a in p10.assignments}  # the first ten keep their addresses
+    with_200 = merged(data, lb.pool_instances(p200, model10))
+    assert edge_ha.validate_model(with_200) == []
+    before = edge_ha.normalize(with_ten)["vrrp_instances"]
+    after = edge_ha.normalize(with_200)["vrrp_instances"]
+    assert len(after) == len(before) + 190
+    for name, inst in before.items():  # priorities of the existing instances unchanged: no owner moves
+        assert after[name]["priorities"] == inst["priorities"], name
+    for node in ("edge1", "edge2"):
+        old, new = _render(with_ten, node), _render(with_200, node)
+        assert desired.reload_keeps_state(old, new, sorted(desired.vrrp_identities(old))) == []
+        if shutil.which("keepalived"):
+            ok, output = _keepalived().check_config(new)
+            assert ok, output[-2000:]
