@@ -762,7 +762,9 @@ def _rollout(model, reports, nodes, digests, reason, retry_failed=False):
                 done, holders, reports = _handover(model, node, f"staged reload ({reason})")
                 handed = True
                 if not done:
-                    _job(node, "keepalived.standby", [False], timeout=10)
+                    # its standby lifted, and that of any node of this stage already handed over
+                    back = [node] + [n for n, (was_handed, _, _) in prepared.items() if was_handed and n not in drained]
+                    _job(back, "keepalived.standby", [False], timeout=10)
                     info["stopped_at"], info["error"] = node, f"could not hand its VIPs over before the reload: {holders}"
                     steps.append((node, "not reloaded"))
                     break
