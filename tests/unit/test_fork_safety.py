@@ -13,7 +13,9 @@ from tests.support.modload import load
 edge_node = load("_modules/edge_node.py")
 
 PROPERTY = vars(salt.cache.Cache)["modules"]
-needs_lock = pytest.mark.skipif(not hasattr(PROPERTY, "lock"), reason="Python >= 3.12: cached_property has no lock")
+needs_lock = pytest.mark.skipif(not hasattr(PROPERTY, "lock"),
+                                reason="no lock to inherit: Cache.modules is a plain property (Salt < 3008) or "
+                                       "cached_property has no lock (Python >= 3.12)")
 
 
 def _child_can_take_the_lock():
