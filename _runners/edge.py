@@ -794,11 +794,16 @@ def _rollout_step(model, node, digest, applied, prepared, held_before, drained, 
     """
     actions, steps = [], info["steps"]
     handed, in_place, held_states = prepared
+
+    def lift_standby():
+        """After a handover, whatever the outcome: the node takes its VIPs back (unless it is drained)."""
+        if handed and node not in drained:
+            _job(node, "keepalived.standby", [False], timeout=10)
+
     outcome = planner.classify_apply(applied)
     error = outcome.error if outcome.kind == planner.REFUSED else None
     if outcome.kind == planner.TRANSIENT:
-        if handed and node not in drained:
-            _job(node, "keepalived.standby", [False], timeout=10)
+        lift_standby()
         entry = _retry_later(retries, node, digest, outcome.error)
         info["retry"][node] = entry
         steps.append((node, f"not applied ({outcome.error}); retried in {entry['backoff']:.0f}s"))
@@ -809,8 +814,7 @@ def _rollout_step(model, node, digest, applied, prepared, held_before, drained, 
         outcome = _await_config(model, node, digest)
         if outcome == "silent":
             # applied, but no fresh report yet: not a refused config; look again later
-            if handed and node not in drained:
-                _job(node, "keepalived.standby", [False], timeout=10)
+            lift_standby()
             entry = _retry_later(retries, node, digest, "no fresh report from the node after the reload")
             info["retry"][node] = entry
             steps.append((node, "applied; no report yet"))
@@ -818,8 +822,7 @@ def _rollout_step(model, node, digest, applied, prepared, held_before, drained, 
         if outcome == "other":
             # keepalived runs a config the master did not expect: its model is older than the pillar the
             # node rendered from. Nothing failed: stop here, compile the pillar, the next reconcile goes on.
-            if handed and node not in drained:
-                _job(node, "keepalived.standby", [False], timeout=10)
+            lift_standby()
             _desired(refresh=True)
             info["stopped_at"], info["outdated"] = node, True
             steps.append((node, "applied (the pillar changed meanwhile; model compiled again)"))
@@ -834,8 +837,7 @@ def _rollout_step(model, node, digest, applied, prepared, held_before, drained, 
         # keepalived.managed restores the previous file itself when keepalived dies; make sure of it
         back = _job(node, "keepalived.rollback", timeout=60).get(node)
         running = _job(node, "keepalived.running", timeout=10).get(node)
-        if handed and node not in drained:
-            _job(node, "keepalived.standby", [False], timeout=10)
+        lift_standby()
         failed[node] = {"hash": digest, "time": time.time(), "error": error}
         _save_json("rollout_failed.json", failed)
         if not info["stopped_at"]:
@@ -844,8 +846,7 @@ def _rollout_step(model, node, digest, applied, prepared, held_before, drained, 
         actions.append(f"{node}: keepalived reload FAILED ({error}); previous config restored"
                        f" ({'running' if running else 'NOT running'}; rollback: {back}); rollout stopped")
         return actions, _reports(model)
-    if handed and node not in drained:
-        _job(node, "keepalived.standby", [False], timeout=10)
+    lift_standby()
     after = reports.get(node)
     flipped = sorted(name for name, (state, since) in held_states.items()
                      if not after or name not in after.instances
