@@ -109,15 +109,6 @@ def failover_summary(runs):
 # --------------------------------------------------------------------------- 2. convergence
 
 
-def _stamp(iso):
-    import datetime  # pylint: disable=import-outside-toplevel
-
-    try:
-        return datetime.datetime.fromisoformat(iso).replace(tzinfo=datetime.timezone.utc).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
 def convergence_split(run, events, requests, history):
     """
     Follow the Service write that made the Service right back to what caused it:
