@@ -17,7 +17,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import log, summary  # noqa: E402
-from bench.edges import ADDR, VIP, addresses, wait_for  # noqa: E402
+from bench.edges import ADDR, VIP, wait_for  # noqa: E402
 from lab import load_balancer  # noqa: E402  (puts _utils on the path: edge_ha_core)
 from edge_ha_core import lb  # noqa: E402  pylint: disable=wrong-import-order
 
