@@ -953,8 +953,7 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
     state = _desired()
     model = state["model"]
     reports = _reports(model)
-    if not test:  # what this run saw, for the triggers the reactor hands over after it began (see trigger)
-        _save_json(STARTED_RECORD, dataclasses.asdict(planner.ReconcileStart.of(began, reports)))
+    seen = planner.ReconcileStart.of(began, reports)  # recorded once this run is done (see trigger)
     drains = _drained(reports)
     digests = _digests(model, drains)
     split_hold = __opts__.get("edge_ha_split_brain_hold", SPLIT_HOLD)  # pylint: disable=undefined-variable
@@ -1053,6 +1052,9 @@ def _reconcile(reason="manual", test=False, retry_failed=False, refresh=False):
             _record("reconcile", reason=reason, actions=actions, notes=wanted.notes, seconds=result["seconds"],
                     error=error, run=counters["reconcile_runs"])
         _write_metrics(model, reports, {"match": not service.get("changed") if "error" not in service else None})
+        # what this run saw, for the triggers the reactor hands over late; written at the end, so that a
+        # run killed half-way (or one that raised) covers no event
+        _save_json(STARTED_RECORD, dataclasses.asdict(seen))
     return result
 
 
@@ -1422,7 +1424,7 @@ def history(limit=50, kind=None):
     return "\n".join(lines) or "no history yet"
 
 
-STARTED_RECORD = "reconcile.started.json"  # when the latest reconcile began and the reports it read
+STARTED_RECORD = "reconcile.started.json"  # when the latest finished reconcile began and the reports it read
 FOLLOW_UP_QUIET = 0.5
 FOLLOW_UP_MAX_WAIT = 5.0
 
@@ -1492,9 +1494,9 @@ def trigger(source="", claimed_id="", event_time=0, transition=None, report=None
 
     ``event_time`` is the beacon's own timestamp, kept only for the record.
     ``stamp`` is Salt's ``_stamp`` of the event (when it reached the
-    master's bus, master clock): a trigger for an event that a reconcile
-    begun after it has already seen (and, for a beacon event, the report it
-    names) returns ``covered`` without a run.
+    master's bus, master clock): a trigger for an event that a finished
+    reconcile begun after it has already seen (and, for a beacon event, the
+    report it names) returns ``covered`` without a run.
     """
     source, claimed_id = str(source)[:256], str(claimed_id)[:128]  # event fields, bounded before use
     nodes = _edge_node_names()
@@ -1533,7 +1535,7 @@ def trigger(source="", claimed_id="", event_time=0, transition=None, report=None
         held = _await_report(claimed_id, report, _number(seen), float(__opts__.get("edge_ha_report_wait", 1)))  # pylint: disable=undefined-variable
     start = planner.ReconcileStart.from_dict(_load_json(STARTED_RECORD, None))
     if planner.trigger_covered(start, planner.stamp_time(stamp), claimed_id, held, names_report):
-        # a reconcile began after this event reached the master (and read the report it names): the
+        # a reconcile began after this event reached the master, read the report it names and finished: the
         # reactor handed it over late, in a burst; running again would change nothing
         return {"queued": False, "covered": True, "source": source, "runs": 0}
     pending = os.path.join(_state_dir(), "reconcile.pending")

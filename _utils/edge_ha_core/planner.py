@@ -272,7 +272,7 @@ def retry_due(retries, node, digest, now):
 
 @dataclasses.dataclass(frozen=True)
 class ReconcileStart:
-    """When the latest reconcile began (master clock) and the report digests it read, by node."""
+    """When the latest finished reconcile began (master clock) and the report digests it read, by node."""
 
     time: float
     reports: Dict[str, Optional[str]]
@@ -294,8 +294,8 @@ class ReconcileStart:
 
 def trigger_covered(start, arrived, node=None, mine_digest=None, names_report=False):
     """
-    Whether an event needs no reconcile of its own: a reconcile began after
-    the event reached the master (``arrived``, master clock) and, for an
+    Whether an event needs no reconcile of its own: a reconcile (finished:
+    only those are recorded) began after the event reached the master (``arrived``, master clock) and, for an
     event that names a node's report (``names_report``), read the report the
     mine holds for ``node`` now (``mine_digest``, None: none). A reconcile that
     began later saw everything the event could tell; a burst that the
