@@ -13,7 +13,7 @@ events, which any minion can forge, are only hints to look now.
 ``edge.reconcile`` is level-triggered and cheap:
 
 1. the desired state: the last good model of the ``edge_ha`` pillar, kept in
-   ``<cachedir>/edge_ha/desired.json`` and compiled again on a manual
+   the record ``desired.json`` (``_records``) and compiled again on a manual
    reconcile, on the master's schedule, and when older than
    ``edge_ha_model_ttl``; a pillar that fails validation leaves the last good
    model in force, and its errors show in ``edge.vip_report``, the history
@@ -52,12 +52,13 @@ Master settings (master config, all optional):
     edge_ha_kubernetes_timeout: 3   # seconds per Kubernetes request on the reconcile path
     edge_ha_kubernetes_backoff: 10  # seconds Kubernetes calls are skipped after the API did not answer
     edge_ha_apply_timeout: 120      # seconds one node's state.apply may take in a staged reload
+    edge_ha_cache: localfs          # Salt cache driver of the controller's state and lease (localfs, redis)
+    edge_ha_lease_ttl: 30           # seconds the reconcile lease lasts without renewal
 """
 
 import contextlib
 import dataclasses
 import contextvars
-import fcntl
 import json
 import logging
 import os
@@ -73,10 +74,11 @@ from edge_ha_core import desired as desired_state
 from edge_ha_core import fleet
 from edge_ha_core import history as history_log
 from edge_ha_core import lb
+from edge_ha_core import lease as edge_lease
 from edge_ha_core import model as edge_model
 from edge_ha_core import planner
 from edge_ha_core import report as views
-from edge_ha_core import store
+from edge_ha_core import state as edge_state
 from edge_ha_core.planner import FENCE_REASON
 from edge_ha_core.planner import HANDOVER_PREFIX
 from edge_ha_core.planner import SPLIT_HOLD
@@ -264,24 +266,20 @@ NODES_CACHE_TTL = 60
 
 
 def _save_nodes(model):
-    path = os.path.join(_state_dir(), "nodes.json")
+    """``nodes.json``: ``{nodes, saved}``, written again when the names change or half its TTL passed."""
     nodes = sorted(model["nodes"])
-    if _load_json("nodes.json", None) != nodes:
-        _save_json("nodes.json", nodes)
-    else:
-        os.utime(path)
+    record = _load_json("nodes.json", None)
+    if not (isinstance(record, dict) and record.get("nodes") == nodes
+            and time.time() - float(record.get("saved") or 0) < NODES_CACHE_TTL / 2):
+        _save_json("nodes.json", {"nodes": nodes, "saved": time.time()})
 
 
 def _edge_node_names():
     """The edge node names, from the last model load if recent (a trigger must be cheap), else from the pillar."""
-    path = os.path.join(_state_dir(), "nodes.json")
-    try:
-        if time.time() - os.path.getmtime(path) < NODES_CACHE_TTL:
-            names = _load_json("nodes.json", None)
-            if isinstance(names, list):
-                return set(names)
-    except OSError:
-        pass
+    record = _load_json("nodes.json", None)
+    if (isinstance(record, dict) and isinstance(record.get("nodes"), list)
+            and time.time() - float(record.get("saved") or 0) < NODES_CACHE_TTL):
+        return set(record["nodes"])
     return set(_desired()["model"]["nodes"])
 
 
@@ -347,23 +345,34 @@ def _vips(model):
 
 def _history():
     """
-    The master's history (``<cachedir>/edge_ha/reconcile.log``): JSON lines,
-    every entry bounded (``history.bound_event``), the file rotated at
-    ``edge_ha_history_bytes`` (default 1 MiB) with two older files kept; it
-    survives master restarts.
+    The history (``edge_ha_core.history.StoreHistory``) in the controller's
+    store (``_records``): every entry bounded (``history.bound_event``), at
+    most ``3 x edge_ha_history_bytes`` (default 1 MiB) of it, the oldest
+    dropped first; it survives master restarts (and, on a shared store, is
+    one history for the masters). The ``reconcile.log`` files of an earlier
+    version are moved in on the first append.
     """
     opts = __opts__  # pylint: disable=undefined-variable
-    return history_log.HistoryLog(os.path.join(_state_dir(), "reconcile.log"),
-                                  max_bytes=int(opts.get("edge_ha_history_bytes", 1024 * 1024)), keep_files=2)
+    return history_log.StoreHistory(_records(), _records_mutex,
+                                    max_bytes=int(opts.get("edge_ha_history_bytes", 1024 * 1024)), keep_files=2,
+                                    legacy_path=os.path.join(_state_dir(), "reconcile.log"), log=log)
+
+
+def _records_mutex():
+    """The short critical section of history appends and counter bumps (a lease ``records`` in the same store)."""
+    return edge_lease.mutex(_lease_backend("records"), what="history/counters")
 
 
 def _record(kind, **data):
-    """Append one entry to the master's history."""
-    _history().append(dict(data, kind=kind, time=time.time()))
+    """Append one entry to the master's history (a store that does not answer costs the entry, not the caller)."""
+    try:
+        _history().append(dict(data, kind=kind, time=time.time()))
+    except Exception as exc:  # pylint: disable=broad-except
+        log.error("edge: history entry %s not recorded: %s", kind, exc)
 
 
 def _counter_file():
-    return history_log.Counters(os.path.join(_state_dir(), "counters.json"))
+    return history_log.StoreCounters(_records(), _records_mutex)
 
 
 def _bump(*names, by=1):
@@ -371,7 +380,7 @@ def _bump(*names, by=1):
     names = [n for n in names if n]
     try:
         return _counter_file().bump(*names, by=by) if names else _counters()
-    except ValueError as exc:
+    except Exception as exc:  # pylint: disable=broad-except
         log.error("edge: counters not updated: %s", exc)
         return {}
 
@@ -379,19 +388,38 @@ def _bump(*names, by=1):
 def _counters():
     try:
         return _counter_file().values()
-    except ValueError as exc:
+    except Exception as exc:  # pylint: disable=broad-except
         log.error("edge: counters unreadable: %s", exc)
         return {}
 
 
 def _history_entries():
     """The history, oldest first."""
-    return list(reversed(_history().read()))
+    try:
+        return list(reversed(_history().read()))
+    except Exception as exc:  # pylint: disable=broad-except
+        log.error("edge: history unreadable: %s", exc)
+        return []
+
+
+def _records():
+    """
+    The controller's records (``edge_ha_core.state``): keys of the bank
+    ``edge_ha`` of Salt's cache backend ``edge_ha_cache`` (default
+    ``localfs``: ``<cachedir>/edge_ha/<name>.p``), one object per process.
+    """
+    settings = edge_state.Settings.from_opts(__opts__)  # pylint: disable=undefined-variable
+    with _PROCESS["lock"]:
+        cached = _PROCESS.get("records")
+        if cached is None or cached[0] != settings:
+            cached = (settings, edge_state.StateStore.for_opts(__opts__, salt.cache.Cache))  # pylint: disable=undefined-variable
+            _PROCESS["records"] = cached
+        return cached[1]
 
 
 def _load_json(name, default):
-    """A record of the controller's (``edge_ha_core.store``); an unreadable one is logged and read as ``default``."""
-    loaded = store.load(os.path.join(_state_dir(), name), default)
+    """A record of the controller's (``_records``); an unreadable one is logged and read as ``default``."""
+    loaded = _records().load(name, default)
     if loaded.error:
         log.error("edge: %s", loaded.error)
         return default
@@ -399,8 +427,14 @@ def _load_json(name, default):
 
 
 def _save_json(name, data):
-    """Write a record durably (fsync, atomic rename, checksum)."""
-    store.dump(os.path.join(_state_dir(), name), data)
+    """
+    Write a record durably (checksum; localfs: fsync). Under the reconcile
+    lease, only while it is ours (``edge_lease.LeaseLost`` otherwise: stop acting).
+    """
+    holding = _HOLDING.get()
+    if holding is not None:
+        holding.check()
+    _records().save(name, data)
 
 
 def _drained(reports=None):
@@ -412,7 +446,7 @@ def _drained(reports=None):
     in the report and the history until a drain or undrain writes the record
     again.
     """
-    loaded = store.load(os.path.join(_state_dir(), "drained.json"), {})
+    loaded = _records().load("drained.json", {})
     if loaded.error is None and isinstance(loaded.data, dict):
         _PROCESS.pop("drain_record_error", None)
         return loaded.data
@@ -430,25 +464,60 @@ def _drained(reports=None):
     return recovered
 
 
+_HOLDING = contextvars.ContextVar("edge_ha_lease", default=None)  # the reconcile lease this call holds
+
+
+def _lease(what):
+    """
+    A reconcile lease (``edge_ha_core.lease``) in the store of ``edge_ha_cache``:
+    ``<cachedir>/edge_ha/reconcile.lease`` with localfs, a key with redis;
+    expires ``edge_ha_lease_ttl`` s (default 30) after its holder's last renewal.
+    """
+    settings = edge_state.Settings.from_opts(__opts__)  # pylint: disable=undefined-variable
+    return edge_lease.Holding(_lease_backend("reconcile"), settings.lease_ttl, what=what)
+
+
+def _lease_backend(name):
+    """The lease primitive ``name`` of the ``edge_ha_cache`` backend, one per process."""
+    settings = edge_state.Settings.from_opts(__opts__)  # pylint: disable=undefined-variable
+    with _PROCESS["lock"]:
+        cached = _PROCESS.setdefault("lease_backends", {}).get(name)
+        if cached is None or cached[0] != settings:
+            os.makedirs(settings.directory, exist_ok=True)
+            backend = edge_lease.backend_for(settings.driver, __opts__, settings.directory, name)  # pylint: disable=undefined-variable
+            cached = _PROCESS["lease_backends"][name] = (settings, backend)
+    return cached[1]
+
+
 @contextlib.contextmanager
-def _locked(timeout=LOCK_WAIT):
-    """Hold the master's reconcile lock (one reconcile/drain/undrain at a time)."""
-    with open(os.path.join(_state_dir(), "reconcile.lock"), "w", encoding="utf-8") as lock:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise CommandExecutionError(  # pylint: disable=raise-missing-from
-                        f"another edge.reconcile/drain/undrain has held the lock for more than {timeout}s"
-                    )
-                time.sleep(0.05)
+def _locked(timeout=LOCK_WAIT, what="reconcile"):
+    """Hold the reconcile lease (one reconcile/drain/undrain at a time, across the masters sharing the store)."""
+    try:
+        holding = _lease(what)
+        holding.acquire(timeout)
+    except edge_lease.UnsupportedBackend as exc:
+        raise CommandExecutionError(str(exc))  # pylint: disable=raise-missing-from
+    except edge_lease.LeaseError as exc:
+        raise CommandExecutionError(  # pylint: disable=raise-missing-from
+            f"another edge.reconcile/drain/undrain has held the lock for more than {timeout}s ({exc})")
+    except Exception as exc:  # pylint: disable=broad-except
+        raise CommandExecutionError(f"the reconcile lease cannot be taken: {exc}")  # pylint: disable=raise-missing-from
+    with _holding(holding):
+        yield holding
+
+
+@contextlib.contextmanager
+def _holding(holding):
+    """Run with ``holding`` as this call's lease (writes are checked against it), released at the end."""
+    token = _HOLDING.set(holding)
+    try:
+        yield holding
+    finally:
+        _HOLDING.reset(token)
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            holding.release()
+        except Exception as exc:  # pylint: disable=broad-except
+            log.warning("edge: the reconcile lease was not released (it expires by itself): %s", exc)
 
 
 def _event(reason, message, event_type="Normal", model=None):
@@ -1303,7 +1372,7 @@ def drain(node, reason="maintenance", drain_timeout=None):
         _check_node(model, node)
     except SaltInvocationError as exc:
         return _refused(node, exc)
-    with _locked():
+    with _locked(what=f"drain {node}"):
         result = _drain(model, node, reason, "manual", drain_timeout)
         if result["ok"]:
             result["reconcile"] = _reconcile(f"drain {node}", refresh=True)["actions"]
@@ -1330,7 +1399,7 @@ def undrain(node, reason="maintenance done"):
         _check_node(model, node)
     except SaltInvocationError as exc:
         return _refused(node, exc)
-    with _locked():
+    with _locked(what=f"undrain {node}"):
         result = _undrain(model, node, reason)
         result["reconcile"] = _reconcile(f"undrain {node}", refresh=True)["actions"]
     _run_pending()
@@ -1429,17 +1498,26 @@ FOLLOW_UP_QUIET = 0.5
 FOLLOW_UP_MAX_WAIT = 5.0
 
 
-def _settle(pending):
+PENDING = "reconcile.pending"  # the record of a trigger not reconciled yet: {source, time}
+
+
+def _pending():
+    """The pending trigger ``{source, time}``, or None (also when the store does not answer: nothing to run)."""
+    record = _load_json(PENDING, None)
+    return record if isinstance(record, dict) else None
+
+
+def _settle():
     """Before a follow-up run, let the tail of a burst arrive: wait until no trigger for FOLLOW_UP_QUIET s."""
     deadline = time.monotonic() + FOLLOW_UP_MAX_WAIT
     while time.monotonic() < deadline:
-        try:
-            idle = time.time() - os.path.getmtime(pending)
-        except OSError:
+        record = _pending()
+        if record is None:
             return
+        idle = time.time() - float(record.get("time") or 0)
         if idle >= FOLLOW_UP_QUIET:
             return
-        time.sleep(FOLLOW_UP_QUIET - idle)
+        time.sleep(min(FOLLOW_UP_QUIET - idle, FOLLOW_UP_QUIET))
 
 
 def _release_when_taken_over(node, source, event_time):
@@ -1538,32 +1616,36 @@ def trigger(source="", claimed_id="", event_time=0, transition=None, report=None
         # a reconcile began after this event reached the master, read the report it names and finished: the
         # reactor handed it over late, in a burst; running again would change nothing
         return {"queued": False, "covered": True, "source": source, "runs": 0}
-    pending = os.path.join(_state_dir(), "reconcile.pending")
-    with open(pending, "w", encoding="utf-8") as fh:
-        fh.write(source)
+    try:
+        _records().save(PENDING, {"source": source, "time": time.time()})
+    except Exception as exc:  # pylint: disable=broad-except
+        # the store does not answer: no reconcile can take the lease either (issue #16 item 3 is the rest)
+        log.error("edge: trigger %s not recorded (the store: %s)", source, exc)
+        return {"queued": False, "source": source, "runs": 0, "error": str(exc)}
     return _run_pending(source)
 
 
 def _run_pending(source=""):
-    """Run reconciles while a trigger is pending and nobody else holds the lock (see trigger)."""
-    state = _state_dir()
-    pending = os.path.join(state, "reconcile.pending")
+    """Run reconciles while a trigger is pending and nobody else holds the lease (see trigger)."""
     runs = 0
-    while os.path.exists(pending):
-        with open(os.path.join(state, "reconcile.lock"), "w", encoding="utf-8") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                # a reconcile is running; it will see the pending mark when it ends
-                return {"queued": True, "source": source, "runs": runs}
+    while _pending() is not None:
+        holding = _lease("trigger")
+        try:
+            attempt = holding.try_acquire()
+        except Exception as exc:  # pylint: disable=broad-except
+            log.error("edge: the reconcile lease cannot be taken (the store: %s); trigger not run", exc)
+            return {"queued": False, "source": source, "runs": runs, "error": str(exc)}
+        if attempt.lease is None:
+            # a reconcile is running (here or on another master); it will see the pending record when it ends
+            return {"queued": True, "source": source, "runs": runs}
+        with _holding(holding):
             if runs:
-                _settle(pending)
-            try:
-                with open(pending, encoding="utf-8") as fh:
-                    why = fh.read() or source  # the latest trigger, which may not be this call's
-                os.unlink(pending)
-            except FileNotFoundError:
+                _settle()
+            record = _pending()
+            if record is None:
                 continue
+            _records().delete(PENDING)
+            why = str(record.get("source") or source)  # the latest trigger, which may not be this call's
             _reconcile(reason=why or "trigger", refresh=why == "schedule")
             runs += 1
     return {"queued": False, "source": source, "runs": runs}

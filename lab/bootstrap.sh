@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 for pair in keepalived:keepalived ipvsadm:ipvsadm ip:iproute2 qemu-system-x86_64:qemu-system-x86 \
-            busybox:busybox-static curl:curl nft:nftables; do
+            busybox:busybox-static curl:curl nft:nftables redis-server:redis-server; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/sbin/$cmd" ] || need+=("$pkg")
 done

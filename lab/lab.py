@@ -546,27 +546,33 @@ class Lab:
         return sorted((self.service().get("spec") or {}).get("externalIPs") or [])
 
     def reconcile_log(self):
-        path = self.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.log"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        """The master's history, oldest first: ``edge_ha_core.history.StoreHistory`` in its localfs cache."""
+        if str(REPO / "_utils") not in sys.path:
+            sys.path.insert(0, str(REPO / "_utils"))
+        import contextlib  # pylint: disable=import-outside-toplevel
+
+        import salt.cache  # pylint: disable=import-outside-toplevel
+        from edge_ha_core import history, state  # pylint: disable=import-outside-toplevel
+
+        cachedir = self.dir / "master" / "var" / "cache" / "salt" / "master"
+        records = state.StateStore(salt.cache.Cache({"cachedir": str(cachedir)}, driver="localfs"))
+        log = history.StoreHistory(records, contextlib.nullcontext,  # a reader: segments are replaced whole
+                                   legacy_path=str(cachedir / "edge_ha" / "reconcile.log"))
+        return list(reversed(log.read()))
 
     def wait_reconcile_idle(self, timeout=120):
-        """Wait until no edge.reconcile holds the master's reconcile lock."""
-        import fcntl  # pylint: disable=import-outside-toplevel
+        """Wait until no edge.reconcile holds the master's reconcile lease (localfs: edge_ha/reconcile.lease)."""
+        if str(REPO / "_utils") not in sys.path:
+            sys.path.insert(0, str(REPO / "_utils"))
+        from edge_ha_core import lease  # pylint: disable=import-outside-toplevel
 
-        lock = self.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.lock"
+        path = self.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.lease"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not lock.exists():
+            current, error = lease.parse(path.read_text() if path.exists() else None)
+            if error is None and (lease.is_free(current) or lease.expired(current, time.time())
+                                  or lease.holder_gone_here(current, socket.gethostname(), lease.process_alive)):
                 return
-            with open(lock, "a", encoding="utf-8") as fh:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    fcntl.flock(fh, fcntl.LOCK_UN)
-                    return
-                except BlockingIOError:
-                    pass
             time.sleep(0.5)
         raise RuntimeError("a reconcile is still running")
 

@@ -28,6 +28,7 @@ import fcntl
 import json
 import os
 import tempfile
+import time
 
 MAX_ID = 128
 MAX_TAG = 256
@@ -252,3 +253,203 @@ class Counters:
 
 def _is_count(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+# ------------------------------------------------------------------ through the controller's store (issue #16)
+
+
+class StoreHistory:
+    """
+    The history as records of an ``edge_ha_core.state.StateStore`` (Salt's
+    cache: localfs by default, or a store several masters share), bounded
+    like :class:`HistoryLog`: at most ``(keep_files + 1) * max_bytes`` bytes
+    of JSON lines. The entries are kept in segments (``history.<n>``, each
+    ``{"entries", "bytes"}``; ``history.head`` names the newest), several per
+    ``max_bytes`` when it is large enough (each at least twice the largest
+    bounded entry), so an append rewrites one small segment, not the whole
+    log. Appends are serialized by ``mutex`` (a short lease in the same
+    store: across masters too). An unreadable segment is skipped on read
+    (as a garbled line is) and a new one is started on append.
+
+    ``legacy_path``: the ``reconcile.log`` of an earlier version; its entries
+    (and those of its rotated files) are moved in on first use and the files
+    renamed to ``.migrated``.
+    """
+
+    HEAD = "history.head"
+
+    def __init__(self, records, mutex, max_bytes=1024 * 1024, keep_files=2, legacy_path=None, log=None):
+        if max_bytes < 1024 or keep_files < 1:
+            raise ValueError("StoreHistory needs max_bytes >= 1024 and keep_files >= 1")
+        self.records, self.mutex = records, mutex
+        self.max_bytes, self.keep_files = max_bytes, keep_files
+        per_file = max(1, min(32, max_bytes // (2 * MAX_EVENT_BYTES)))
+        self.segment_bytes = max_bytes // per_file
+        self.keep_segments = (keep_files + 1) * per_file
+        self.legacy_path = legacy_path
+        self.log = log
+
+    @staticmethod
+    def segment(number):
+        return f"history.{number}"
+
+    def _warn(self, message):
+        if self.log:
+            self.log.warning("edge_ha history: %s", message)
+
+    def _head(self):
+        """The newest segment's number, or None if there is no history; ValueError when unreadable."""
+        loaded = self.records.load(self.HEAD, None)
+        if loaded.error:
+            raise ValueError(loaded.error)
+        if loaded.data is None:
+            return None
+        number = loaded.data.get("segment") if isinstance(loaded.data, dict) else None
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise ValueError(f"{self.HEAD}: not a segment number: {loaded.data!r:.80}")
+        return number
+
+    def _segment(self, number):
+        """``(entries, bytes)`` of a segment, or None when missing or unreadable."""
+        loaded = self.records.load(self.segment(number), None)
+        if loaded.error:
+            self._warn(loaded.error)
+            return None
+        data = loaded.data
+        if not (isinstance(data, dict) and isinstance(data.get("entries"), list) and isinstance(data.get("bytes"), int)):
+            return None
+        return data["entries"], data["bytes"]
+
+    def append(self, entry):
+        """Append one entry (bounded with ``bound_event``)."""
+        self.extend([entry])
+
+    def extend(self, entries):
+        lines = [(e, len(json.dumps(e, default=str, separators=(",", ":"))) + 1)
+                 for e in (bound_event(x) for x in entries)]
+        for _, size in lines:
+            if size > self.max_bytes:
+                raise ValueError(f"history entry of {size} bytes exceeds max_bytes {self.max_bytes}")
+        with self.mutex():
+            try:
+                head = self._head()
+            except ValueError as exc:
+                self._warn(f"{exc}; a new segment is started")
+                head = int(time.time() * 1000)
+                self.records.save(self.HEAD, {"segment": head})
+            if head is None:
+                head = self._head() if self._migrate() else None
+                if head is None:
+                    head = 0
+                    self.records.save(self.HEAD, {"segment": 0})
+            current = self._segment(head)
+            entries, used = current if current is not None else ([], 0)
+            if current is None and self.records.load(self.segment(head), None).exists:
+                head, entries, used = self._next(head)  # unreadable: left to be trimmed, not written over
+            for entry, size in lines:
+                if entries and used + size > self.segment_bytes:
+                    self._save(head, entries, used)
+                    head, entries, used = self._next(head)
+                entries.append(entry)
+                used += size
+            self._save(head, entries, used)
+
+    def _next(self, head):
+        """Start segment head+1 (the head record first: a crash leaves it empty, not lost) and drop the oldest."""
+        head += 1
+        self.records.save(self.HEAD, {"segment": head})
+        old = head - self.keep_segments
+        if old >= 0:
+            self.records.delete(self.segment(old))
+        return head, [], 0
+
+    def _save(self, number, entries, used):
+        self.records.save(self.segment(number), {"entries": entries, "bytes": used})
+
+    def read(self, limit=None):
+        """Entries newest first across the segments; an unreadable segment is skipped."""
+        try:
+            head = self._head()
+        except ValueError as exc:
+            self._warn(str(exc))
+            return []
+        if head is None:
+            if self.legacy_path and os.path.exists(self.legacy_path):
+                return HistoryLog(self.legacy_path, self.max_bytes, self.keep_files).read(limit)  # not migrated yet
+            return []
+        out = []
+        for number in range(head, max(-1, head - self.keep_segments), -1):
+            segment = self._segment(number)
+            if segment is None:
+                continue
+            for entry in reversed(segment[0]):
+                if isinstance(entry, dict):
+                    out.append(entry)
+                    if limit is not None and len(out) >= limit:
+                        return out
+        return out
+
+    def _migrate(self):
+        """Move the entries of an earlier version's ``reconcile.log`` files in (mutex held, no head yet)."""
+        if not self.legacy_path:
+            return False
+        old = HistoryLog(self.legacy_path, self.max_bytes, self.keep_files)
+        files = old.files()
+        if not files:
+            return False
+        entries = list(reversed(old.read()))
+        head, used, current = 0, 0, []
+        self.records.save(self.HEAD, {"segment": 0})
+        for entry in entries:
+            size = len(json.dumps(entry, default=str, separators=(",", ":"))) + 1
+            if current and used + size > self.segment_bytes:
+                self._save(head, current, used)
+                head, current, used = head + 1, [], 0
+            current.append(entry)
+            used += size
+        self._save(head, current, used)
+        self.records.save(self.HEAD, {"segment": head})
+        for number in range(0, head - self.keep_segments + 1):
+            self.records.delete(self.segment(number))
+        for name in files:
+            os.replace(name, name + ".migrated")
+        return True
+
+
+class StoreCounters:
+    """
+    Monotonic counters as one record of an ``edge_ha_core.state.StateStore``,
+    bumped under ``mutex``. An unreadable record is an error (ValueError),
+    never a restart from 0. The ``counters.json`` of an earlier version is
+    migrated by the store on first read.
+    """
+
+    NAME = "counters.json"
+
+    def __init__(self, records, mutex):
+        self.records, self.mutex = records, mutex
+
+    def _load(self):
+        loaded = self.records.load(self.NAME, {})
+        if loaded.error:
+            raise ValueError(f"counters unreadable ({loaded.error}); fix or remove the record")
+        data = loaded.data
+        if not isinstance(data, dict) or not all(_is_count(v) for v in data.values()):
+            raise ValueError(f"counters record {self.NAME} does not hold a mapping of name -> count")
+        return data
+
+    def values(self):
+        return self._load()
+
+    def bump(self, *names, by=1):
+        if not _is_count(by):
+            raise ValueError(f"counters only go up: by must be an integer >= 0, got {by!r}")
+        for name in names:
+            if not isinstance(name, str) or not 0 < len(name) <= MAX_KEY:
+                raise ValueError(f"counter name must be a string of 1-{MAX_KEY} characters, got {name!r:.80}")
+        with self.mutex():
+            data = self._load()
+            for name in names:
+                data[name] = data.get(name, 0) + by
+            self.records.save(self.NAME, data)
+            return dict(data)

@@ -8,7 +8,6 @@ VIPs and the Service; the IPVS weight-0 rendering is covered by the unit tests
 and the VM tests.
 """
 
-import fcntl
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import time
 
 import pytest
 
+from edge_ha_core import lease
 from lab.lab import KUBE_NS, SERVICE, USER_IP, VIP, lab_pillar
 from tests.support.labtools import ADDR, ALL_IPS, VipMonitor, wait_for
 
@@ -29,19 +29,21 @@ pytestmark = [
 
 def reconcile_after(lab, change):
     """
-    Make ``change`` while holding the master's reconcile lock and start our
+    Make ``change`` while holding the master's reconcile lease and start our
     edge.reconcile meanwhile, so that it (not a scheduled or event-triggered
     run) is the first to see the change; returns its result.
     """
-    lock = lab.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.lock"
+    path = lab.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.lease"
     box = {}
-    with open(lock, "a", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # after a running reconcile
+    holding = lease.Holding(lease.FileBackend(str(path)), 60, what="test: reconcile_after")
+    holding.acquire(500)  # after a running reconcile
+    try:
         change()
         thread = threading.Thread(target=lambda: box.update(result=lab.run("edge.reconcile", timeout=400)))
         thread.start()
-        time.sleep(6)  # salt-run is up and waiting for the lock
-        fcntl.flock(fh, fcntl.LOCK_UN)
+        time.sleep(6)  # salt-run is up and waiting for the lease
+    finally:
+        holding.release()
     thread.join(timeout=500)
     return box["result"]
 

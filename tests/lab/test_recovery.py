@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+import salt.payload
 
 from lab.lab import NODES, lab_pillar
 
@@ -103,10 +104,9 @@ def test_damaged_drain_record_keeps_the_node_drained_and_says_so(baseline):
     lab = baseline
     code, out, err = salt_run(lab, "edge.drain", "edge3")
     assert code == 0, out + err
-    record = lab.dir / "master" / "cache" / "edge_ha" / "drained.json"
-    if not record.exists():  # the lab's master cachedir
-        record = next(lab.dir.rglob("edge_ha/drained.json"))
-    record.write_text(record.read_text()[:25])  # truncated, as a full disk or a crash mid-write would leave it
+    # Salt's localfs cache under the lab master's cachedir: <cachedir>/edge_ha/drained.json.p
+    record = next(lab.dir.rglob("edge_ha/drained.json.p"))
+    record.write_bytes(record.read_bytes()[:25])  # truncated, as a full disk or a crash mid-write would leave it
     result = lab.run("edge.reconcile")
     assert any("the drain record is unreadable" in n for n in result["plan"]["notes"]), result["plan"]["notes"]
     assert "edge3" not in result["plan"]["service_nodes"]
@@ -119,7 +119,7 @@ def test_damaged_drain_record_keeps_the_node_drained_and_says_so(baseline):
     code, out, err = salt_run(lab, "edge.undrain", "edge3")
     assert code == 0, out + err
     assert lab.run("edge.drained") == {}
-    assert json.loads(record.read_text())["format"] == "salt-edge-ha/1"
+    assert json.loads(salt.payload.loads(record.read_bytes()))["format"] == "salt-edge-ha/1"
     assert wait_for(lambda: lab.external_ips() == ALL_IPS, 20), lab.external_ips()
 
 
