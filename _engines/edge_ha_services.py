@@ -15,7 +15,7 @@ minion ``id``; ``edge.trigger`` takes the tag only without one (events a
 minion sends always name it).
 
 The Kubernetes settings come from the runner's last good model
-(``<cachedir>/edge_ha/desired.json``); while there is none, or it has no
+(the record ``desired.json`` in the controller's store, ``edge_ha_core.state``); while there is none, or it has no
 ``edge_ha:address_pools``, the engine waits and looks again.
 
 Master config:
@@ -32,12 +32,12 @@ Master config:
 """
 
 import logging
-import os
 import time
 
+import salt.cache
 import salt.loader
 import salt.utils.event
-from edge_ha_core import store
+from edge_ha_core import state as edge_state
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def __virtual__():
 
 def _settings(opts):
     """The model's ``kubernetes`` section when it has address pools, else None."""
-    loaded = store.load(os.path.join(opts["cachedir"], "edge_ha", "desired.json"), None)
+    loaded = edge_state.StateStore.for_opts(opts, salt.cache.Cache).load("desired.json", None)
     state = loaded.data if loaded.error is None else None
     model = state.get("model") if isinstance(state, dict) else None
     if not isinstance(model, dict) or not model.get("address_pools"):

@@ -3,8 +3,8 @@ The VRRP instances of LoadBalancer Services (issue #15) as pillar, on the master
 
 The runner (``edge.reconcile``) assigns addresses to LoadBalancer Services
 from ``edge_ha:address_pools`` and records one VRRP instance per address in
-``<cachedir>/edge_ha/lb_instances.json`` (``edge_ha_core.store``: checksum,
-atomic rename). This ext_pillar merges them into ``edge_ha:vrrp_instances``
+``lb_instances.json`` among the controller's records (``edge_ha_core.state``:
+the ``edge_ha_cache`` backend, default localfs, checksummed). This ext_pillar merges them into ``edge_ha:vrrp_instances``
 of every pillar that has ``edge_ha:address_pools``, so the minions render
 them (``state.apply edge``) and the master compiles the same model
 (``pillar.show_pillar``): validated, with derived priorities, through the
@@ -20,15 +20,13 @@ Master config:
 
     ext_pillar:
       - edge_ha_lb: {}
-    # optional: where the runner's record is (default <cachedir>/edge_ha/lb_instances.json)
-    #  - edge_ha_lb: {path: /var/cache/salt/master/edge_ha/lb_instances.json}
 """
 
 import logging
-import os
 
+import salt.cache
 from edge_ha_core import lb
-from edge_ha_core import store
+from edge_ha_core import state
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +39,9 @@ def __virtual__():
     return __virtualname__
 
 
-def record_path(opts, path=None):
-    return path or os.path.join(opts["cachedir"], "edge_ha", RECORD)
+def records(opts):
+    """The controller's records (``edge_ha_core.state``: the ``edge_ha_cache`` backend, default localfs)."""
+    return state.StateStore.for_opts(opts, salt.cache.Cache)
 
 
 def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-argument
@@ -50,8 +49,7 @@ def ext_pillar(minion_id, pillar, *args, **kwargs):  # pylint: disable=unused-ar
     edge_ha = pillar.get("edge_ha") if isinstance(pillar, dict) else None
     if not isinstance(edge_ha, dict) or not edge_ha.get("address_pools"):
         return {}
-    path = record_path(__opts__, kwargs.get("path"))  # pylint: disable=undefined-variable
-    loaded = store.load(path, {})
+    loaded = records(__opts__).load(RECORD, {})  # pylint: disable=undefined-variable
     if loaded.error:
         log.error("edge_ha_lb: %s; no LoadBalancer instances in the pillar of %s", loaded.error, minion_id)
         return {}

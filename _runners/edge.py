@@ -1693,7 +1693,7 @@ def vip_report(test=False):  # pylint: disable=unused-argument
 #
 # Only with edge_ha:address_pools in the pillar. Before the plan (_lb_assign): list the
 # LoadBalancer Services, assign addresses (edge_ha_core.lb.plan), record them on the Services,
-# write <cachedir>/edge_ha/lb_instances.json (the edge_ha_lb ext_pillar merges it into the
+# write the record lb_instances.json (the edge_ha_lb ext_pillar merges it into the
 # pillar as vrrp_instances) when the instances change and compile the pillar again, so the
 # staged reload renders them. After the rollout (_lb_status): status.loadBalancer.ingress for
 # the Services whose address a node holds, [] for the ones whose address went; Events.

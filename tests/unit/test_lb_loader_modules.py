@@ -5,7 +5,6 @@ import copy
 import pytest
 
 from edge_ha_core import model as edge_ha
-from edge_ha_core import store
 from tests.support.builders import example_pillar
 from tests.support.modload import load
 
@@ -24,7 +23,7 @@ def opts(tmp_path, monkeypatch):
 
 
 def record(opts, instances):
-    store.dump(ext.record_path(opts), {"instances": instances})
+    ext.records(opts).save(ext.RECORD, {"instances": instances})
 
 
 def test_ext_pillar_merges_recorded_instances_only_with_address_pools(opts):
@@ -44,8 +43,9 @@ def test_ext_pillar_merges_recorded_instances_only_with_address_pools(opts):
 def test_ext_pillar_reads_a_damaged_record_as_nothing(opts, tmp_path):
     data = example_pillar()
     data["address_pools"] = copy.deepcopy(POOLS)
-    (tmp_path / "edge_ha" / "lb_instances.json").write_text("{not json")
+    (tmp_path / "edge_ha" / "lb_instances.json.p").write_bytes(b"\x00not a record")
     assert ext.ext_pillar("edge1", {"edge_ha": data}) == {}
+    assert ext.records(opts).load(ext.RECORD, {}).error  # damaged, not "nothing recorded"
 
 
 class FakeK8s(dict):
@@ -71,8 +71,7 @@ def test_engine_lists_watches_fires_and_lists_again(tmp_path):
     assert w.step() == engine.IDLE and fired == []  # no model yet
     data = example_pillar()
     data["address_pools"] = POOLS
-    (tmp_path / "edge_ha").mkdir()
-    store.dump(str(tmp_path / "edge_ha" / "desired.json"), {"model": edge_ha.normalize(data)})
+    ext.records({"cachedir": str(tmp_path)}).save("desired.json", {"model": edge_ha.normalize(data)})
     w.k8s = FakeK8s([
         {"resource_version": "10", "services": []},
         {"events": [], "resource_version": "10", "expired": False},
