@@ -40,6 +40,7 @@ import secrets
 import socket
 import threading
 import time
+import weakref
 from typing import Optional
 
 FORMAT = "salt-edge-ha-lease/1"
@@ -268,6 +269,42 @@ def describe(lease, now):
     return f"holder {lease.host} pid {lease.pid} ({lease.what}), generation {lease.generation}, {state}"
 
 
+def _renew_loop(holder, stop, backend, claimant, ttl):
+    """
+    Renew ``claimant``'s lease every TTL/3 while its ``Holding`` (``holder``,
+    a weak reference) exists and has not released it; a holder that is gone
+    without releasing releases here.
+    """
+    renewed = time.monotonic()
+    while not stop.wait(ttl / 3.0):
+        if holder() is None:
+            try:
+                release(backend, claimant)
+            except Exception:  # pylint: disable=broad-except
+                pass  # it expires by itself
+            return
+        try:
+            lease = renew(backend, claimant, ttl)
+            renewed = time.monotonic()
+        except LeaseLost as exc:
+            _set(holder, lost=str(exc))
+            return
+        except Exception as exc:  # pylint: disable=broad-except
+            # the store did not answer: keep trying until the lease may have expired there
+            if lease_gone(renewed, time.monotonic(), ttl):
+                _set(holder, lost=f"the lease could not be renewed for {ttl:.0f}s (the store: {exc})")
+                return
+            continue
+        _set(holder, lease=lease)
+
+
+def _set(holder, **values):
+    held = holder()
+    if held is not None and not held._stop.is_set():  # pylint: disable=protected-access
+        for name, value in values.items():
+            setattr(held, name, value)
+
+
 class Holding:
     """
     A lease held by this process: acquired with :meth:`acquire` (waiting up
@@ -309,23 +346,11 @@ class Holding:
     def _start(self):
         self._stop.clear()
         self.lost = None
-        self._thread = threading.Thread(target=self._renew_loop, name="edge-ha-lease", daemon=True)
+        # the thread holds this object weakly: a holder dropped without release() (its caller gone) does not
+        # keep the lease alive for ever; the thread frees it and ends
+        self._thread = threading.Thread(target=_renew_loop, name="edge-ha-lease", daemon=True,
+                                        args=(weakref.ref(self), self._stop, self.backend, self.claimant, self.ttl))
         self._thread.start()
-
-    def _renew_loop(self):
-        renewed = time.monotonic()
-        while not self._stop.wait(self.ttl / 3.0):
-            try:
-                self.lease = renew(self.backend, self.claimant, self.ttl)
-                renewed = time.monotonic()
-            except LeaseLost as exc:
-                self.lost = str(exc)
-                return
-            except Exception as exc:  # pylint: disable=broad-except
-                # the store did not answer: keep trying until the lease may have expired there
-                if lease_gone(renewed, time.monotonic(), self.ttl):
-                    self.lost = f"the lease could not be renewed for {self.ttl:.0f}s (the store: {exc})"
-                    return
 
     def check(self):
         """Raise LeaseLost if the lease is known lost (renewal failed or it is expired by our last renewal)."""

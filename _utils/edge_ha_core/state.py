@@ -109,10 +109,14 @@ class StateStore:
     def load(self, name, default=None) -> store.Loaded:
         """The record ``name``: ``Loaded(default)`` when there is none; ``Loaded(None, error)`` when unreadable."""
         raw = self._fetch(name)
+        if (raw is None or raw == {}) and self._there(name):
+            # Salt's localfs answers {} for a missing file; a writer may have renamed it into place since
+            # (its check for the file and its read are two steps): one more read before "damaged"
+            raw = self._fetch(name)
         if isinstance(raw, _Failed):
             return store.Loaded(None, raw.error, True)
         if raw is None or raw == {}:
-            if self.localfs_dir and os.path.exists(os.path.join(self.localfs_dir, f"{name}.p")):
+            if self._there(name):
                 # Salt's localfs reads an empty or garbled file as {} too: it is there, so it is damaged
                 return store.Loaded(None, f"{self.where(name)}: empty or not a record (damaged)", True)
             return self._migrate(name, default)
@@ -127,12 +131,20 @@ class StateStore:
         self.cache.store(self.bank, name, Record.of(data).text)
         if self.localfs_dir:
             path = os.path.join(self.localfs_dir, f"{name}.p")
-            fd = os.open(path, os.O_RDONLY)
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                fd = None  # deleted since by another writer (a pending trigger taken): its delete is the news
+            if fd is not None:
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
             _fsync_dir(self.localfs_dir)
+
+    def _there(self, name):
+        """localfs: the key's file exists (an empty answer from Salt then means unreadable, not missing)."""
+        return bool(self.localfs_dir) and os.path.exists(os.path.join(self.localfs_dir, f"{name}.p"))
 
     def delete(self, name):
         """Remove the record (True if there was one)."""

@@ -1,5 +1,6 @@
 """The reconcile lease (issue #16): the pure decisions one predicate at a time, then the localfs primitive."""
 
+import gc
 import multiprocessing
 import os
 import subprocess
@@ -244,6 +245,20 @@ def test_holding_release_frees_it():
     assert L.is_free(L.parse(store.value)[0])
     with pytest.raises(L.LeaseLost):
         holding.check()
+
+
+def test_a_holder_dropped_without_release_frees_the_lease():
+    # the CI hang of stop 19: a lease renewed for minutes by its thread after its reconcile had finished
+    store = MemoryBackend(1.0)
+    holding = L.Holding(store, 0.06, claimant=ME, alive=always_alive)
+    holding.acquire(0)
+    thread = holding._thread  # pylint: disable=protected-access
+    writes = store.writes
+    assert until(lambda: store.writes > writes)  # renewed while its holder exists
+    del holding
+    gc.collect()
+    assert until(lambda: not thread.is_alive(), 5)
+    assert L.is_free(L.parse(store.value)[0])
 
 
 # ---------------------------------------------------------------- processes and the localfs primitive

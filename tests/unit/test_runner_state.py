@@ -1,6 +1,7 @@
 """The runner's state helpers on the shared store (issue #16): records, the reconcile lease, pending triggers."""
 
 import json
+import random
 import threading
 import time
 
@@ -120,3 +121,43 @@ def test_an_unsupported_backend_refuses_the_lock_with_its_name(master):
     with pytest.raises(runner.CommandExecutionError, match="'consul' has no lease primitive"):
         with runner._locked():  # pylint: disable=protected-access
             pass
+
+
+def test_concurrent_triggers_in_one_process_leave_the_lease_free(master, monkeypatch):
+    # the reactor runs runners in a thread pool: a burst of triggers there, with drains taking the lease between
+    monkeypatch.setattr(runner, "FOLLOW_UP_QUIET", 0.02)
+    monkeypatch.setattr(runner, "FOLLOW_UP_MAX_WAIT", 0.1)
+    master["opts"]["edge_ha_lease_ttl"] = 0.3  # renewed every 0.1 s while a run lasts
+    runs, errors, inside = [], [], []
+
+    def reconcile(reason="", refresh=False):  # pylint: disable=unused-argument
+        inside.append(1)
+        assert len(inside) == 1, "two runs at once"
+        time.sleep(random.random() * 0.03)
+        runner._save_json("owners.json", {"reason": reason})  # pylint: disable=protected-access
+        inside.pop()
+        runs.append(reason)
+
+    monkeypatch.setattr(runner, "_reconcile", reconcile)
+
+    def burst(i):
+        for j in range(8):
+            try:
+                runner._records().save(runner.PENDING, {"source": f"t{i}.{j}", "time": time.time()})  # pylint: disable=protected-access
+                runner._run_pending(f"t{i}.{j}")  # pylint: disable=protected-access
+                if j % 4 == 0:
+                    with runner._locked(timeout=30, what=f"drain {i}"):  # pylint: disable=protected-access
+                        time.sleep(0.005)
+            except Exception as exc:  # pylint: disable=broad-except
+                errors.append(repr(exc))
+
+    threads = [threading.Thread(target=burst, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert runs and runner._pending() is None  # pylint: disable=protected-access
+    assert edge_lease.is_free(edge_lease.parse((master["dir"] / "edge_ha" / "reconcile.lease").read_text())[0])
+    time.sleep(0.2)
+    assert not [t for t in threading.enumerate() if t.name == "edge-ha-lease"]

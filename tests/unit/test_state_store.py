@@ -138,3 +138,26 @@ def test_for_opts_chains_a_shared_backend_to_the_local_records(tmp_path):
     assert (records.previous.cache, records.previous.localfs_dir) == ("localfs", str(tmp_path / "edge_ha"))
     local = state.StateStore.for_opts({"cachedir": str(tmp_path)}, lambda opts, driver: driver)
     assert local.previous is None and local.localfs_dir == str(tmp_path / "edge_ha")
+
+
+def test_a_record_written_between_salts_two_looks_is_read_not_called_damaged(opts):
+    # Salt's localfs fetch checks for the file, then reads it: a writer renaming it into place in between made the
+    # first answer {} with the file there, which read as "damaged" (an unreadable drain record reads as drained)
+    records = localfs(opts)
+    records.save("reconcile.pending", {"source": "first"})
+    first, fetch = [{}], records.cache.fetch
+    records.cache.fetch = lambda bank, key: first.pop() if first else fetch(bank, key)
+    assert records.load("reconcile.pending", None) == store.Loaded({"source": "first"}, None, True)
+
+
+def test_a_save_whose_record_was_deleted_meanwhile_is_not_an_error(opts, monkeypatch):
+    records = localfs(opts)
+    store_ = records.cache.store
+
+    def store_then_taken(bank, key, data):
+        store_(bank, key, data)
+        records.delete(key)  # another thread took the pending trigger at once
+
+    monkeypatch.setattr(records.cache, "store", store_then_taken)
+    records.save("reconcile.pending", {"source": "x"})
+    assert records.load("reconcile.pending", None) == store.Loaded(None)
