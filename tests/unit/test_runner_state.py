@@ -161,3 +161,36 @@ def test_concurrent_triggers_in_one_process_leave_the_lease_free(master, monkeyp
     assert edge_lease.is_free(edge_lease.parse((master["dir"] / "edge_ha" / "reconcile.lease").read_text())[0])
     time.sleep(0.2)
     assert not [t for t in threading.enumerate() if t.name == "edge-ha-lease"]
+
+
+def test_a_kubernetes_call_that_hangs_is_given_up_when_a_trigger_waits(master, monkeypatch):
+    # issue #13: a fence waited for request_timeout while another reconcile held the lease in a hung API call
+    master["opts"]["edge_ha_kubernetes_yield"] = 0.2
+    answer, threads = threading.Event(), []
+
+    def ingress_pods(delay=None, kubernetes=None):  # pylint: disable=unused-argument
+        threads.append(threading.current_thread().name)
+        if delay is not None:
+            time.sleep(delay)
+        else:
+            answer.wait(30)  # the API accepts the connection and does not answer
+        return {"pods": "ready"}
+
+    monkeypatch.setattr(runner, "_k8s", lambda: {"edge_k8s.ingress_pods": ingress_pods})
+    monkeypatch.setattr(runner, "_kubernetes", lambda model: None)
+    try:
+        assert runner._kube_call("edge_k8s.ingress_pods", {}, delay=0.3) == {"pods": "ready"}  # pylint: disable=protected-access
+        assert threads[-1] == threading.current_thread().name  # outside the lease: called directly
+        with runner._locked():  # pylint: disable=protected-access
+            # nobody waiting: a slow answer is waited for
+            assert runner._kube_call("edge_k8s.ingress_pods", {}, delay=0.4) == {"pods": "ready"}  # pylint: disable=protected-access
+            runner._records().save(runner.PENDING, {"source": "salt/beacon/edge1/ingress_health/", "time": time.time()})  # pylint: disable=protected-access
+            began = time.monotonic()
+            with pytest.raises(runner.CommandExecutionError, match="^timeout: edge_k8s.ingress_pods did not answer"):
+                runner._kube_call("edge_k8s.ingress_pods", {})  # pylint: disable=protected-access
+            assert time.monotonic() - began < 2
+            # the API counts as down: the next call is skipped at once (edge_ha_kubernetes_backoff)
+            with pytest.raises(runner.CommandExecutionError, match="^skipped"):
+                runner._kube_call("edge_k8s.ingress_pods", {}, delay=0)  # pylint: disable=protected-access
+    finally:
+        answer.set()
