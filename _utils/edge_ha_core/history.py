@@ -223,11 +223,7 @@ class Counters:
 
     def bump(self, *names, by=1):
         """Add ``by`` (>= 0) to each counter in ``names`` (created at 0); returns the new values of all counters."""
-        if not _is_count(by):
-            raise ValueError(f"counters only go up: by must be an integer >= 0, got {by!r}")
-        for name in names:
-            if not isinstance(name, str) or not 0 < len(name) <= MAX_KEY:
-                raise ValueError(f"counter name must be a string of 1-{MAX_KEY} characters, got {name!r:.80}")
+        _check_bump(names, by)
         with _locked(self.path):
             data = self._load()
             for name in names:
@@ -249,6 +245,15 @@ class Counters:
                 os.unlink(tmp)
             raise
         _fsync_dir(directory)
+
+
+def _check_bump(names, by):
+    """ValueError unless ``by`` is a count (>= 0) and every name a string of 1..MAX_KEY characters."""
+    if not _is_count(by):
+        raise ValueError(f"counters only go up: by must be an integer >= 0, got {by!r}")
+    for name in names:
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_KEY:
+            raise ValueError(f"counter name must be a string of 1-{MAX_KEY} characters, got {name!r:.80}")
 
 
 def _is_count(value):
@@ -442,11 +447,7 @@ class StoreCounters:
         return self._load()
 
     def bump(self, *names, by=1):
-        if not _is_count(by):
-            raise ValueError(f"counters only go up: by must be an integer >= 0, got {by!r}")
-        for name in names:
-            if not isinstance(name, str) or not 0 < len(name) <= MAX_KEY:
-                raise ValueError(f"counter name must be a string of 1-{MAX_KEY} characters, got {name!r:.80}")
+        _check_bump(names, by)
         with self.mutex():
             data = self._load()
             for name in names:
