@@ -83,9 +83,14 @@ def test_load_balancer_services_end_to_end(pools):
     (address,) = ingress(lab, "web")
     print(f"\nweb: {address} answering, status written {time.monotonic() - start:.1f}s after its creation")
     assert address.startswith("198.18.0.12") and 120 <= int(address.rsplit(".", 1)[1]) <= 127
-    assert len(holders(lab, address)) == 1, holders(lab, address)
-    owner = holders(lab, address)[0]
-    assert wait_for(lambda: http_from_client(lab, address) == owner, 10, 0.3), http_from_client(lab, address)
+    # the client reaches the node that holds the address (the address can still move once: the node with
+    # the highest priority for the new instance may be reloaded in a later stage and preempt; see
+    # docs/benchmarks.md section 7), and only one node holds it
+    def answered_by_its_holder():
+        held = holders(lab, address)
+        return len(held) == 1 and http_from_client(lab, address) == held[0]
+
+    assert wait_for(answered_by_its_holder, 15, 0.3), (holders(lab, address), http_from_client(lab, address))
     assert any(r == "AddressAssigned" and address in m for r, m in events(lab, "web")), events(lab, "web")
     assert lab.holders(VIP) == ["edge1"]  # the ingress VIP did not move
     assert address not in lab.external_ips()  # the ingress Service's externalIPs are the pillar's VIPs only
