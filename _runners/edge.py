@@ -606,25 +606,16 @@ def _crash_point(name):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _job(nodes, fun, args=(), timeout=None, own_client=False):
-    """
-    One job for ``nodes`` (a list; one node: a str); returns ``{node: return}`` (the returns are not state).
-    ``own_client``: a LocalClient of its own, for a job sent from another thread than the reconcile's (one
-    LocalClient listening in two threads would take the other's returns).
-    """
+def _job(nodes, fun, args=(), timeout=None):
+    """One job for ``nodes`` (a list; one node: a str); returns ``{node: return}`` (the returns are not state)."""
     if not nodes:
         return {}
     with _PROCESS["lock"]:
         _PROCESS["jobs"] = _PROCESS.get("jobs", 0) + 1
     timeout = timeout or __opts__.get("edge_ha_timeout", 10)  # pylint: disable=undefined-variable
-    client = salt.client.get_local_client(__opts__["conf_file"]) if own_client else _client()  # pylint: disable=undefined-variable
-    try:
-        if isinstance(nodes, str):
-            return _collect_returns(client, nodes, fun, list(args), "glob", timeout)
-        return _collect_returns(client, sorted(nodes), fun, list(args), "list", timeout)
-    finally:
-        if own_client:
-            client.destroy()
+    if isinstance(nodes, str):
+        return _collect_returns(_client(), nodes, fun, list(args), "glob", timeout)
+    return _collect_returns(_client(), sorted(nodes), fun, list(args), "list", timeout)
 
 
 def _collect_returns(client, tgt, fun, args, tgt_type, timeout):
@@ -1818,14 +1809,9 @@ def _lb_assign(state, actions, notes):
         actions.append(f"LoadBalancer VRRP instances: +{new} -{gone}" if gone else f"LoadBalancer VRRP instances: +{new}")
         _record("load_balancer", added=new, removed=gone, released=list(plan.released))
         run["state"] = _desired(refresh=True)
-        # the edge nodes' in-memory pillar, refreshed beside the staged reload (state.apply and keepalived.plan
-        # render from a fresh pillar of their own; only the nodes' reports need it, once a node holds the new
-        # address): _lb_status waits for it. (Taken back once: a job forked by the minion while the refresh
-        # ran never returned; that was the fork hang that edge_node._register_fork_safety fixes.)
-        run["refresh"] = threading.Thread(target=contextvars.copy_context().run,
-                                          args=(_lb_refresh_pillar, run["state"]["model"], actions),
-                                          name="edge-ha-lb-refresh", daemon=True)
-        run["refresh"].start()
+        # the edge nodes' in-memory pillar is refreshed after the staged reload (_lb_status), while the new
+        # instance elects its owner: state.apply renders from a fresh pillar of its own
+        run["refresh"] = True
         missing = set(instances) - set(run["state"]["model"]["vrrp_instances"])
         if missing:
             notes.append(f"LoadBalancer VRRP instances not in the compiled pillar: {sorted(missing)} (is the "
@@ -1835,13 +1821,13 @@ def _lb_assign(state, actions, notes):
 
 def _lb_refresh_pillar(model, actions):
     """
-    The edge nodes' in-memory pillar refreshed (one job, in a thread beside the staged reload): their reports
+    The edge nodes' in-memory pillar refreshed (one job, after the staged reload): their reports
     (``keepalived.status`` through ``edge_ha.node_view``) must know the new
     instances, or an address a node holds would never show as held.
     ``state.apply`` renders from a fresh pillar, the minion's beacons do not.
     """
     try:
-        done = _job(sorted(model["nodes"]), "saltutil.refresh_pillar", ["wait=True"], timeout=30, own_client=True)
+        done = _job(sorted(model["nodes"]), "saltutil.refresh_pillar", ["wait=True"], timeout=30)
     except Exception as exc:  # pylint: disable=broad-except
         done = {"error": str(exc)}
     failed = sorted(n for n in model["nodes"] if done.get(n) is not True)
@@ -1874,7 +1860,9 @@ def _lb_status(model, reports, run, actions, reloaded=False):
     if not run or run.get("plan") is None:
         return
     if run.get("refresh"):
-        run["refresh"].join(timeout=60)  # the nodes' pillar refresh (_lb_assign): their reports name the new instances
+        # the new instances in the nodes' reports (their beacons read the in-memory pillar); done here, not
+        # before the staged reload, so that it overlaps the new instance's election (about 3 adverts)
+        _lb_refresh_pillar(model, actions)
         reports = _reports(model)
     plan = run["plan"]
     addresses = {a.service: a.address for a in plan.assignments}
