@@ -1809,9 +1809,9 @@ def _lb_assign(state, actions, notes):
         actions.append(f"LoadBalancer VRRP instances: +{new} -{gone}" if gone else f"LoadBalancer VRRP instances: +{new}")
         _record("load_balancer", added=new, removed=gone, released=list(plan.released))
         run["state"] = _desired(refresh=True)
-        # the edge nodes' in-memory pillar is refreshed after the staged reload (_lb_status), while the new
-        # instance elects its owner: state.apply renders from a fresh pillar of its own
-        run["refresh"] = True
+        # before the staged reload, not beside it: a refresh (beacons restarted) while the minion forks the
+        # state.apply's job process left that process waiting on a lock for ever in the lab
+        _lb_refresh_pillar(run["state"]["model"], actions)
         missing = set(instances) - set(run["state"]["model"]["vrrp_instances"])
         if missing:
             notes.append(f"LoadBalancer VRRP instances not in the compiled pillar: {sorted(missing)} (is the "
@@ -1821,7 +1821,7 @@ def _lb_assign(state, actions, notes):
 
 def _lb_refresh_pillar(model, actions):
     """
-    The edge nodes' in-memory pillar refreshed (one job, after the staged reload): their reports
+    The edge nodes' in-memory pillar refreshed (one job): their reports
     (``keepalived.status`` through ``edge_ha.node_view``) must know the new
     instances, or an address a node holds would never show as held.
     ``state.apply`` renders from a fresh pillar, the minion's beacons do not.
@@ -1859,11 +1859,6 @@ def _lb_status(model, reports, run, actions, reloaded=False):
     """
     if not run or run.get("plan") is None:
         return
-    if run.get("refresh"):
-        # the new instances in the nodes' reports (their beacons read the in-memory pillar); done here, not
-        # before the staged reload, so that it overlaps the new instance's election (about 3 adverts)
-        _lb_refresh_pillar(model, actions)
-        reports = _reports(model)
     plan = run["plan"]
     addresses = {a.service: a.address for a in plan.assignments}
     held = {v for v, h in fleet.vip_holders(model, reports).items() if h}
