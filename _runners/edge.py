@@ -147,6 +147,7 @@ def _k8s():
 
 
 KUBE_DOWN_PREFIXES = ("timeout:", "unreachable:", "connection failed:")
+KUBE_YIELD_PREFIX = "given up:"  # a Kubernetes call left to a waiting trigger (_kube_yielding): not "down"
 
 
 def _kube_call(name, model, *args, **kwargs):
@@ -182,13 +183,21 @@ def _kube_yielding(name, fun, args, kwargs):
     own, given up once it has taken ``edge_ha_kubernetes_yield`` s (default
     0.5) while a trigger waits for the lease: a Kubernetes API that accepts
     connections but does not answer must not hold a fence back for its
-    ``request_timeout``. The call given up goes on unattended; each write
-    carries the ``resourceVersion`` it read, so a late one cannot overwrite
-    a newer write (409).
+    ``request_timeout``. After one call given up, the later calls of the
+    same run are given up at once while the trigger still waits; the run
+    ends without Kubernetes and the waiting trigger's run follows. Not a
+    sign that the API is down (a busy API answers late too): no backoff.
+    The call given up goes on unattended; each write carries the
+    ``resourceVersion`` it read, so a late one cannot overwrite a newer
+    write (409).
     """
-    if _HOLDING.get() is None:
+    holding = _HOLDING.get()
+    if holding is None:
         return fun(*args, **kwargs)
-    patience = float(__opts__.get("edge_ha_kubernetes_yield", 0.5))  # pylint: disable=undefined-variable
+    patience = 0.0 if getattr(holding, "kube_yielded", False) else \
+        float(__opts__.get("edge_ha_kubernetes_yield", 0.5))  # pylint: disable=undefined-variable
+    if patience == 0.0 and _pending() is not None:
+        raise CommandExecutionError(f"{KUBE_YIELD_PREFIX} {name} not called: a trigger waits for the reconcile lease")
     done, box = threading.Event(), {}
 
     def call():
@@ -204,9 +213,10 @@ def _kube_yielding(name, fun, args, kwargs):
     while not done.wait(0.05):
         waited = time.monotonic() - began
         if waited >= patience and _pending() is not None:
+            holding.kube_yielded = True
             raise CommandExecutionError(
-                f"timeout: {name} did not answer within {waited:.1f}s while a trigger waited for the reconcile "
-                "lease (given up; edge_ha_kubernetes_yield)")
+                f"{KUBE_YIELD_PREFIX} {name} did not answer within {waited:.1f}s while a trigger waited for the "
+                "reconcile lease (edge_ha_kubernetes_yield); its run follows")
     if "error" in box:
         raise box["error"]
     return box["result"]
