@@ -13,6 +13,7 @@ debounces the probes) in ``<state_dir>/ingress_health.json``; ``report``
 adds a live probe beside it.
 """
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -204,11 +205,39 @@ def _fork_safe_locks():
 
 
 def _register_fork_safety():
-    """Register ``_fork_safe_locks`` to run in every child this process forks (once per process)."""
+    """
+    Once per process: ``_fork_safe_locks`` in every child it forks, and
+    each fork waits for the fork guard (``_fork_guard``, at most
+    ``SEND_TIMEOUT + 1`` s), which the report sender thread holds while it
+    talks to the master. That talk is OpenSSL (the channel's crypto); a job
+    process forked in the middle of it inherited OpenSSL's locks held by a
+    thread it does not have and hung at its first hash (seen in the lab: a
+    ``keepalived.plan`` on edge1 waiting in ``hashlib.pbkdf2_hmac`` for
+    90 s, until the master gave it up).
+    """
     if getattr(os, "_edge_ha_fork_safe", False):  # the loader may load this module more than once
         return
+    state = {"guard": threading.Lock(), "held": False}
+
+    def before():
+        state["held"] = state["guard"].acquire(timeout=SEND_TIMEOUT + 1)
+
+    def after_in_parent():
+        if state.pop("held", False):
+            state["guard"].release()
+
+    def after_in_child():
+        after_in_parent()  # the child's one thread is the one that took it
+        _fork_safe_locks()
+
+    os._edge_ha_fork_guard = state["guard"]  # pylint: disable=protected-access
     os._edge_ha_fork_safe = True  # pylint: disable=protected-access
-    os.register_at_fork(after_in_child=_fork_safe_locks)
+    os.register_at_fork(before=before, after_in_parent=after_in_parent, after_in_child=after_in_child)
+
+
+def _fork_guard():
+    """The lock every fork of this process waits for (``_register_fork_safety``), or no lock before that."""
+    return getattr(os, "_edge_ha_fork_guard", None) or contextlib.nullcontext()
 
 
 def _send_mine(opts, load, timeout):
@@ -271,7 +300,9 @@ def publish(force=False, heartbeat=HEARTBEAT, wait=False):
                 if pending is None:
                     ctx["sending"] = None
                     return
-            if not _send_mine(opts, pending, SEND_TIMEOUT):
+            with _fork_guard():  # no job process forked while this thread is inside OpenSSL
+                sent = _send_mine(opts, pending, SEND_TIMEOUT)
+            if not sent:
                 ctx["at"] = 0.0  # not delivered: the next look sends again
 
     _register_fork_safety()  # the sender is a thread of the minion process, which forks job processes

@@ -4,6 +4,7 @@ import functools
 import os
 import sys
 import threading
+import time
 
 import pytest
 import salt.cache
@@ -55,3 +56,30 @@ def test_only_cached_property_locks_of_salt_classes_are_replaced():
     edge_node._fork_safe_locks()
     assert PROPERTY.lock is not before and isinstance(PROPERTY, functools.cached_property)
     assert "salt.cache" in sys.modules
+
+
+def test_a_fork_waits_while_the_report_sender_talks_to_the_master(monkeypatch):
+    # a job process forked while the sender thread was inside OpenSSL hung at its first hash (lab, py-spy)
+    monkeypatch.delattr(os, "_edge_ha_fork_safe", raising=False)
+    edge_node._register_fork_safety()
+    inside, times = threading.Event(), {}
+
+    def sender():
+        with edge_node._fork_guard():
+            inside.set()
+            time.sleep(0.5)  # as _send_mine, talking to the master
+            times["sent"] = time.monotonic()
+
+    thread = threading.Thread(target=sender, daemon=True)
+    thread.start()
+    inside.wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child can take the guard (its copy was released in it)
+        os._exit(0 if edge_node._fork_guard().acquire(timeout=2) else 1)  # pylint: disable=protected-access
+    forked = time.monotonic()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert forked >= times["sent"], "the fork did not wait for the sender"
+    assert edge_node._fork_guard().acquire(timeout=1)  # free again in the parent
+    edge_node._fork_guard().release()
