@@ -204,40 +204,72 @@ def _fork_safe_locks():
                     attr.lock = threading.RLock()
 
 
+class _ForkGuard:
+    """
+    Threads that talk to the master (OpenSSL: the channel's crypto) run
+    ``inside``; a fork of this process waits until none is (at most
+    ``wait`` s: a thread stuck on a master that does not answer is waiting
+    on its socket, not inside OpenSSL), and no thread enters until the
+    fork is done. Several threads may be inside at once (one report sender
+    per master).
+    """
+
+    def __init__(self, wait):
+        self.wait = wait
+        self._cond = threading.Condition()
+        self._inside = 0
+
+    @contextlib.contextmanager
+    def inside(self):
+        with self._cond:
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inside -= 1
+                self._cond.notify_all()
+
+    def before_fork(self):
+        self._cond.acquire()  # held across the fork: nobody enters meanwhile
+        self._cond.wait_for(lambda: self._inside == 0, timeout=self.wait)
+
+    def after_fork_in_parent(self):
+        self._cond.release()
+
+    def after_fork_in_child(self):
+        self._cond = threading.Condition()  # the child has none of the parent's threads
+        self._inside = 0
+
+
 def _register_fork_safety():
     """
     Once per process: ``_fork_safe_locks`` in every child it forks, and
-    each fork waits for the fork guard (``_fork_guard``, at most
-    ``SEND_TIMEOUT + 1`` s), which the report sender thread holds while it
-    talks to the master. That talk is OpenSSL (the channel's crypto); a job
-    process forked in the middle of it inherited OpenSSL's locks held by a
-    thread it does not have and hung at its first hash (seen in the lab: a
-    ``keepalived.plan`` on edge1 waiting in ``hashlib.pbkdf2_hmac`` for
-    90 s, until the master gave it up).
+    every fork waits for the threads that talk to the master to be out of
+    it (``_fork_guard``, at most 1 s). That talk is OpenSSL (the channel's
+    crypto); a job process forked in the middle of it inherited OpenSSL's
+    locks held by a thread it does not have and hung at its first hash (seen
+    in the lab: a ``keepalived.plan`` on edge1 waiting in
+    ``hashlib.pbkdf2_hmac`` for 90 s, until the master gave it up).
     """
     if getattr(os, "_edge_ha_fork_safe", False):  # the loader may load this module more than once
         return
-    state = {"guard": threading.Lock(), "held": False}
-
-    def before():
-        state["held"] = state["guard"].acquire(timeout=SEND_TIMEOUT + 1)
-
-    def after_in_parent():
-        if state.pop("held", False):
-            state["guard"].release()
+    guard = _ForkGuard(wait=1.0)
 
     def after_in_child():
-        after_in_parent()  # the child's one thread is the one that took it
+        guard.after_fork_in_child()
         _fork_safe_locks()
 
-    os._edge_ha_fork_guard = state["guard"]  # pylint: disable=protected-access
+    os._edge_ha_fork_guard = guard  # pylint: disable=protected-access
     os._edge_ha_fork_safe = True  # pylint: disable=protected-access
-    os.register_at_fork(before=before, after_in_parent=after_in_parent, after_in_child=after_in_child)
+    os.register_at_fork(before=guard.before_fork, after_in_parent=guard.after_fork_in_parent,
+                        after_in_child=after_in_child)
 
 
 def _fork_guard():
-    """The lock every fork of this process waits for (``_register_fork_safety``), or no lock before that."""
-    return getattr(os, "_edge_ha_fork_guard", None) or contextlib.nullcontext()
+    """Where a thread that talks to the master runs (``_ForkGuard.inside``); no guard before registration."""
+    guard = getattr(os, "_edge_ha_fork_guard", None)
+    return guard.inside() if guard else contextlib.nullcontext()
 
 
 def _send_mine(opts, load, timeout):
@@ -300,7 +332,7 @@ def publish(force=False, heartbeat=HEARTBEAT, wait=False):
                 if pending is None:
                     ctx["sending"] = None
                     return
-            with _fork_guard():  # no job process forked while this thread is inside OpenSSL
+            with _fork_guard():  # no job process forked while this thread talks to the master (OpenSSL)
                 sent = _send_mine(opts, pending, SEND_TIMEOUT)
             if not sent:
                 ctx["at"] = 0.0  # not delivered: the next look sends again

@@ -74,12 +74,23 @@ def test_a_fork_waits_while_the_report_sender_talks_to_the_master(monkeypatch):
     thread.start()
     inside.wait(5)
     pid = os.fork()
-    if pid == 0:  # the child can take the guard (its copy was released in it)
-        os._exit(0 if edge_node._fork_guard().acquire(timeout=2) else 1)  # pylint: disable=protected-access
+    if pid == 0:  # the child's guard is fresh: a thread of its own gets in and out
+        with edge_node._fork_guard():  # pylint: disable=protected-access
+            pass
+        os._exit(0)  # pylint: disable=protected-access
     forked = time.monotonic()
     thread.join()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert forked >= times["sent"], "the fork did not wait for the sender"
-    assert edge_node._fork_guard().acquire(timeout=1)  # free again in the parent
-    edge_node._fork_guard().release()
+    with edge_node._fork_guard():  # pylint: disable=protected-access  # usable again in the parent
+        pass
+
+
+def test_a_fork_waits_at_most_a_second_for_a_sender_stuck_on_a_master():
+    guard = edge_node._ForkGuard(wait=0.2)  # pylint: disable=protected-access
+    with guard.inside():
+        began = time.monotonic()
+        guard.before_fork()
+        assert 0.15 <= time.monotonic() - began < 2
+        guard.after_fork_in_parent()
