@@ -16,8 +16,8 @@ from the root namespace).
 - client (198.18.0.50);
 - with ``--masters 2`` (issue #16): Salt multi-master, hot-hot. A redis-server
   (Debian's package) in the master's namespace, bound to 198.18.0.2:6379 only
-  (and a Unix socket in <dir>/redis, which the lab itself reads), no
-  persistence; master2 (198.18.0.3, its own namespace) with master 1's config
+  (and a Unix socket in <dir>/redis, which the lab itself reads), a random
+  password (<dir>/redis/password), no persistence; master2 (198.18.0.3, its own namespace) with master 1's config
   and key pair; both masters with ``edge_ha_cache: redis`` and Salt's
   ``cache.redis.*`` settings pointing at it; every minion's ``master:`` lists
   both. master2 reaches the Kubernetes API emulator at 127.0.0.1:6443 of its
@@ -173,7 +173,7 @@ class Lab:
         """A redis client on the lab's redis-server (its Unix socket: no traffic into the namespaces)."""
         import redis  # pylint: disable=import-outside-toplevel
 
-        return redis.Redis(unix_socket_path=str(self.redis_socket), socket_timeout=5)
+        return redis.Redis(unix_socket_path=str(self.redis_socket), password=self.redis_password, socket_timeout=5)
 
     def node_dir(self, node):
         return self.dir / node
@@ -348,10 +348,27 @@ class Lab:
         """The two-master lab's shared store: redis-server in the master's namespace, on MASTER_IP only."""
         rdir = self.dir / "redis"
         rdir.mkdir(parents=True, exist_ok=True)
-        self._spawn("master", "redis", REDIS_SERVER, "--bind", MASTER_IP, "--port", str(REDIS_PORT),
-                    "--unixsocket", str(self.redis_socket), "--unixsocketperm", "700",
-                    "--save", "", "--appendonly", "no", "--dir", str(rdir), "--daemonize", "no")
+        conf = rdir / "redis.conf"  # its password in a file of the lab's (0600), not on a command line
+        conf.touch(mode=0o600)
+        conf.write_text("\n".join([
+            f"bind {MASTER_IP}", f"port {REDIS_PORT}", f"unixsocket {self.redis_socket}", "unixsocketperm 700",
+            # a password: redis' protected mode refuses clients from other addresses without one
+            f"requirepass {self.redis_password}",
+            'save ""', "appendonly no", f"dir {rdir}", "daemonize no", ""]))
+        self._spawn("master", "redis", REDIS_SERVER, str(conf))
         self._wait(lambda: self.redis().ping(), 20, "redis-server")
+
+    @property
+    def redis_password(self):
+        """The two-master lab's redis password (random, made once per lab directory, 0600)."""
+        path = self.dir / "redis" / "password"
+        if not path.exists():
+            import secrets  # pylint: disable=import-outside-toplevel
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_hex(16))
+        return path.read_text().strip()
 
     def start_minion(self, node):
         self._spawn(node, "salt-minion", str(BIN / "salt-minion"), "-c", str(self.node_dir(node) / "etc"),
@@ -444,8 +461,8 @@ class Lab:
         }
         if self.multi_master:
             # one controller state for both masters: the lab's redis-server through Salt's redis cache settings
-            master.update({"edge_ha_cache": "redis", "cache.redis.host": MASTER_IP,
-                           "cache.redis.port": REDIS_PORT, "cache.redis.db": 0})
+            master.update({"edge_ha_cache": "redis", "cache.redis.host": MASTER_IP, "cache.redis.port": REDIS_PORT,
+                           "cache.redis.db": 0, "cache.redis.password": self.redis_password})
         etc = self.etc_of(name)
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "master").write_text(yaml.safe_dump(master))
@@ -646,7 +663,7 @@ class Lab:
         if self.multi_master:  # the masters' shared history, in the lab's redis (read through its Unix socket)
             records = state.StateStore(salt.cache.Cache(
                 {"cachedir": str(cachedir), "cache.redis.unix_socket_path": str(self.redis_socket),
-                 "cache.redis.db": 0}, driver="redis"), driver="redis")
+                 "cache.redis.db": 0, "cache.redis.password": self.redis_password}, driver="redis"), driver="redis")
             return list(reversed(history.StoreHistory(records, contextlib.nullcontext).read()))
         records = state.StateStore(salt.cache.Cache({"cachedir": str(cachedir)}, driver="localfs"))
         log = history.StoreHistory(records, contextlib.nullcontext,  # a reader: segments are replaced whole

@@ -58,6 +58,12 @@ def _mm(tmp_path_factory):
         time.sleep(2)  # the listeners connected
         yield bed
     finally:
+        keep = tmp_path_factory.getbasetemp() / "mmlab-logs"  # the logs outlive the lab (down removes its dir)
+        for src, dst in [(bed.dir / "logs", keep / "logs")] + [
+                (bed.dir / m / "var" / "log" / "salt", keep / m) for m in MASTERS] + [
+                (bed.dir / n / "root" / "var" / "log" / "salt", keep / n) for n in bed.nodes]:
+            shutil.copytree(src, dst, dirs_exist_ok=True, ignore_dangling_symlinks=True) if src.exists() else None
+        print(f"\nlab logs kept in {keep}")
         bed.down(quiet=True)
 
 
