@@ -293,7 +293,8 @@ def _send_mine(opts, load, timeout):
 def publish(force=False, heartbeat=HEARTBEAT, wait=False):
     """
     Push this node's report (``report probe=False``) into the master's mine
-    (``edge_ha_report``) when it changed since the last push, or when
+    (``edge_ha_report``; with Salt multi-master, into every master's) when it
+    changed since the last push, or when
     ``heartbeat`` seconds have passed, or with ``force``. The master stores it
     under the id it verified for this minion, so no other minion can write
     it. The ``vrrp`` beacon calls this on every look. Returns
@@ -322,29 +323,80 @@ def publish(force=False, heartbeat=HEARTBEAT, wait=False):
     if wait:
         return {"published": _send_mine(opts, load, SEND_TIMEOUT), "changed": changed, "digest": digest}
     lock = ctx.setdefault("lock", threading.Lock())
-
-    def send():
-        # one sender at a time; it sends the newest pending report until none is left, so a change made
-        # while an earlier report is on its way follows it at once instead of waiting for the next look
-        while True:
-            with lock:
-                pending = ctx.pop("pending", None)
-                if pending is None:
-                    ctx["sending"] = None
-                    return
-            with _fork_guard():  # no job process forked while this thread talks to the master (OpenSSL)
-                sent = _send_mine(opts, pending, SEND_TIMEOUT)
-            if not sent:
-                ctx["at"] = 0.0  # not delivered: the next look sends again
-
-    _register_fork_safety()  # the sender is a thread of the minion process, which forks job processes
+    _register_fork_safety()  # the senders are threads of the minion process, which forks job processes
+    targets = ctx.get("targets")
+    if targets is None or targets[0] != opts.get("master"):
+        targets = ctx["targets"] = (opts.get("master"), _report_masters(opts))
     with lock:
-        ctx["pending"] = load
         ctx.update(digest=digest, at=time.monotonic())
-        if ctx.get("sending") is None:
-            ctx["sending"] = threading.Thread(target=send, name="edge-ha-publish", daemon=True)
-            ctx["sending"].start()
+        for target in targets[1]:
+            slot = ctx.setdefault("senders", {}).setdefault(target.get("master_uri") or target.get("master"), {})
+            slot["pending"] = load
+            if slot.get("thread") is None:
+                slot["thread"] = threading.Thread(target=_sender, args=(ctx, lock, slot, target),
+                                                  name="edge-ha-publish", daemon=True)
+                slot["thread"].start()
     return {"published": True, "changed": changed, "digest": digest}
+
+
+def _sender(ctx, lock, slot, opts):
+    """
+    One master's sender: it sends the newest pending report until none is
+    left, so a change made while an earlier report is on its way follows it
+    at once instead of waiting for the next look. One per master, so that a
+    master that is down (each try waits ``SEND_TIMEOUT``) delays no other.
+    """
+    while True:
+        with lock:
+            pending = slot.pop("pending", None)
+            if pending is None:
+                slot["thread"] = None
+                return
+        with _fork_guard():  # no job process forked while this thread talks to the master (OpenSSL)
+            sent = _send_mine(opts, pending, SEND_TIMEOUT)
+        if not sent:
+            ctx["at"] = 0.0  # not delivered: the next look sends again
+
+
+_CONFIGURED_MASTERS = {}  # conf_file -> the minion's configured master list (read once per process)
+
+
+def _report_masters(opts):
+    """
+    The opts to send a report with, one per master: ``opts`` itself, and with
+    Salt multi-master (``master:`` a list; every minion connected to each
+    master) one copy per other configured master too. Salt runs the beacons
+    of a multi-master minion in its connection to the first master only, with
+    that master in ``opts``: a report sent to "the master" would reach that
+    one alone, and nothing would reach the others while it is down (their
+    mines, unless shared, would go stale).
+    """
+    if not opts.get("multimaster"):
+        return [opts]
+    conf_file = opts.get("conf_file")
+    if conf_file not in _CONFIGURED_MASTERS:
+        try:
+            import salt.config  # pylint: disable=import-outside-toplevel
+
+            configured = salt.config.minion_config(conf_file, cache_minion_id=False,
+                                                   ignore_config_errors=True).get("master")
+        except Exception as exc:  # pylint: disable=broad-except
+            log.warning("edge_node: the minion's masters cannot be read from %s: %s", conf_file, exc)
+            configured = None
+        _CONFIGURED_MASTERS[conf_file] = configured if isinstance(configured, list) else []
+    targets = [opts]
+    for master in _CONFIGURED_MASTERS[conf_file]:
+        if master == opts.get("master"):
+            continue
+        try:
+            import salt.minion  # pylint: disable=import-outside-toplevel
+
+            other = dict(opts, master=master)
+            other.update(salt.minion.resolve_dns(other, fallback=False))
+            targets.append(other)
+        except Exception as exc:  # pylint: disable=broad-except
+            log.debug("edge_node: master %s not resolved, its report not sent: %s", master, exc)
+    return targets
 
 
 def _received(sock, timeout, size):

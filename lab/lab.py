@@ -10,13 +10,23 @@ from the root namespace).
   mode), an ingress stand-in (HTTP 80/443 answering the node name, /healthz
   on 10254 that the lab can flip). edge1..edge39 are 198.18.0.11-49 (the
   default three: 198.18.0.11-13), edge40..edge88 are 198.18.0.51-99; the
-  rest of the /24 is the master (.2), the client (.50), the VIP (.100, and
-  .101 and up for VIPs tests add) and the address put on the Service by hand
-  (.200);
-- client (198.18.0.50).
+  rest of the /24 is the master (.2), the second master (.3, two-master
+  labs only), the client (.50), the VIP (.100, and .101 and up for VIPs tests
+  add) and the address put on the Service by hand (.200);
+- client (198.18.0.50);
+- with ``--masters 2`` (issue #16): Salt multi-master, hot-hot. A redis-server
+  (Debian's package) in the master's namespace, bound to 198.18.0.2:6379 only
+  (and a Unix socket in <dir>/redis, which the lab itself reads), a random
+  password (<dir>/redis/password), no persistence; master2 (198.18.0.3, its own namespace) with master 1's config
+  and key pair; both masters with ``edge_ha_cache: redis`` and Salt's
+  ``cache.redis.*`` settings pointing at it; every minion's ``master:`` lists
+  both. master2 reaches the Kubernetes API emulator at 127.0.0.1:6443 of its
+  own namespace through a forwarder to the emulator's Unix socket. The
+  default (one master, localfs) is unchanged.
 
     python lab/lab.py up                 # from nothing (idempotent: tears down a previous lab first)
     python lab/lab.py up --edges 10      # ten edge nodes (up to 88; minions started and applied in batches)
+    python lab/lab.py up --masters 2     # two hot-hot masters sharing a redis-server (issue #16)
     python lab/lab.py status             # the VIP report
     python lab/lab.py down               # stops everything by pid, deletes the namespaces (safe after a crash)
 
@@ -46,6 +56,11 @@ BIN = pathlib.Path(sys.executable).parent
 VIP = "198.18.0.100"
 NET = "198.18.0"  # the lab's /24 (the switch's subnet, tests/support/netns.py)
 MASTER_IP = "198.18.0.2"
+MASTER2_IP = "198.18.0.3"  # the second master of a two-master lab
+MASTER_OCTETS = {"master": 2, "master2": 3}
+REDIS_PORT = 6379  # the two-master lab's redis-server, on MASTER_IP only
+REDIS_SERVER = "/usr/bin/redis-server"
+KUBE_PORT = 6443  # the Kubernetes API emulator's port (its default) on 127.0.0.1 of the master's namespace
 CLIENT_OCTET = 50
 USER_IP = "198.18.0.200"  # put on the Service "by hand": must survive every update
 KUBE_NS = "ingress-nginx"
@@ -117,8 +132,12 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 
 class Lab:
-    def __init__(self, directory=None, prefix="ehlab", fault_injection=False, edges=3):
+    def __init__(self, directory=None, prefix="ehlab", fault_injection=False, edges=3, masters=1):
         self.dir = pathlib.Path(directory or os.environ.get("LAB_DIR", DEFAULT_DIR))
+        if masters not in (1, 2):
+            raise ValueError(f"masters must be 1 or 2, got {masters!r}")
+        # "master" (198.18.0.2), and "master2" (198.18.0.3) in a two-master lab (shared redis, multi-master)
+        self.masters = list(MASTER_OCTETS)[:masters]
         self.prefix = prefix
         self.nodes = edge_nodes(edges)  # {name: last octet}, edge1..edgeN
         self.minions = list(self.nodes) + ["client"]
@@ -136,6 +155,25 @@ class Lab:
     @property
     def etc(self):
         return self.dir / "master" / "etc"
+
+    def etc_of(self, master="master"):
+        """A master's config directory (``master``: "master" or "master2")."""
+        return self.dir / master / "etc"
+
+    @property
+    def multi_master(self):
+        return len(self.masters) > 1
+
+    @property
+    def redis_socket(self):
+        """The two-master lab's redis-server's Unix socket (the lab's own reads; the masters use TCP)."""
+        return self.dir / "redis" / "redis.sock"
+
+    def redis(self):
+        """A redis client on the lab's redis-server (its Unix socket: no traffic into the namespaces)."""
+        import redis  # pylint: disable=import-outside-toplevel
+
+        return redis.Redis(unix_socket_path=str(self.redis_socket), password=self.redis_password, socket_timeout=5)
 
     def node_dir(self, node):
         return self.dir / node
@@ -159,7 +197,8 @@ class Lab:
     def _up(self, log):
         began = time.monotonic()
         topo = self.topo
-        topo.add_host("master", 2)
+        for master in self.masters:
+            topo.add_host(master, MASTER_OCTETS[master])
         for node, octet in self.nodes.items():
             topo.add_host(node, octet)
         topo.add_host("client", CLIENT_OCTET)
@@ -170,7 +209,12 @@ class Lab:
             self._spawn(node, "ingress", sys.executable, str(REPO / "lab" / "ingress_standin.py"), node,
                         str(self.node_dir(node) / "ingress-unhealthy"))
         self._start_kube()
-        self.start_master()
+        if self.multi_master:
+            self._start_redis()
+            self._spawn("master2", "kube-forward", sys.executable, str(REPO / "lab" / "unix_forward.py"),
+                        "--port", str(KUBE_PORT), "--socket", str(self.dir / "kube.sock"))
+        for master in self.masters:
+            self.start_master(master)
         # in batches: on a 2-core machine fifty minions starting (and authenticating) at once time out
         for batch in self.batches(self.minions):
             for node in batch:
@@ -179,6 +223,8 @@ class Lab:
             if len(self.minions) > BATCH:
                 log(f"minions {batch[0]}..{batch[-1]} answer, after {time.monotonic() - began:.0f} s")
         self._wait(lambda: self._pinged(), 90, "minions to answer test.ping")
+        for master in self.masters[1:]:
+            self._wait(lambda m=master: self._pinged(master=m), 90, f"minions to answer test.ping from {master}")
         log(f"salt-master and {len(self.minions)} salt-minions ({len(self.nodes)} edge nodes, 1 client) up "
             f"after {time.monotonic() - began:.0f} s; syncing modules, applying highstate")
         for batch in self.batches(self.minions):
@@ -268,14 +314,61 @@ class Lab:
         self._stop("master", "kube")
         self._start_kube(deny_external_ips)
 
-    def start_master(self):
-        self.master_proc = self._spawn("master", "salt-master", str(BIN / "salt-master"), "-c", str(self.etc),
-                                       "-l", "warning")
-        self._wait(lambda: (self.dir / "master" / "run" / "master" / "master_event_pub.ipc").exists()
-                   or any((self.dir / "master").glob("**/master_event_pub.ipc")), 60, "salt-master")
+    def start_master(self, master="master"):
+        """Start a salt-master ("master", or "master2" of a two-master lab: with master 1's key pair)."""
+        if master != "master":
+            # Salt multi-master: every master has the same key pair (master 1 made it when it started)
+            pki = self.master_pki("master")
+            if not (pki / "master.pem").exists():
+                raise RuntimeError(f"{master}: master 1's key pair is not in {pki} (start master 1 first)")
+            mine = self.master_pki(master)
+            mine.mkdir(parents=True, exist_ok=True)
+            for name in ("master.pem", "master.pub"):
+                shutil.copy2(pki / name, mine / name)
+        proc = self._spawn(master, "salt-master", str(BIN / "salt-master"), "-c", str(self.etc_of(master)),
+                           "-l", "warning")
+        if master == "master":
+            self.master_proc = proc
+        self._wait(lambda: (self.dir / master / "run" / "master" / "master_event_pub.ipc").exists()
+                   or any((self.dir / master).glob("**/master_event_pub.ipc")), 60, f"salt-master ({master})")
+        return proc
 
-    def stop_master(self):
-        self._stop("master", "salt-master")
+    def master_pki(self, master="master"):
+        """A master's pki_dir (Salt's default under its root_dir)."""
+        return self.dir / master / "etc" / "salt" / "pki" / "master"
+
+    def stop_master(self, master="master"):
+        self._stop(master, "salt-master")
+
+    def master_pid(self, master="master"):
+        pidfile = self.dir / "pids" / f"{master}-salt-master.pid"
+        return int(pidfile.read_text()) if pidfile.exists() else 0
+
+    def _start_redis(self):
+        """The two-master lab's shared store: redis-server in the master's namespace, on MASTER_IP only."""
+        rdir = self.dir / "redis"
+        rdir.mkdir(parents=True, exist_ok=True)
+        conf = rdir / "redis.conf"  # its password in a file of the lab's (0600), not on a command line
+        conf.touch(mode=0o600)
+        conf.write_text("\n".join([
+            f"bind {MASTER_IP}", f"port {REDIS_PORT}", f"unixsocket {self.redis_socket}", "unixsocketperm 700",
+            # a password: redis' protected mode refuses clients from other addresses without one
+            f"requirepass {self.redis_password}",
+            'save ""', "appendonly no", f"dir {rdir}", "daemonize no", ""]))
+        self._spawn("master", "redis", REDIS_SERVER, str(conf))
+        self._wait(lambda: self.redis().ping(), 20, "redis-server")
+
+    @property
+    def redis_password(self):
+        """The two-master lab's redis password (random, made once per lab directory, 0600)."""
+        path = self.dir / "redis" / "password"
+        if not path.exists():
+            import secrets  # pylint: disable=import-outside-toplevel
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_hex(16))
+        return path.read_text().strip()
 
     def start_minion(self, node):
         self._spawn(node, "salt-minion", str(BIN / "salt-minion"), "-c", str(self.node_dir(node) / "etc"),
@@ -292,12 +385,12 @@ class Lab:
             time.sleep(0.5)
         raise RuntimeError(f"timed out after {timeout}s waiting for {what}; logs in {self.dir / 'logs'}")
 
-    def _pinged(self, minions=None):
-        """Whether ``minions`` (default: all of this lab's) answer test.ping."""
+    def _pinged(self, minions=None, master="master"):
+        """Whether ``minions`` (default: all of this lab's) answer test.ping (from ``master``)."""
         if minions is None:
-            answers = self.salt("*", "test.ping", timeout=10 + len(self.minions) // 10)
+            answers = self.salt("*", "test.ping", timeout=10 + len(self.minions) // 10, master=master)
         else:
-            answers = self.salt(",".join(minions), "test.ping", "--list", timeout=10)
+            answers = self.salt(",".join(minions), "test.ping", "--list", timeout=10, master=master)
         # a minion that did not answer shows as a "Minion did not return" string
         return {m for m, ok in answers.items() if ok is True} == set(self.minions if minions is None else minions)
 
@@ -311,37 +404,21 @@ class Lab:
         self.set_pillar(lab_pillar(kubeconfig, self.nodes))
         reactor = yaml.safe_load((REPO / "reactor" / "edge-ha.master.conf").read_text().replace(
             "/srv/salt-edge-ha", str(REPO)))
-        master = {
-            "root_dir": str(self.dir / "master"),
-            "interface": MASTER_IP,
-            "auto_accept": True,
-            "file_roots": reactor["file_roots"],
-            "pillar_roots": {"base": [str(pillar_dir)]},
-            "module_dirs": reactor["module_dirs"],
-            "reactor": reactor["reactor"],
-            # LoadBalancer Services (issue #15): pool instances in the pillar, the Services watched
-            "ext_pillar": reactor["ext_pillar"],
-            "pillar_dirs": reactor["pillar_dirs"],
-            "engines": [{"edge_ha_services": {"timeout": 30, "resync": 60}}],
-            "schedule": {"edge_ha_reconcile": dict(reactor["schedule"]["edge_ha_reconcile"], seconds=10)},
-            "edge_ha_pillar_id": "edge1",
-            "edge_ha_split_brain_hold": 10,
-            "log_level_logfile": "info",  # <dir>/master/var/log/salt/master
-            "worker_threads": 4,
-        }
-        self.etc.mkdir(parents=True, exist_ok=True)
-        (self.etc / "master").write_text(yaml.safe_dump(master))
+        for name in self.masters:
+            self._write_master_config(name, reactor, pillar_dir)
+        # Salt multi-master (hot-hot): every minion connected to each master
+        masters = MASTER_IP if not self.multi_master else [f"{NET}.{MASTER_OCTETS[m]}" for m in self.masters]
         for node in self.minions:
             ndir = self.node_dir(node)
             (ndir / "etc").mkdir(parents=True, exist_ok=True)
             if node not in self.nodes:
-                minion = {"id": node, "master": MASTER_IP, "root_dir": str(ndir / "root"),
+                minion = {"id": node, "master": masters, "root_dir": str(ndir / "root"),
                           "log_level_logfile": "warning"}
                 (ndir / "etc" / "minion").write_text(yaml.safe_dump(minion))
                 continue
             minion = {
                 "id": node,
-                "master": MASTER_IP,
+                "master": masters,
                 "root_dir": str(ndir / "root"),
                 "log_level_logfile": "warning",  # <dir>/<node>/root/var/log/salt/minion
                 "keepalived": {
@@ -361,6 +438,34 @@ class Lab:
                 minion["keepalived"]["binary"] = self._fault_wrapper(node)
             (ndir / "etc" / "minion").write_text(yaml.safe_dump(minion))
         (self.dir / "kube-seed.json").write_text(json.dumps(self.kube_seed()))
+
+    def _write_master_config(self, name, reactor, pillar_dir):
+        """A master's config: the same for both masters of a two-master lab but for root_dir and interface."""
+        master = {
+            "root_dir": str(self.dir / name),
+            "interface": f"{NET}.{MASTER_OCTETS[name]}",
+            "auto_accept": True,
+            "file_roots": reactor["file_roots"],
+            "pillar_roots": {"base": [str(pillar_dir)]},
+            "module_dirs": reactor["module_dirs"],
+            "reactor": reactor["reactor"],
+            # LoadBalancer Services (issue #15): pool instances in the pillar, the Services watched
+            "ext_pillar": reactor["ext_pillar"],
+            "pillar_dirs": reactor["pillar_dirs"],
+            "engines": [{"edge_ha_services": {"timeout": 30, "resync": 60}}],
+            "schedule": {"edge_ha_reconcile": dict(reactor["schedule"]["edge_ha_reconcile"], seconds=10)},
+            "edge_ha_pillar_id": "edge1",
+            "edge_ha_split_brain_hold": 10,
+            "log_level_logfile": "info",  # <dir>/<name>/var/log/salt/master
+            "worker_threads": 4,
+        }
+        if self.multi_master:
+            # one controller state for both masters: the lab's redis-server through Salt's redis cache settings
+            master.update({"edge_ha_cache": "redis", "cache.redis.host": MASTER_IP, "cache.redis.port": REDIS_PORT,
+                           "cache.redis.db": 0, "cache.redis.password": self.redis_password})
+        etc = self.etc_of(name)
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "master").write_text(yaml.safe_dump(master))
 
     def kube_seed(self):
         """The Kubernetes emulator's seed: a Node and an ingress controller pod per edge node, the Service."""
@@ -413,8 +518,8 @@ class Lab:
 
     # ------------------------------------------------------------ salt
 
-    def _salt_cli(self, tool, *args, timeout=60):
-        cmd = ["ip", "netns", "exec", self.ns("master"), str(BIN / tool), "-c", str(self.etc), "--out=json"]
+    def _salt_cli(self, tool, *args, timeout=60, master="master"):
+        cmd = ["ip", "netns", "exec", self.ns(master), str(BIN / tool), "-c", str(self.etc_of(master)), "--out=json"]
         if tool == "salt":
             cmd += ["--static", "--timeout", str(timeout)]
         cmd += list(args)
@@ -424,14 +529,14 @@ class Lab:
             raise RuntimeError(f"{tool} {' '.join(args)}: no output ({proc.returncode}): {proc.stderr[-2000:]}")
         return json.loads(out)
 
-    def salt(self, target, *args, timeout=60):
-        """salt TARGET FUN ARGS (put options such as --list after the function)."""
+    def salt(self, target, *args, timeout=60, master="master"):
+        """salt TARGET FUN ARGS (put options such as --list after the function), from ``master``."""
         opts = [a for a in args if a.startswith("--")]
         rest = [a for a in args if not a.startswith("--")]
-        return self._salt_cli("salt", *opts, target, *rest, timeout=timeout)
+        return self._salt_cli("salt", *opts, target, *rest, timeout=timeout, master=master)
 
-    def run(self, fun, *args, timeout=120):
-        return self._salt_cli("salt-run", fun, *args, timeout=timeout)
+    def run(self, fun, *args, timeout=120, master="master"):
+        return self._salt_cli("salt-run", fun, *args, timeout=timeout, master=master)
 
     def report(self):
         return self.run("edge.vip_report")
@@ -555,6 +660,11 @@ class Lab:
         from edge_ha_core import history, state  # pylint: disable=import-outside-toplevel
 
         cachedir = self.dir / "master" / "var" / "cache" / "salt" / "master"
+        if self.multi_master:  # the masters' shared history, in the lab's redis (read through its Unix socket)
+            records = state.StateStore(salt.cache.Cache(
+                {"cachedir": str(cachedir), "cache.redis.unix_socket_path": str(self.redis_socket),
+                 "cache.redis.db": 0, "cache.redis.password": self.redis_password}, driver="redis"), driver="redis")
+            return list(reversed(history.StoreHistory(records, contextlib.nullcontext).read()))
         records = state.StateStore(salt.cache.Cache({"cachedir": str(cachedir)}, driver="localfs"))
         log = history.StoreHistory(records, contextlib.nullcontext,  # a reader: segments are replaced whole
                                    legacy_path=str(cachedir / "edge_ha" / "reconcile.log"))
@@ -567,10 +677,16 @@ class Lab:
         from edge_ha_core import lease  # pylint: disable=import-outside-toplevel
 
         path = self.dir / "master" / "var" / "cache" / "salt" / "master" / "edge_ha" / "reconcile.lease"
+        store = lease.RedisBackend(self.redis(), "edge_ha:lease:reconcile") if self.multi_master else None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            current, error = lease.parse(path.read_text() if path.exists() else None)
-            if error is None and (lease.is_free(current) or lease.expired(current, time.time())
+            if store is not None:  # two masters: the lease in the lab's redis, its expiry by redis' clock
+                current, error = lease.parse(store.read())
+                now = store.now()
+            else:
+                current, error = lease.parse(path.read_text() if path.exists() else None)
+                now = time.time()
+            if error is None and (lease.is_free(current) or lease.expired(current, now)
                                   or lease.holder_gone_here(current, socket.gethostname(), lease.process_alive)):
                 return
             time.sleep(0.5)
@@ -604,13 +720,15 @@ def main(argv=None):
     parser.add_argument("--dir", default=None, help=f"lab directory (default $LAB_DIR or {DEFAULT_DIR})")
     parser.add_argument("--prefix", default="ehlab", help="namespace prefix, at most 8 characters (default ehlab)")
     parser.add_argument("--edges", type=int, default=3, help=f"edge nodes for `up`, 1 to {MAX_EDGES} (default 3)")
+    parser.add_argument("--masters", type=int, default=1, choices=(1, 2),
+                        help="1 (default: one master, its state in localfs) or 2 (multi-master sharing a redis-server)")
     args = parser.parse_args(argv)
     if not 1 <= args.edges <= MAX_EDGES:
         parser.error(f"--edges must be from 1 to {MAX_EDGES}")
     if os.geteuid() != 0:
         print("the lab needs root (network namespaces)", file=sys.stderr)
         return 1
-    lab = Lab(args.dir, prefix=args.prefix, edges=args.edges)
+    lab = Lab(args.dir, prefix=args.prefix, edges=args.edges, masters=args.masters)
     if args.command == "up":
         lab.up()
         print(f"lab is up in {lab.dir}; VIP {VIP} on {', '.join(lab.holders())}")
