@@ -51,7 +51,6 @@ Master settings (master config, all optional):
     edge_ha_report_max_age: 35      # seconds after which a node's report counts as no answer
     edge_ha_kubernetes_timeout: 3   # seconds per Kubernetes request on the reconcile path
     edge_ha_kubernetes_backoff: 10  # seconds Kubernetes calls are skipped after the API did not answer
-    edge_ha_kubernetes_yield: 0.5   # seconds a Kubernetes call under the lease may take while a trigger waits
     edge_ha_apply_timeout: 120      # seconds one node's state.apply may take in a staged reload
     edge_ha_cache: localfs          # Salt cache driver of the controller's state and lease (localfs, redis)
     edge_ha_lease_ttl: 30           # seconds the reconcile lease lasts without renewal
@@ -147,7 +146,6 @@ def _k8s():
 
 
 KUBE_DOWN_PREFIXES = ("timeout:", "unreachable:", "connection failed:")
-KUBE_YIELD_PREFIX = "given up:"  # a Kubernetes call left to a waiting trigger (_kube_yielding): not "down"
 
 
 def _kube_call(name, model, *args, **kwargs):
@@ -167,7 +165,7 @@ def _kube_call(name, model, *args, **kwargs):
         raise CommandExecutionError(f"skipped: the Kubernetes API did not answer {time.monotonic() - down['at']:.1f}s "
                                     f"ago ({down['error']})")
     try:
-        result = _kube_yielding(name, fun, args, dict(kwargs, kubernetes=_kubernetes(model)))
+        result = fun(*args, kubernetes=_kubernetes(model), **kwargs)
     except Exception as exc:
         if str(exc).startswith(KUBE_DOWN_PREFIXES):
             _PROCESS["kube_down"] = {"at": time.monotonic(), "error": str(exc), "since": (down or {}).get(
@@ -175,51 +173,6 @@ def _kube_call(name, model, *args, **kwargs):
         raise
     _PROCESS.pop("kube_down", None)
     return result
-
-
-def _kube_yielding(name, fun, args, kwargs):
-    """
-    ``fun(*args, **kwargs)``; under the reconcile lease, in a thread of its
-    own, given up once it has taken ``edge_ha_kubernetes_yield`` s (default
-    0.5) while a trigger waits for the lease: a Kubernetes API that accepts
-    connections but does not answer must not hold a fence back for its
-    ``request_timeout``. After one call given up, the later calls of the
-    same run are given up at once while the trigger still waits; the run
-    ends without Kubernetes and the waiting trigger's run follows. Not a
-    sign that the API is down (a busy API answers late too): no backoff.
-    The call given up goes on unattended; each write carries the
-    ``resourceVersion`` it read, so a late one cannot overwrite a newer
-    write (409).
-    """
-    holding = _HOLDING.get()
-    if holding is None:
-        return fun(*args, **kwargs)
-    patience = 0.0 if getattr(holding, "kube_yielded", False) else \
-        float(__opts__.get("edge_ha_kubernetes_yield", 0.5))  # pylint: disable=undefined-variable
-    if patience == 0.0 and _pending() is not None:
-        raise CommandExecutionError(f"{KUBE_YIELD_PREFIX} {name} not called: a trigger waits for the reconcile lease")
-    done, box = threading.Event(), {}
-
-    def call():
-        try:
-            box["result"] = fun(*args, **kwargs)
-        except BaseException as exc:  # pylint: disable=broad-except
-            box["error"] = exc
-        finally:
-            done.set()
-
-    began = time.monotonic()
-    threading.Thread(target=contextvars.copy_context().run, args=(call,), name="edge-ha-kube", daemon=True).start()
-    while not done.wait(0.05):
-        waited = time.monotonic() - began
-        if waited >= patience and _pending() is not None:
-            holding.kube_yielded = True
-            raise CommandExecutionError(
-                f"{KUBE_YIELD_PREFIX} {name} did not answer within {waited:.1f}s while a trigger waited for the "
-                "reconcile lease (edge_ha_kubernetes_yield); its run follows")
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
 
 
 def _standing_notes(state=None):
