@@ -89,12 +89,12 @@ class StateStore:
         settings = Settings.from_opts(opts)
         os.makedirs(settings.directory, exist_ok=True)
         if settings.local:
-            return cls(cache_class(opts, driver="localfs"), localfs_dir=settings.directory,
+            return cls(_cache(cache_class, opts, "localfs"), localfs_dir=settings.directory,
                        legacy_dir=settings.directory, driver="localfs")
         # a shared store: records this master kept in localfs before the switch are moved in on first read
-        local = cls(cache_class(opts, driver="localfs"), localfs_dir=settings.directory,
+        local = cls(_cache(cache_class, opts, "localfs"), localfs_dir=settings.directory,
                     legacy_dir=settings.directory, driver="localfs")
-        return cls(cache_class(opts, driver=settings.driver), driver=settings.driver, previous=local)
+        return cls(_cache(cache_class, opts, settings.driver), driver=settings.driver, previous=local)
 
     def where(self, name):
         return f"{self.driver}:{self.bank}/{name}"
@@ -178,6 +178,17 @@ class StateStore:
         self.save(name, loaded.data)
         os.replace(path, path + ".migrated")
         return store.Loaded(loaded.data, None, True)
+
+
+def _cache(cache_class, opts, driver):
+    """
+    A ``cache_class`` (``salt.cache.Cache``) on ``driver``. Salt 3008 takes
+    the driver as an argument; Salt 3006 and 3007 ignore that argument and
+    read ``opts["cache"]`` (Salt's own cache: option), which would put the
+    records in localfs with ``edge_ha_cache: redis`` (or in redis with
+    ``cache: redis`` and the default ``edge_ha_cache``): both are set.
+    """
+    return cache_class(dict(opts, cache=driver), driver=driver)
 
 
 @dataclasses.dataclass(frozen=True)

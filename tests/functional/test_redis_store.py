@@ -10,6 +10,7 @@ settings.
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 
@@ -18,9 +19,11 @@ import salt.cache
 
 from edge_ha_core import lease as edge_lease
 from edge_ha_core import state as edge_state
+from tests.support import builders
 from tests.support.builders import report
 from tests.support.builders import typed
 from tests.support.modload import load
+
 
 pytestmark = [
     pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server is not installed (make bootstrap)"),
@@ -29,8 +32,17 @@ pytestmark = [
 redis = pytest.importorskip("redis")
 
 
+def _forget_salts_redis_client():
+    """Salt 3006's redis cache keeps one client per process (``REDIS_SERVER``, made on first use): a master
+    has one server, these tests start one per test. Later Salts make it per loader."""
+    for name, module in list(sys.modules.items()):
+        if name.endswith("cache.redis_cache") and getattr(module, "REDIS_SERVER", None) is not None:
+            module.REDIS_SERVER = None
+
+
 @pytest.fixture(name="redis_socket")
 def _redis_socket(tmp_path):
+    _forget_salts_redis_client()
     sock = tmp_path / "redis.sock"
     proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
                              "--save", "", "--appendonly", "no", "--dir", str(tmp_path), "--daemonize", "no"],
@@ -57,11 +69,11 @@ def _redis_socket(tmp_path):
                 proc.wait()
 
 
-def master_opts(tmp_path, name, sock):
+def redis_master_opts(tmp_path, name, sock):
     cachedir = tmp_path / name
     cachedir.mkdir()
-    return {"cachedir": str(cachedir), "edge_ha_cache": "redis", "edge_ha_lease_ttl": 2,
-            "cache.redis.unix_socket_path": sock, "cache.redis.db": 0}
+    return builders.master_opts(cachedir, edge_ha_cache="redis", edge_ha_lease_ttl=2,
+                                **{"cache.redis.unix_socket_path": sock, "cache.redis.db": 0})
 
 
 @pytest.fixture(name="masters")
@@ -69,7 +81,7 @@ def _masters(tmp_path, redis_socket, monkeypatch):
     out = []
     for name in ("master1", "master2"):
         runner = load("_runners/edge.py", name=f"edgeha_test_redis_{name}")
-        monkeypatch.setattr(runner, "__opts__", master_opts(tmp_path, name, redis_socket["path"]), raising=False)
+        monkeypatch.setattr(runner, "__opts__", redis_master_opts(tmp_path, name, redis_socket["path"]), raising=False)
         monkeypatch.setattr(runner, "_PROCESS", {"lock": threading.Lock()})
         out.append(runner)
     return out
@@ -85,7 +97,7 @@ def test_records_through_salt_redis_cache_are_one_state_for_two_masters(masters,
 
 
 def test_a_damaged_value_in_redis_is_reported(redis_socket, tmp_path):
-    opts = master_opts(tmp_path, "m", redis_socket["path"])
+    opts = redis_master_opts(tmp_path, "m", redis_socket["path"])
     records = edge_state.StateStore(salt.cache.Cache(opts, driver="redis"), driver="redis")
     records.save("drained.json", {"edge2": {}})
     cache = salt.cache.Cache(opts, driver="redis")

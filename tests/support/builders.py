@@ -51,3 +51,11 @@ def report(node, state="BACKUP", prio=100, vips=(), running=True, healthy=True, 
 def typed(reports):
     """``{node: NodeReport or None}`` from builder dicts."""
     return fleet.as_reports(reports)
+
+
+def master_opts(cachedir, **extra):
+    """A salt-master's opts (Salt's defaults, as a running master has them) with ``cachedir``: Salt 3006's
+    cache loader finds no ``localfs`` with a bare ``{"cachedir": ...}``."""
+    import salt.config  # pylint: disable=import-outside-toplevel
+
+    return dict(salt.config.DEFAULT_MASTER_OPTS, cachedir=str(cachedir), **extra)

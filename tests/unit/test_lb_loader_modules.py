@@ -5,7 +5,7 @@ import copy
 import pytest
 
 from edge_ha_core import model as edge_ha
-from tests.support.builders import example_pillar
+from tests.support.builders import example_pillar, master_opts
 from tests.support.modload import load
 
 ext = load("_pillar/edge_ha_lb.py")
@@ -16,7 +16,7 @@ POOLS = {"public": {"addresses": ["203.0.113.0/29"], "virtual_router_ids": "100-
 
 @pytest.fixture
 def opts(tmp_path, monkeypatch):
-    opts = {"cachedir": str(tmp_path)}
+    opts = master_opts(tmp_path)
     monkeypatch.setattr(ext, "__opts__", opts, raising=False)
     (tmp_path / "edge_ha").mkdir()
     return opts
@@ -65,13 +65,13 @@ class FakeK8s(dict):
 
 
 def test_engine_lists_watches_fires_and_lists_again(tmp_path):
-    opts = {"cachedir": str(tmp_path)}
+    opts = master_opts(tmp_path)
     fired = []
     w = engine._Watcher(opts, timeout=1, resync=0, fire=lambda data, tag: fired.append((tag, data["why"])))
     assert w.step() == engine.IDLE and fired == []  # no model yet
     data = example_pillar()
     data["address_pools"] = POOLS
-    ext.records({"cachedir": str(tmp_path)}).save("desired.json", {"model": edge_ha.normalize(data)})
+    ext.records(master_opts(tmp_path)).save("desired.json", {"model": edge_ha.normalize(data)})
     w.k8s = FakeK8s([
         {"resource_version": "10", "services": []},
         {"events": [], "resource_version": "10", "expired": False},

@@ -11,7 +11,7 @@ import pytest
 
 from edge_ha_core import lb
 from edge_ha_core import model as edge_ha
-from tests.support.builders import example_pillar
+from tests.support.builders import example_pillar, master_opts
 from tests.support.modload import load
 
 runner = load("_runners/edge.py")
@@ -79,7 +79,7 @@ class Cluster:
 
 @pytest.fixture(name="master")
 def _master(tmp_path, monkeypatch):
-    opts = {"cachedir": str(tmp_path), "edge_ha_kubernetes_backoff": 10, "edge_ha_lb_status_wait": 0}
+    opts = master_opts(tmp_path, edge_ha_kubernetes_backoff=10, edge_ha_lb_status_wait=0)
     monkeypatch.setattr(runner, "__opts__", opts, raising=False)
     monkeypatch.setattr(ext, "__opts__", opts, raising=False)
     monkeypatch.setattr(runner, "_PROCESS", {"lock": runner._PROCESS["lock"]})

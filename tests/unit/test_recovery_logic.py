@@ -12,7 +12,7 @@ import pytest
 from edge_ha_core import desired
 from edge_ha_core import planner
 from edge_ha_core import store
-from tests.support.builders import VIP
+from tests.support.builders import VIP, master_opts
 from tests.support.builders import model3
 from tests.support.builders import report
 from tests.support.builders import typed
@@ -187,7 +187,7 @@ runner = load("_runners/edge.py")
 def _master(tmp_path, monkeypatch):
     """The runner with a master's opts (cachedir in tmp_path) and a fake edge_k8s; its process state reset."""
     calls = []
-    monkeypatch.setattr(runner, "__opts__", {"cachedir": str(tmp_path), "edge_ha_kubernetes_backoff": 10},
+    monkeypatch.setattr(runner, "__opts__", master_opts(tmp_path, edge_ha_kubernetes_backoff=10),
                         raising=False)
     monkeypatch.setattr(runner, "_PROCESS", {"lock": runner._PROCESS["lock"]})  # pylint: disable=protected-access
     k8s = {}

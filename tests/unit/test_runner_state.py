@@ -10,6 +10,7 @@ import pytest
 from edge_ha_core import lease as edge_lease
 from edge_ha_core import store
 from tests.support.modload import load
+from tests.support.builders import master_opts
 
 runner = load("_runners/edge.py")
 
@@ -17,7 +18,7 @@ runner = load("_runners/edge.py")
 @pytest.fixture(name="master")
 def _master(tmp_path, monkeypatch):
     """The runner with a master's opts (cachedir in tmp_path); its process state reset."""
-    opts = {"cachedir": str(tmp_path), "edge_ha_lease_ttl": 30}
+    opts = master_opts(tmp_path, edge_ha_lease_ttl=30)
     monkeypatch.setattr(runner, "__opts__", opts, raising=False)
     monkeypatch.setattr(runner, "_PROCESS", {"lock": runner._PROCESS["lock"]})  # pylint: disable=protected-access
     return {"dir": tmp_path, "opts": opts}

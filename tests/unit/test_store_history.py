@@ -9,11 +9,12 @@ import salt.cache
 from edge_ha_core import history
 from edge_ha_core import lease
 from edge_ha_core import state
+from tests.support.builders import master_opts
 
 
 @pytest.fixture(name="records")
 def _records(tmp_path):
-    opts = {"cachedir": str(tmp_path)}
+    opts = master_opts(tmp_path)
     directory = str(tmp_path / "edge_ha")
     return state.StateStore(salt.cache.Cache(opts, driver="localfs"), localfs_dir=directory, legacy_dir=directory)
 
