@@ -287,20 +287,21 @@ def _renew_loop(holder, stop, backend, claimant, ttl):
             lease = renew(backend, claimant, ttl)
             renewed = time.monotonic()
         except LeaseLost as exc:
-            _set(holder, lost=str(exc))
+            _set(holder, stop, lost=str(exc))
             return
         except Exception as exc:  # pylint: disable=broad-except
             # the store did not answer: keep trying until the lease may have expired there
             if lease_gone(renewed, time.monotonic(), ttl):
-                _set(holder, lost=f"the lease could not be renewed for {ttl:.0f}s (the store: {exc})")
+                _set(holder, stop, lost=f"the lease could not be renewed for {ttl:.0f}s (the store: {exc})")
                 return
             continue
-        _set(holder, lease=lease)
+        _set(holder, stop, lease=lease)
 
 
-def _set(holder, **values):
+def _set(holder, stop, **values):
+    """The renewal's news on the holder, unless it is gone or has released the lease (``stop``)."""
     held = holder()
-    if held is not None and not held._stop.is_set():  # pylint: disable=protected-access
+    if held is not None and not stop.is_set():
         for name, value in values.items():
             setattr(held, name, value)
 

@@ -33,8 +33,8 @@ redis = pytest.importorskip("redis")
 
 
 def _forget_salts_redis_client():
-    """Salt 3006's redis cache keeps one client per process (``REDIS_SERVER``, made on first use): a master
-    has one server, these tests start one per test. Later Salts make it per loader."""
+    """Salt 3006's and 3007's redis cache keep one client per process (``REDIS_SERVER``, made on first use): a
+    master has one server, these tests start one per test. Salt 3008 has no such global."""
     for name, module in list(sys.modules.items()):
         if name.endswith("cache.redis_cache") and getattr(module, "REDIS_SERVER", None) is not None:
             module.REDIS_SERVER = None
