@@ -30,6 +30,8 @@ import os
 import tempfile
 import time
 
+from edge_ha_core import store
+
 MAX_ID = 128
 MAX_TAG = 256
 MAX_STRING = 1024
@@ -117,14 +119,6 @@ def _locked(path):
         os.close(fd)
 
 
-def _fsync_dir(directory):
-    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class HistoryLog:
     """JSON lines, bounded in bytes, rotated; see the module docstring."""
 
@@ -172,7 +166,7 @@ class HistoryLog:
             if os.path.exists(f"{self.path}.{i}"):
                 os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")
         os.replace(self.path, f"{self.path}.1")
-        _fsync_dir(os.path.dirname(self.path))
+        store.fsync_dir(os.path.dirname(self.path))
 
     def read(self, limit=None):
         """Entries newest first across the files; lines that are not a JSON object are skipped."""
@@ -244,7 +238,7 @@ class Counters:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
-        _fsync_dir(directory)
+        store.fsync_dir(directory)
 
 
 def _check_bump(names, by):

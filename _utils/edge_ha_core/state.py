@@ -42,9 +42,7 @@ class Record:
 
     @classmethod
     def of(cls, data):
-        body = json.dumps(data, sort_keys=True, default=str)
-        return cls(json.dumps({"format": store.FORMAT, "sha256": store._digest(body),  # pylint: disable=protected-access
-                               "data": json.loads(body)}, sort_keys=True))
+        return cls(json.dumps(store.envelope(data), sort_keys=True))
 
     def read(self, where):
         """``store.Loaded`` of this text (the checksum checked)."""
@@ -54,10 +52,7 @@ class Record:
             return store.Loaded(None, f"{where}: not valid JSON ({exc}; {len(self.text)} bytes)", True)
         if not (isinstance(doc, dict) and doc.get("format") == store.FORMAT):
             return store.Loaded(None, f"{where}: not a salt-edge-ha record", True)
-        data = doc.get("data")
-        if store._digest(json.dumps(data, sort_keys=True, default=str)) != doc.get("sha256"):  # pylint: disable=protected-access
-            return store.Loaded(None, f"{where}: checksum mismatch (the value was changed or damaged)", True)
-        return store.Loaded(data, None, True)
+        return store.opened(doc, where, "the value")
 
 
 class StoreDown(Exception):
@@ -140,7 +135,7 @@ class StateStore:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-            _fsync_dir(self.localfs_dir)
+            store.fsync_dir(self.localfs_dir)
 
     def _there(self, name):
         """localfs: the key's file exists (an empty answer from Salt then means unreadable, not missing)."""
@@ -194,14 +189,6 @@ def _cache(cache_class, opts, driver):
 @dataclasses.dataclass(frozen=True)
 class _Failed:
     error: str
-
-
-def _fsync_dir(directory):
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,11 +30,32 @@ def _digest(body):
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
+def envelope(data):
+    """``data`` (JSON-able) in the checksummed envelope every record is stored in: ``{format, sha256, data}``."""
+    body = json.dumps(data, sort_keys=True, default=str)
+    return {"format": FORMAT, "sha256": _digest(body), "data": json.loads(body)}
+
+
+def opened(doc, where, what):
+    """``Loaded`` of an envelope ``doc`` read from ``where``, its checksum checked (``what`` was damaged if not)."""
+    data = doc.get("data")
+    if _digest(json.dumps(data, sort_keys=True, default=str)) != doc.get("sha256"):
+        return Loaded(None, f"{where}: checksum mismatch ({what} was changed or damaged)", True)
+    return Loaded(data, None, True)
+
+
+def fsync_dir(directory):
+    """fsync a directory (a rename in it made durable)."""
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def dump(path, data, mode=0o600):
     """Write ``data`` (JSON-able) to ``path`` durably and atomically, with its checksum."""
-    body = json.dumps(data, sort_keys=True, default=str)
-    text = json.dumps({"format": FORMAT, "sha256": _digest(body), "data": json.loads(body)}, indent=1,
-                      sort_keys=True)
+    text = json.dumps(envelope(data), indent=1, sort_keys=True)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -50,11 +71,7 @@ def dump(path, data, mode=0o600):
         except OSError:
             pass
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(directory)
 
 
 def load(path, default=None):
@@ -77,7 +94,4 @@ def load(path, default=None):
         return Loaded(None, f"{path}: not valid JSON ({exc}; {len(text)} bytes)", True)
     if not (isinstance(doc, dict) and doc.get("format") == FORMAT):
         return Loaded(doc, None, True)  # written before records had checksums
-    data = doc.get("data")
-    if _digest(json.dumps(data, sort_keys=True, default=str)) != doc.get("sha256"):
-        return Loaded(None, f"{path}: checksum mismatch (the file was changed or damaged)", True)
-    return Loaded(data, None, True)
+    return opened(doc, path, "the file")
